@@ -402,7 +402,7 @@ async def test_a_frozen_sender_is_dropped_after_the_read_timeout(
 
 
 async def test_a_receiver_that_stops_reading_makes_send_fail_not_hang() -> None:
-    config = TransportConfig(write_timeout=0.5)
+    config = TransportConfig(write_timeout=0.5, max_frame=64 << 20)
     with trio.fail_after(20):
         async with transports(1, config) as (a,), open_stock_host() as raw:
             stuck = trio.Event()
@@ -413,8 +413,9 @@ async def test_a_receiver_that_stops_reading_makes_send_fail_not_hang() -> None:
             raw.set_stream_handler(TProtocol(GOSSIP_PROTOCOL), never_reads)
             a.add_peer_address(str(raw.get_id()), str(raw.get_addrs()[0]))
             start = trio.current_time()
+            # 32 MiB: more than the 16 MiB a Yamux receiver may grant without reading
             with pytest.raises(PeerUnreachable, match=r"not reading: no progress for 0.5 s"):
-                await a.send(str(raw.get_id()), b"x" * (4 << 20))
+                await a.send(str(raw.get_id()), b"x" * (32 << 20))
             assert 0.5 <= trio.current_time() - start < 5
             stuck.set()
 
@@ -506,7 +507,7 @@ async def test_aclose_is_fast_idempotent_and_ends_events() -> None:
 
 
 async def test_aclose_does_not_wait_for_a_stuck_send() -> None:
-    config = TransportConfig(write_timeout=30.0)
+    config = TransportConfig(write_timeout=30.0, max_frame=64 << 20)
     with trio.fail_after(20):
         async with open_stock_host() as raw:
             stuck = trio.Event()
@@ -521,7 +522,7 @@ async def test_aclose_does_not_wait_for_a_stuck_send() -> None:
 
                 async def send_big() -> None:
                     try:
-                        await a.send(str(raw.get_id()), b"x" * (8 << 20))
+                        await a.send(str(raw.get_id()), b"x" * (32 << 20))  # > any Yamux window
                     except (PeerUnreachable, TransportClosed) as exc:
                         failures.append(exc)
 

@@ -181,17 +181,23 @@ async def test_stock_writer_gives_up_after_5_s_without_window(
 ) -> None:
     mock_clock.rate = 20  # 5 virtual seconds pass in a quarter of a real one
     release = trio.Event()
+    handler_started = trio.Event()
 
     async def reads_late(stream: INetStream) -> None:
+        handler_started.set()
         await release.wait()
 
     with trio.fail_after(60):
         async with open_stock_host() as receiver, open_stock_host() as sender:
             receiver.set_stream_handler(PROTO, reads_late)
             stream = await open_raw_stream(sender, full_address(receiver), PROTO)
+            await handler_started.wait()
             start = trio.current_time()
+            # More than any window: py-libp2p's Yamux auto-tunes the receive window during
+            # the protocol negotiation, so the sender may start with 1 or 2 MiB of credit,
+            # and a receiver grants at most 16 MiB (MAX_WINDOW_SIZE) without reading.
             with pytest.raises(StreamReset) as caught:
-                await stream.write(b"x" * (2 << 20))
+                await stream.write(b"x" * (32 << 20))
             waited = trio.current_time() - start
             release.set()
     assert 5.0 <= waited < 7.0
