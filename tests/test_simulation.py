@@ -7,6 +7,7 @@ reproducible, and network faults are tolerated.
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from gossipfl.errors import ConfigError
 from gossipfl.simulation import SimulationConfig, run_simulation
+from gossipfl.simulation.runner import GC_THRESHOLD, rare_collections
 from gossipfl.topology import build_topology
 
 
@@ -158,3 +160,27 @@ def test_time_varying_topologies_learn_and_miss_nothing(topology: str) -> None:
     assert summary["missing_total"] == 0
     assert summary["honest_mean_acc"] > 0.93
     assert summary["consensus_distance"] < 0.5
+
+
+def test_a_simulation_collects_garbage_rarely_and_restores_the_thresholds() -> None:
+    seen: list[int] = []
+    old = gc.get_threshold()
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    gc.callbacks.append(watch)
+    try:
+        consensus("ring", 64, 20)
+    finally:
+        gc.callbacks.remove(watch)
+    assert gc.get_threshold() == old
+    # CPython's default thresholds make 41 passes in this run; at GC_THRESHOLD, one or two
+    assert len(seen) <= 3
+    assert 2 not in seen
+
+    with pytest.raises(RuntimeError), rare_collections():
+        assert gc.get_threshold()[0] == GC_THRESHOLD
+        raise RuntimeError("boom")
+    assert gc.get_threshold() == old

@@ -4,6 +4,9 @@
 frame really encoded and decoded, every peer a full `Peer` runtime. Prints one JSON object:
 wall seconds, peer-rounds per second, peak RSS, and the same for a 16-peer run measured in
 the same process as the baseline (peer-rounds per second should not collapse with scale).
+It then runs the large case again with CPython's default garbage-collector thresholds
+instead of the ones simulations use (`gossipfl.simulation.runner.rare_collections`) and
+reports the ratio.
 
     .venv/bin/python experiments/benchmarks/simulate.py [--quick]
 """
@@ -20,7 +23,9 @@ import time
 from gossipfl.simulation import SimulationConfig, run_simulation
 
 
-def measure(peers: int, rounds: int, eval_every: int) -> dict[str, float]:
+def measure(
+    peers: int, rounds: int, eval_every: int, gc_threshold: int | None = None
+) -> dict[str, float]:
     config = SimulationConfig().with_overrides(
         [
             f"peers={peers}",
@@ -32,7 +37,7 @@ def measure(peers: int, rounds: int, eval_every: int) -> dict[str, float]:
         ]
     )
     start = time.perf_counter()
-    result = run_simulation(config)
+    result = run_simulation(config, gc_threshold=gc_threshold)
     wall = time.perf_counter() - start
     summary = result.summary()
     return {
@@ -53,6 +58,7 @@ def main() -> None:
     baseline = measure(16, rounds, eval_every=rounds)
     big = measure(peers, rounds, eval_every=rounds)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gc_default = measure(peers, rounds, eval_every=rounds, gc_threshold=0)
     out = {
         "benchmark": "simulate",
         "python": platform.python_version(),
@@ -63,6 +69,12 @@ def main() -> None:
         "throughput_ratio_vs_16": round(
             big["peer_rounds_per_s"] / baseline["peer_rounds_per_s"], 3
         ),
+        "gc": {
+            "peers": peers,
+            "default_thresholds_wall_s": gc_default["wall_s"],
+            "simulation_thresholds_wall_s": big["wall_s"],
+            "speedup": round(gc_default["wall_s"] / big["wall_s"], 2),
+        },
         "target": {"wall_s_max": 60, "rss_gib_max": 4},
         "meets_target": bool(big["wall_s"] <= 60 and rss_mib <= 4096) if not args.quick else None,
     }
