@@ -180,7 +180,14 @@ def test_a_simulation_collects_garbage_rarely_and_restores_the_thresholds() -> N
     assert len(seen) <= 3
     assert 2 not in seen
 
-    with pytest.raises(RuntimeError), rare_collections():
-        assert gc.get_threshold()[0] == GC_THRESHOLD
-        raise RuntimeError("boom")
+    inside: list[int] = []
+
+    def fails() -> None:
+        with rare_collections():
+            inside.append(gc.get_threshold()[0])
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fails()
+    assert inside == [GC_THRESHOLD]
     assert gc.get_threshold() == old
