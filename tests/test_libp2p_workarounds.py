@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import time
 
 import multiaddr
@@ -27,6 +26,7 @@ from libp2p.utils import encode_varint_prefixed, read_varint_prefixed_bytes
 
 from gossipfl.errors import ConfigError
 from gossipfl.identity import generate_identity
+from gossipfl.simulation.processes import free_ports
 from gossipfl.transport.base import Received
 from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig
 from gossipfl.transport.libp2p.fastpath import BatchedSecureSession, yamux_stream_of
@@ -50,9 +50,7 @@ FAST = TransportConfig(read_timeout=2.0, write_timeout=2.0, dial_timeout=5.0)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 async def received(transport: Libp2pTransport, count: int) -> list[Received]:

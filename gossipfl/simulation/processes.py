@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import secrets
 import signal
 import socket
@@ -145,18 +146,55 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports that were free a moment ago (bound, then released)."""
-    sockets: list[socket.socket] = []
+#: Ports below this are left alone (well-known and registered services live there).
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for automatically assigned ports (Linux; the usual default
+    elsewhere)."""
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        low, high = (int(part) for part in text.split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports that were free a moment ago (bound, then released).
+
+    A peer's port must be known before the peer starts (it goes in everyone's roster), so
+    there is a moment between this check and the peer's own bind. The ports are drawn at
+    random from below the kernel's ephemeral range: an outgoing connection made in that
+    moment (by our other peers, or anyone) is given an ephemeral port, so it cannot take
+    one of ours; only a process binding that exact port could.
+    """
+    low, _ = _ephemeral_range()
+    candidates = list(range(_LOWEST_PORT, low))
+    random.SystemRandom().shuffle(candidates)
+    chosen: list[int] = []
+    for port in candidates[: max(64, 50 * count)]:
+        if len(chosen) == count:
+            break
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        chosen.append(port)
+    if len(chosen) < count:  # a crowded range: let the kernel pick the rest
+        sockets: list[socket.socket] = []
+        try:
+            while len(chosen) + len(sockets) < count:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(s)
+                s.bind((host, 0))
+            chosen.extend(s.getsockname()[1] for s in sockets)
+        finally:
+            for s in sockets:
+                s.close()
+    return chosen
 
 
 def simulate(
