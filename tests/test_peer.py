@@ -18,6 +18,7 @@ from gossipfl import wire
 from gossipfl.errors import GossipflError
 from gossipfl.model import NumpyAdapter
 from gossipfl.peer import CheckpointStore, Peer, PeerConfig
+from gossipfl.peerlog import BURST as PEER_WARNING_BURST
 from gossipfl.protocol import StaticNeighbourhood
 from gossipfl.transport import MemoryNetwork
 
@@ -127,6 +128,31 @@ async def test_hostile_frames_are_counted_and_never_merged(
     assert summary.last_round == 2
     np.testing.assert_array_equal(victim.vector, start)  # nothing of mallory's was merged
     assert "mallory" in caplog.text
+
+
+async def test_a_flood_of_garbage_is_counted_in_full_but_logged_a_few_times(
+    clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    net = MemoryNetwork()
+    mallory = net.endpoint("mallory")
+    start = np.ones(4, np.float32)
+    with caplog.at_level(logging.WARNING, logger="gossipfl.peer.runtime"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            async with Peer(
+                transport=net.endpoint("victim"),
+                model={"x": start.copy()},
+                neighbourhood=StaticNeighbourhood({"mallory": 0.5}),
+                config=SIM,
+            ) as victim:
+                for i in range(500):
+                    await mallory.send("victim", b"\x00garbage" + bytes([i % 256]))
+                await victim.run(2)
+            nursery.cancel_scope.cancel()
+    assert victim.counters.bad_frames == 500
+    logged = [r for r in caplog.records if "bad frame from mallory" in r.getMessage()]
+    assert len(logged) == PEER_WARNING_BURST
+    np.testing.assert_array_equal(victim.vector, start)
 
 
 async def test_diverged_local_training_is_a_clear_error(clock: trio.testing.MockClock) -> None:

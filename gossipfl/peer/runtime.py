@@ -37,6 +37,7 @@ from gossipfl.peer.checkpoint import CheckpointStore
 from gossipfl.peer.config import PeerConfig
 from gossipfl.peer.outbox import Frames, Outboxes
 from gossipfl.peer.reports import PeerCounters, RoundReport, Vector
+from gossipfl.peerlog import PeerWarnings
 from gossipfl.protocol import (
     Action,
     AsyncGossip,
@@ -159,6 +160,7 @@ class Peer:
         self.neighbourhood = neighbourhood
         self.rule = make_rule(rule) if isinstance(rule, str) else rule
         self.counters = PeerCounters()
+        self._warnings = PeerWarnings()
         self.round = 0
         self._train = train
         self._on_round = on_round
@@ -649,7 +651,7 @@ class Peer:
         except wire.WireError as exc:
             self.counters.bad_frames += 1
             del self._decoders[peer]  # resynchronize on the next message
-            logger.warning("%s: bad frame from %s: %s", self.name, peer, exc)
+            self._warnings.warn(logger, peer, "%s: bad frame from %s: %s", self.name, peer, exc)
             return
         if message is None:
             return  # a chunk of an update still being assembled
@@ -657,7 +659,9 @@ class Peer:
             await self._on_message(peer, message)
         except GossipflError as exc:  # a remote peer must never crash us
             self.counters.bad_frames += 1
-            logger.warning("%s: unusable message from %s: %s", self.name, peer, exc)
+            self._warnings.warn(
+                logger, peer, "%s: unusable message from %s: %s", self.name, peer, exc
+            )
 
     async def _on_message(self, peer: PeerId, message: object) -> None:
         self._last_heard[peer] = trio.current_time()
@@ -669,13 +673,15 @@ class Peer:
                 self._mark_up(peer)
                 return
             self.counters.refused += 1
-            logger.warning("%s: refusing %s: %s", self.name, peer, refusal.text)
+            self._warnings.warn(logger, peer, "%s: refusing %s: %s", self.name, peer, refusal.text)
             with contextlib.suppress(TransportError):
                 await self.transport.send(peer, wire.encode(refusal))
                 await self.transport.disconnect(peer)
             return
         if isinstance(message, wire.Refusal):
-            logger.warning("%s: %s refused us: %s", self.name, peer, message.text)
+            self._warnings.warn(
+                logger, peer, "%s: %s refused us: %s", self.name, peer, message.text
+            )
             self._mark_down(peer)
             return
         if peer not in self._verified:
@@ -686,7 +692,9 @@ class Peer:
         if isinstance(message, wire.Update):
             if message.vector.size != self._num_params:
                 self.counters.wrong_shape += 1
-                logger.warning(
+                self._warnings.warn(
+                    logger,
+                    peer,
                     "%s: %s sent %d parameters, the model has %d",
                     self.name,
                     peer,

@@ -37,6 +37,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from gossipfl.errors import ConfigError
 from gossipfl.identity import Identity, generate_identity
+from gossipfl.peerlog import PeerWarnings
 from gossipfl.transport.base import (
     Connected,
     Disconnected,
@@ -151,6 +152,7 @@ class Libp2pTransport:
         self.config = config
         self._security = security
         self.stats = TransportStats()
+        self._warnings = PeerWarnings()
         self._queue = EventQueue(config.max_buffered)
         self._outbound = OutboundStreams(config, self._open_stream, self.stats)
         self._addresses: dict[str, list[multiaddr.Multiaddr]] = {}
@@ -409,7 +411,9 @@ class Libp2pTransport:
             install_direct_yamux_reads(conn.muxed_conn)
         peer = str(conn.muxed_conn.peer_id)
         if not self.allowlist.allows(peer):  # the handshake gate makes this unreachable
-            logger.warning("connection with peer %s is not allowed; ignoring it", peer)
+            self._warnings.warn(
+                logger, peer, "connection with peer %s is not allowed; ignoring it", peer
+            )
             return
         self._mark_connected(peer)
 
@@ -458,6 +462,7 @@ class Libp2pTransport:
                 max_request=max_request,
                 max_reply=max_reply,
                 timeout=timeout,
+                warnings=self._warnings,
             )
 
         self._host.set_stream_handler(
@@ -545,13 +550,17 @@ class Libp2pTransport:
         peer = workarounds.remote_peer_of(stream)
         if not self.allowlist.allows(peer) or self._closing:
             self.stats.refused_streams += 1
-            logger.warning("refused a gossip stream from peer %s: not allowed", peer)
+            self._warnings.warn(
+                logger, peer, "refused a gossip stream from peer %s: not allowed", peer
+            )
             await reset_quietly(stream)
             return
         open_streams = self._inbound.get(peer, 0)
         if open_streams >= self.config.max_streams_per_peer:
             self.stats.refused_streams += 1
-            logger.warning(
+            self._warnings.warn(
+                logger,
+                peer,
                 "refused a gossip stream from peer %s: it already has %d open (the limit)",
                 peer,
                 open_streams,
@@ -563,7 +572,12 @@ class Libp2pTransport:
             if not getattr(stream.muxed_conn, "is_closed", False):
                 self._mark_connected(peer)  # Connected before this stream's first frame
             await serve_stream(
-                stream, peer, config=self.config, queue=self._queue, stats=self.stats
+                stream,
+                peer,
+                config=self.config,
+                queue=self._queue,
+                stats=self.stats,
+                warnings=self._warnings,
             )
         finally:
             left = self._inbound[peer] - 1

@@ -21,6 +21,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.exceptions import BaseLibp2pError
 
+from gossipfl.peerlog import PeerWarnings
 from gossipfl.transport.base import PeerUnreachable
 from gossipfl.transport.libp2p.framing import FrameError, FrameReader, encode_prefix
 from gossipfl.transport.libp2p.streams import reset_quietly
@@ -55,6 +56,7 @@ async def serve_request(
     max_request: int,
     max_reply: int,
     timeout: float,
+    warnings: PeerWarnings,
 ) -> None:
     """Read one request from ``stream``, answer it with ``handler``'s reply, close."""
     try:
@@ -68,7 +70,7 @@ async def serve_request(
                 await _write_frame(stream, reply, max_reply)
     except (FrameError, trio.TooSlowError, BaseLibp2pError, ValueError) as exc:
         reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-        logger.warning("dropped a %s request from peer %s: %s", protocol, peer, reason)
+        warnings.warn(logger, peer, "dropped a %s request from peer %s: %s", protocol, peer, reason)
         await reset_quietly(stream)
         return
     with trio.CancelScope(shield=True), trio.move_on_after(1.0):

@@ -30,6 +30,7 @@ from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
+from gossipfl.peerlog import PeerWarnings
 from gossipfl.transport.libp2p.allowlist import Allowlist
 from gossipfl.transport.libp2p.fastpath import install_batched_noise
 
@@ -56,6 +57,7 @@ class GatedNoise(ISecureTransport):
         self.allowlist = allowlist
         self._batch = batch
         self.refused = 0
+        self._warnings = PeerWarnings()
 
     async def _admit(
         self, session: ISecureConn, conn: IRawConnection, direction: str
@@ -64,7 +66,9 @@ class GatedNoise(ISecureTransport):
         if self.allowlist.allows(peer):
             return install_batched_noise(session) if self._batch else session
         self.refused += 1
-        logger.warning(
+        self._warnings.warn(
+            logger,
+            peer,
             "refused %s connection with peer %s at %s: not on the allowlist",
             direction,
             peer,

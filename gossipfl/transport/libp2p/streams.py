@@ -23,6 +23,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.exceptions import BaseLibp2pError
 
+from gossipfl.peerlog import PeerWarnings
 from gossipfl.transport.base import PeerUnreachable, Received
 from gossipfl.transport.libp2p.config import TransportConfig
 from gossipfl.transport.libp2p.events import EventQueue
@@ -233,6 +234,7 @@ async def serve_stream(
     config: TransportConfig,
     queue: EventQueue,
     stats: TransportStats,
+    warnings: PeerWarnings,
 ) -> None:
     """Read frames from one inbound gossip stream until it ends; queue them."""
     reader = FrameReader(
@@ -250,7 +252,9 @@ async def serve_stream(
             await queue.push_frame(Received(peer, frame))
     except FrameError as exc:
         stats.bad_streams += 1
-        logger.warning(
+        warnings.warn(
+            logger,
+            peer,
             "dropped a gossip stream from peer %s after %d good frames: %s",
             peer,
             reader.frames,
