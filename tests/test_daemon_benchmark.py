@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "daemon.py"
+if TYPE_CHECKING:
+    from conftest import QuickBenchmark
+
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(120)]
 
 
-def test_quick_run_prints_one_json_object_with_its_ratios() -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=True,
-    )
-    result = json.loads(done.stdout)
+def test_quick_run_prints_one_json_object_with_its_ratios(
+    quick_benchmark: QuickBenchmark,
+) -> None:
+    result = quick_benchmark("daemon", timeout=110)
     assert set(result) == {
         "benchmark", "quick", "peers", "repeats", "load_1min",
         "startup_fresh_s", "startup_forked_s", "startup_speedup",

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "transport.py"
+if TYPE_CHECKING:
+    from conftest import QuickBenchmark
 
 
 @pytest.mark.network
 @pytest.mark.timeout(120)
-def test_quick_transport_benchmark_prints_one_json_object() -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=100,
-    )
-    report = json.loads(done.stdout)
+def test_quick_transport_benchmark_prints_one_json_object(
+    quick_benchmark: QuickBenchmark,
+) -> None:
+    report = quick_benchmark("transport", timeout=100)
     assert report["benchmark"] == "transport"
     assert report["baseline"] == "tcp"
     assert report["quick"] is True
@@ -48,4 +41,3 @@ def test_quick_transport_benchmark_prints_one_json_object() -> None:
     assert report["ratio_libp2p_to_tcp"] > 0
     params = report["params_per_s"]
     assert params["libp2p_int8"] > params["libp2p_fp32"] > 0
-    assert "Traceback" not in done.stderr

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gossipfl.merge import RULES
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "merge.py"
+if TYPE_CHECKING:
+    from conftest import QuickBenchmark
 
 
-def test_quick_benchmark_prints_one_json_object_with_every_rule() -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    report = json.loads(done.stdout)
+def test_quick_benchmark_prints_one_json_object_with_every_rule(
+    quick_benchmark: QuickBenchmark,
+) -> None:
+    report = quick_benchmark("merge", timeout=60)
     assert report["benchmark"] == "merge"
     assert report["baseline"] == "mean"
     assert report["quick"] is True

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "simulate.py"
+if TYPE_CHECKING:
+    from conftest import QuickBenchmark
 
 
-def test_quick_benchmark_prints_one_json_object() -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    report = json.loads(done.stdout)
+def test_quick_benchmark_prints_one_json_object(quick_benchmark: QuickBenchmark) -> None:
+    report = quick_benchmark("simulate")
     assert report["benchmark"] == "simulate"
     assert report["meets_target"] is None  # a quick run claims nothing
     for run, peers in (("baseline_16", 16), ("scale", 64)):

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "wire.py"
+if TYPE_CHECKING:
+    from conftest import QuickBenchmark
 
 
-def test_wire_benchmark_quick_prints_one_json_object() -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--mb", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+def test_wire_benchmark_quick_prints_one_json_object(quick_benchmark: QuickBenchmark) -> None:
+    report = quick_benchmark("wire", "--mb", "2")
     assert report["benchmark"] == "wire"
     large = report["large"]
     for key in ("memcpy_gbps", "bytes_copy_gbps", "digest_gbps", "finite_check_gbps", "target"):
