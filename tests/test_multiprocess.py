@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gossipfl.cli import main
-from gossipfl.daemon.metrics import read_model_records
+from gossipfl.daemon.metrics import read_metrics, read_model_records
 from gossipfl.experiments import ExperimentSpec, run_experiment
 from gossipfl.simulation import SimulationConfig, run_simulation
 from gossipfl.simulation.processes import run_processes
@@ -108,3 +108,41 @@ def test_a_byzantine_peer_process_attacks_and_a_robust_rule_holds(tmp_path: Path
         assert summary["crafted"] >= 3 * 15  # one message per target and round
     assert summaries["mean"]["honest_mean_acc"] < 0.6
     assert summaries["trimmed-mean"]["honest_mean_acc"] > 0.9
+
+
+def test_churn_over_libp2p_peers_leave_and_rejoin_from_their_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """Three of nine peer processes stop cleanly after round 7 and are started again once
+    round 18 is final; they resume from their checkpoints and skip to their neighbours'
+    round. `training.step_time` (0.1 s, slept for real) keeps the others from finishing
+    before the parent can restart them."""
+    config = SimulationConfig().with_overrides(
+        [
+            "transport=libp2p", "peers=9", "topology.name=torus", "rounds=40",
+            "data.partition=iid", "output.eval_every=10", "output.plot=false",
+            "churn.fraction=0.3", "churn.leave_round=8", "churn.away_rounds=10",
+            "training.step_time=0.1",
+        ]
+    )  # fmt: skip
+    result = run_processes(config, workdir=tmp_path, timeout=100)
+    peers_in_round = {s.round: s.peers for s in result.summaries}
+    assert [peers_in_round[r] for r in range(8)] == [9] * 8
+    assert [peers_in_round[r] for r in range(8, 18)] == [6] * 10  # away from round 8
+    assert peers_in_round[39] == 9
+    summary = result.summary()
+    assert summary["rounds_completed"] == 40
+    assert summary["honest_mean_acc"] > 0.9
+    assert summary["consensus_distance"] < 0.05  # the returning peers caught up
+    churned = [
+        home
+        for home in sorted(tmp_path.glob("peer-*"))
+        if [r["kind"] for r in read_metrics(home / "state" / "metrics.jsonl")].count("start") == 2
+    ]
+    assert len(churned) == 3
+    for home in churned:
+        rounds = [m.round for m in read_model_records(home / "state" / "models.bin")]
+        assert rounds[:8] == list(range(8))
+        assert rounds[8] == 8  # resumed where it left,
+        assert rounds[9] >= 15  # then skipped to its neighbours' round
+        assert rounds[-1] == 39

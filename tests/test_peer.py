@@ -438,3 +438,13 @@ async def test_training_that_blows_up_with_neighbours_is_a_clear_error(
             with pytest.raises(GossipflError, match="local training diverged"):
                 await peer.run(2)
         nursery.cancel_scope.cancel()
+
+
+def test_a_negative_compute_time_is_refused() -> None:
+    with pytest.raises(GossipflError, match="compute_time must be >= 0 seconds"):
+        Peer(
+            transport=MemoryNetwork().endpoint("a"),
+            model={"x": np.zeros(2, np.float32)},
+            neighbourhood=pair_hood("b"),
+            compute_time=-1.0,
+        )

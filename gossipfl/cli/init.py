@@ -281,6 +281,8 @@ local_steps = 1
 seed = 0
 # Consensus mode: length of the random vector.
 dimension = 100
+# Seconds added to every local step, to play a slower device in a testbed (0: none).
+step_time = 0.0
 
 [data]
 # This peer's training data: digits (bundled with scikit-learn) or synthetic.

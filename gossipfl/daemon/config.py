@@ -94,6 +94,9 @@ class TrainingSection:
     seed: int = 0
     dimension: int = 100
     """Consensus mode: length of the random vector."""
+    step_time: float = 0.0
+    """Seconds added to every round's local step, to play a slower device in a testbed
+    (``simulate --transport libp2p`` passes each peer's simulated step time here)."""
 
 
 @dataclass
@@ -204,6 +207,8 @@ class DaemonConfig(TomlConfig):
         if tr.mode not in MODES:
             raise ConfigError(f"training.mode must be one of {', '.join(MODES)}, got {tr.mode!r}")
         _positive("training.deadline", tr.deadline)
+        if not 0 <= tr.step_time < math.inf:
+            raise ConfigError(f"training.step_time must be >= 0 seconds, got {tr.step_time}")
         if tr.dimension < 1:
             raise ConfigError(f"training.dimension must be at least 1, got {tr.dimension}")
         if tr.mode == "train":

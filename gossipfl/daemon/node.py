@@ -516,6 +516,7 @@ class Node:
             on_round=self._on_round,
             checkpoints=store,
             outgoing=attack_kit.outgoing if attack_kit is not None else None,
+            compute_time=tc.step_time or None,
             name=name,
         ) as peer:
             self.peer = peer

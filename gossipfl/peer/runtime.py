@@ -91,6 +91,20 @@ class RunSummary:
     counters: PeerCounters
 
 
+def _as_step_time(value: float | Callable[[int], float] | None) -> Callable[[int], float] | None:
+    """``compute_time`` as a function of the round (a number: the same every round)."""
+    if value is None or callable(value):
+        return value
+    seconds = float(value)
+    if not 0 <= seconds < math.inf:
+        raise ConfigError(f"compute_time must be >= 0 seconds, got {value!r}")
+
+    def constant(_round: int) -> float:
+        return seconds
+
+    return constant
+
+
 def as_adapter(model: object) -> ModelAdapter:
     """Accept a :class:`~gossipfl.model.ModelAdapter`, a dict of numpy arrays, or a torch
     ``nn.Module``."""
@@ -132,8 +146,10 @@ class Peer:
         on_round: called after every completed round with a :class:`RoundReport`.
         checkpoints: where to keep checkpoints; a peer restarts from the latest one.
         outgoing: see :data:`OutgoingHook`.
-        compute_time: simulations only: how many (virtual) seconds the local step of a
-            round takes; the runtime sleeps that long on trio's clock after training.
+        compute_time: how many seconds the local step of a round takes, on top of the
+            training itself: a number, or a function of the round. The runtime sleeps
+            that long on trio's clock after training: virtual seconds in a simulation,
+            real ones to play a slower device in a testbed.
     """
 
     def __init__(
@@ -148,7 +164,7 @@ class Peer:
         on_round: RoundHook | None = None,
         checkpoints: CheckpointStore | None = None,
         outgoing: OutgoingHook | None = None,
-        compute_time: Callable[[int], float] | None = None,
+        compute_time: float | Callable[[int], float] | None = None,
         name: str | None = None,
     ) -> None:
         self.config = config or PeerConfig()
@@ -166,7 +182,7 @@ class Peer:
         self._on_round = on_round
         self._checkpoints = checkpoints
         self._outgoing = outgoing
-        self._compute_time = compute_time
+        self._compute_time = _as_step_time(compute_time)
         self._rng = random.Random(f"{self.config.seed}:{self.id}")
         self._num_params = int(self.adapter.get_flat().size)
         self._hello = wire.Hello(

@@ -17,10 +17,16 @@ exchange, checkpoints. The parent process
 4. stops the Byzantine peers once every honest one has finished.
 
 Differences from the in-process run, by nature: time is real (``virtual_s`` is wall
-time; ``network.deadline`` is in real seconds), links are loopback TCP (no simulated
+time; ``network.deadline`` and ``training.step_time`` are real seconds: each peer
+sleeps its step time after training), links are loopback TCP (no simulated
 latency, loss or bandwidth), and a Byzantine peer only knows the models it receives
-(``byzantine.omniscient`` is treated as false). Churn is not simulated: kill and restart
-``gossipfl start`` peers for that (see docs/operations.md).
+(``byzantine.omniscient`` is treated as false). Churn is played with the processes
+themselves: the chosen peers are started with ``--rounds LEAVE_ROUND``, so each stops
+cleanly after its last round before leaving, checkpoint written; once the others'
+round ``leave_round + away_rounds`` is final (as the parent reads it, so possibly a round
+or two later), they are started again from their home directories: the same identity,
+resuming from the checkpoint and catching up by skipping rounds. The peers that churn are
+drawn with the run's seed, but they are not the same ones as in-process.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from gossipfl.childenv import SINGLE_THREADED, environment
-from gossipfl.errors import ConfigError, GossipflError
+from gossipfl.errors import GossipflError
 from gossipfl.simulation.collector import MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.simulation.runner import SimulationResult, _gap_or_none, consensus_fit
@@ -133,6 +139,8 @@ class Child:
     honest: bool
     process: Any = None
     """A started :class:`multiprocessing.Process`."""
+    away: bool = False
+    """Stopped by the churn schedule (its exit is not a failure)."""
 
     @property
     def stderr_path(self) -> Path:
@@ -229,18 +237,13 @@ def run_processes(
     roster; it is kept for inspection. ``timeout`` bounds the whole run (default: none).
     """
     config.validate()
-    if config.churn.fraction > 0:
-        raise ConfigError(
-            "churn is simulated in-process only (transport = 'memory'); with libp2p, stop "
-            "and restart `gossipfl start` peers instead"
-        )
     plan = _plan(config, workdir)
     launcher = PeerLauncher()
     wall_start = time.time()
     try:
         for child in plan.children:
-            child.process = launcher.start(child.home, "--quiet", config=child.home / "config.toml")
-        _monitor(plan, progress=progress, timeout=timeout, started=wall_start)
+            _first_launch(plan, launcher, child)
+        _monitor(plan, launcher, progress=progress, timeout=timeout, started=wall_start)
     finally:
         _stop_all(plan.children)
     return _result(plan, wall_start)
@@ -259,6 +262,29 @@ class _Plan:
     honest_topology: Any
     placement: Any
     readers: dict[str, Any]
+    churn: _Churn | None = None
+
+
+@dataclass
+class _Churn:
+    """The churn schedule: ``nodes`` leave once ``leave_round`` is final and, when
+    ``back_round`` is set, start again once that round is."""
+
+    nodes: list[int]
+    leave_round: int
+    back_round: int | None
+    stage: str = "before"  # -> "away" -> "back"
+
+
+def _churn_schedule(config: SimulationConfig) -> _Churn | None:
+    ch = config.churn
+    if ch.fraction <= 0 or ch.leave_round >= config.rounds:
+        return None
+    count = max(1, round(ch.fraction * config.peers))
+    rng = np.random.default_rng(config.seed)
+    nodes = sorted(int(i) for i in rng.choice(config.peers, size=count, replace=False))
+    back = ch.leave_round + ch.away_rounds
+    return _Churn(nodes, ch.leave_round, back if back < config.rounds else None)
 
 
 def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
@@ -324,6 +350,11 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
             return evaluate_many(probe, vectors, test_x, test_y)
 
     network_id = f"simulation-{secrets.token_hex(4)}"
+    churn = _churn_schedule(config)
+    churners = set(churn.nodes) if churn is not None else set()
+    tc = config.training
+    spread = np.random.default_rng([config.seed, n]).uniform(-1, 1, size=n)
+    step_times = tc.step_time * (1 + tc.step_time_spread * spread)
     children: list[Child] = []
     for i in range(n):
         home = workdir / names[i]
@@ -339,7 +370,10 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
             roster=roster_path,
             data_file=data_file if dataset is not None else None,
             network_id=network_id,
+            step_time=float(step_times[i]) if i < honest else float(step_times[:honest].max()),
         )
+        if i in churners:  # resume from the last round before leaving
+            values["output.checkpoint_every"] = 1
         for key, value in values.items():
             daemon.set(key, value)
         daemon.validate()
@@ -362,6 +396,7 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
         honest_topology,
         placement,
         readers,
+        churn,
     )
 
 
@@ -374,6 +409,7 @@ def _daemon_settings(
     roster: Path,
     data_file: Path | None,
     network_id: str,
+    step_time: float,
 ) -> dict[str, Any]:
     """The daemon config of peer ``node`` as dotted keys."""
     tc, net = config.training, config.network
@@ -404,6 +440,7 @@ def _daemon_settings(
         "training.local_steps": tc.local_steps,
         "training.seed": config.seed,
         "training.dimension": config.dimension,
+        "training.step_time": step_time,
         "data.name": config.data.name,
         "data.partition": config.data.partition,
         "data.alpha": config.data.alpha,
@@ -452,20 +489,72 @@ def _renamed(report: Any, name: str, started: float) -> Any:
     )
 
 
+def _launch(launcher: PeerLauncher, child: Child, *extra: str) -> None:
+    child.process = launcher.start(child.home, "--quiet", *extra, config=child.home / "config.toml")
+
+
+def _first_launch(plan: _Plan, launcher: PeerLauncher, child: Child) -> None:
+    """Start a peer; a churning one is told to stop after ``leave_round`` rounds."""
+    churn = plan.churn
+    if churn is not None and child.node in churn.nodes:
+        _launch(launcher, child, "--rounds", str(churn.leave_round))
+    else:
+        _launch(launcher, child)
+
+
+def _play_churn(plan: _Plan, launcher: PeerLauncher) -> None:
+    """Note the churning peers' leave; restart them when their time comes."""
+    churn = plan.churn
+    if churn is None:
+        return
+    churners = [plan.children[i] for i in churn.nodes]
+    if churn.stage == "before":
+        for child in churners:
+            if not child.away and child.process is not None and child.process.exitcode == 0:
+                child.away = True  # it stopped after its last round before leaving
+                plan.collector.leave(child.name)
+                logger.info("churn: %s left after round %d", child.name, churn.leave_round - 1)
+        if all(c.away for c in churners):
+            churn.stage = "away"
+    if (
+        churn.stage == "away"
+        and churn.back_round is not None
+        and plan.collector.final_round >= churn.back_round
+    ):
+        for child in churners:
+            plan.collector.join(child.name)
+            _launch(launcher, child)  # resumes from its checkpoint and catches up
+            child.away = False
+        churn.stage = "back"
+        logger.info(
+            "churn: %s rejoined at round %d",
+            ", ".join(c.name for c in churners),
+            plan.collector.final_round,
+        )
+
+
 def _monitor(
-    plan: _Plan, *, progress: Progress | None, timeout: float | None, started: float
+    plan: _Plan,
+    launcher: PeerLauncher,
+    *,
+    progress: Progress | None,
+    timeout: float | None,
+    started: float,
 ) -> None:
-    """Follow the peers until every honest one has exited; raise if one fails."""
+    """Follow the peers until every honest one has exited (playing the churn schedule
+    meanwhile); raise if one fails."""
     deadline = started + timeout if timeout else None
     reported = 0
-    honest = [c for c in plan.children if c.honest]
     while True:
         _feed(plan, started)
+        _play_churn(plan, launcher)
         while progress is not None and reported < len(plan.collector.summaries):
             progress(plan.collector.summaries[reported])
             reported += 1
         for child in plan.children:
             assert child.process is not None
+            if child.away:
+                continue
             code = child.process.exitcode
             if code not in (None, 0):
                 words = child.tail() or (
@@ -477,7 +566,15 @@ def _monitor(
                     f"{child.name} ({'honest' if child.honest else 'Byzantine'}) exited with "
                     f"status {code}; its last words:\n{words}"
                 )
-        if all(c.process is not None and c.process.exitcode == 0 for c in honest):
+        running = [c for c in plan.children if c.honest and not c.away]
+        to_rejoin = (
+            plan.churn is not None
+            and plan.churn.stage == "away"
+            and (plan.churn.back_round is not None)
+        )
+        if not to_rejoin and all(
+            c.process is not None and c.process.exitcode == 0 for c in running
+        ):
             _feed(plan, started)
             return
         if deadline is not None and time.time() > deadline:

@@ -328,7 +328,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
                     rule=make_rule(config.rule.name, **config.rule.params),
                     config=peer_config,
                     on_round=on_round,
-                    compute_time=_constant(float(step_times[i])) if tc.step_time else None,
+                    compute_time=float(step_times[i]) if tc.step_time else None,
                     name=ids[i],
                     outgoing=byzantine.recorder(i) if byzantine is not None else None,
                 ) as peer:
@@ -355,7 +355,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
                     rule="mean",
                     config=peer_config,
                     outgoing=spec.outgoing,
-                    compute_time=_constant(step_time),
+                    compute_time=step_time,
                     name=ids[spec.node],
                 ) as peer,
                 trio.open_nursery() as attacking,
@@ -423,15 +423,6 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
 async def _run_then_serve(peer: Peer, rounds: int) -> None:
     await peer.run(rounds)
     await peer.serve()
-
-
-def _constant(seconds: float) -> Callable[[int], float]:
-    """A peer's simulated step time: the same every round."""
-
-    def step_time(_round: int) -> float:
-        return seconds
-
-    return step_time
 
 
 def _gap_or_none(topology: Topology) -> float | None:
