@@ -253,6 +253,30 @@ def test_a_straggler_far_behind_is_not_waited_for() -> None:
     assert merge.peers == ("a", "b")
 
 
+def test_a_peer_ahead_of_most_of_its_neighbours_waits_for_them() -> None:
+    """We ran alone while b and c were away; they are back, far behind. Writing them off
+    as stragglers would leave us ahead, and alone, for good: we wait for them."""
+    g = core(rounds=100, start_round=10)
+    g.start()
+    g.handle(ModelReceived("b", 3, vec(1.0)))
+    g.handle(ModelReceived("c", 3, vec(1.0)))
+    g.handle(LocalStepDone(10, vec(1.0)))
+    assert g.handle(ModelReceived("a", 10, vec(1.0))) == []  # still waiting for b and c
+    (merge,) = g.handle(ModelReceived("b", 10, vec(2.0)))
+    assert merge.peers == ("a", "b")  # c, now alone behind, is a straggler again
+
+
+def test_a_peer_ahead_of_neighbours_that_stay_behind_waits_only_until_the_deadline() -> None:
+    g = core(rounds=100, start_round=10)
+    g.start()
+    g.handle(ModelReceived("b", 3, vec(1.0)))
+    g.handle(ModelReceived("c", 3, vec(1.0)))
+    g.handle(LocalStepDone(10, vec(1.0)))
+    g.handle(ModelReceived("a", 10, vec(1.0)))
+    (merge,) = g.handle(DeadlinePassed(10))
+    assert merge.peers == ("a",)
+
+
 def test_a_single_neighbour_ahead_is_not_enough_to_skip_but_two_are() -> None:
     g = core(rounds=100)
     g.start()

@@ -84,3 +84,27 @@ def test_parse_scalar_follows_toml() -> None:
     assert parse_scalar("true") is True
     assert parse_scalar('"quoted"') == "quoted"
     assert parse_scalar("bare-word") == "bare-word"
+
+
+def test_churning_and_slow_peers_are_drawn_from_the_seed_alone() -> None:
+    config = SimulationConfig().with_overrides(
+        [
+            "peers=20",
+            "churn.fraction=0.3",
+            "training.step_time=0.1",
+            "training.step_time_spread=0.5",
+        ]
+    )
+    nodes = config.churn_nodes()
+    assert len(nodes) == 6
+    assert nodes == sorted(set(nodes))
+    assert all(0 <= i < 20 for i in nodes)
+    assert nodes == config.with_overrides(["transport=libp2p"]).churn_nodes()
+    assert nodes != config.with_overrides(["seed=1"]).churn_nodes()
+    times = config.step_times(24)
+    assert times.shape == (24,)
+    assert ((times >= 0.05) & (times <= 0.15)).all()
+    assert times.tolist() == config.step_times(24).tolist()
+    assert SimulationConfig().churn_nodes() == []  # no churn by default
+    late = config.with_overrides(["rounds=10", "churn.leave_round=10"])
+    assert late.churn_nodes() == []  # leaving after the last round is not leaving

@@ -23,7 +23,9 @@ round yet, and is neither past this round (links are ordered, so once a later ro
 has arrived, this round's model will never come) nor known to be more than
 ``catch_up_lag`` rounds behind (it owed us newer models that never came, so its model
 could not arrive before the deadline anyway). A straggler therefore costs its neighbours
-nothing once they know it is behind.
+nothing once they know it is behind. Unless most of our live neighbours are behind: then
+we are the one ahead (we ran alone while they were away, say), and we wait for them until
+the deadline, or we would stay ahead, and alone, for good.
 
 A peer that fell behind (restarted from a checkpoint, or was frozen) catches up: when at
 least ``catch_up_quorum`` in-neighbours have reached a round ``catch_up_lag`` or more
@@ -174,14 +176,27 @@ class SyncGossip(RoundCore):
 
     def _waiting_for(self) -> set[PeerId]:
         arrived = self._buffer.get(self.round, {})
-        waiting = set()
+        waiting: set[PeerId] = set()
+        behind: set[PeerId] = set()
+        live = 0
         for peer in self.neighbourhood.receive_from(self.round):
-            if peer in self._down or peer in arrived:
+            if peer in self._down:
+                continue
+            live += 1
+            if peer in arrived:
                 continue
             latest = self._latest.get(peer)
-            if latest is not None and (latest > self.round or self._known_behind(peer, latest)):
+            if latest is not None and latest > self.round:
+                continue
+            if latest is not None and self._known_behind(peer, latest):
+                behind.add(peer)
                 continue
             waiting.add(peer)
+        if 2 * len(behind) > live:
+            # Most of our live neighbours are behind: then we are the one ahead (say, we
+            # ran alone while they were away), and running on would leave us alone for
+            # good. Wait for them, as for anyone, until the deadline.
+            waiting |= behind
         return waiting
 
     def _known_behind(self, peer: PeerId, latest: int) -> bool:

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from gossipfl.configfile import Scalar, TomlConfig, read_toml
 from gossipfl.errors import ConfigError
 
@@ -148,6 +151,23 @@ class SimulationConfig(TomlConfig):
             hidden=tc.hidden,
             init_seed=self.seed,
         )
+
+    def step_times(self, n: int) -> npt.NDArray[np.float64]:
+        """The step time of each of ``n`` peers, ``step_time × (1 ± step_time_spread)``,
+        drawn from the seed alone: the same peers are slow in memory and over libp2p."""
+        tc = self.training
+        spread = np.random.default_rng([self.seed, 1]).uniform(-1, 1, size=n)
+        return tc.step_time * (1 + tc.step_time_spread * spread)
+
+    def churn_nodes(self) -> list[int]:
+        """The honest peers that leave and rejoin (``[churn]``), drawn from the seed alone:
+        the same peers churn in memory and over libp2p. Empty when nobody leaves."""
+        ch = self.churn
+        if ch.fraction <= 0 or ch.leave_round >= self.rounds:
+            return []
+        count = max(1, round(ch.fraction * self.peers))
+        chosen = np.random.default_rng([self.seed, 2]).choice(self.peers, size=count, replace=False)
+        return sorted(int(i) for i in chosen)
 
     def validate(self) -> None:
         if self.peers < 1:

@@ -25,8 +25,8 @@ themselves: the chosen peers are started with ``--rounds LEAVE_ROUND``, so each 
 cleanly after its last round before leaving, checkpoint written; once the others'
 round ``leave_round + away_rounds`` is final (as the parent reads it, so possibly a round
 or two later), they are started again from their home directories: the same identity,
-resuming from the checkpoint and catching up by skipping rounds. The peers that churn are
-drawn with the run's seed, but they are not the same ones as in-process.
+resuming from the checkpoint and catching up by skipping rounds. The same peers churn as
+in-process (:meth:`SimulationConfig.churn_nodes`).
 """
 
 from __future__ import annotations
@@ -277,12 +277,10 @@ class _Churn:
 
 
 def _churn_schedule(config: SimulationConfig) -> _Churn | None:
-    ch = config.churn
-    if ch.fraction <= 0 or ch.leave_round >= config.rounds:
+    nodes = config.churn_nodes()
+    if not nodes:
         return None
-    count = max(1, round(ch.fraction * config.peers))
-    rng = np.random.default_rng(config.seed)
-    nodes = sorted(int(i) for i in rng.choice(config.peers, size=count, replace=False))
+    ch = config.churn
     back = ch.leave_round + ch.away_rounds
     return _Churn(nodes, ch.leave_round, back if back < config.rounds else None)
 
@@ -352,9 +350,7 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
     network_id = f"simulation-{secrets.token_hex(4)}"
     churn = _churn_schedule(config)
     churners = set(churn.nodes) if churn is not None else set()
-    tc = config.training
-    spread = np.random.default_rng([config.seed, n]).uniform(-1, 1, size=n)
-    step_times = tc.step_time * (1 + tc.step_time_spread * spread)
+    step_times = config.step_times(n)
     children: list[Child] = []
     for i in range(n):
         home = workdir / names[i]

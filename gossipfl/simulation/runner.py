@@ -299,7 +299,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     initial_mean = np.mean([m["x"] for m in models], axis=0) if config.mode == "consensus" else None
 
     tc = config.training
-    step_times = tc.step_time * (1 + tc.step_time_spread * rng.uniform(-1, 1, size=topology.n))
+    step_times = config.step_times(topology.n)
 
     remaining = set(range(honest))
     all_done = trio.Event()
@@ -366,11 +366,8 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
         finally:
             await transport.aclose()
 
-    churners: list[int] = []
+    churners = config.churn_nodes()
     ch = config.churn
-    if ch.fraction > 0 and ch.leave_round < config.rounds:
-        count = max(1, round(ch.fraction * honest))
-        churners = sorted(int(i) for i in rng.choice(honest, size=count, replace=False))
     rejoin = ch.leave_round + ch.away_rounds < config.rounds
 
     async def churn(nursery: trio.Nursery) -> None:
