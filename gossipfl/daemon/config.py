@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gossipfl.configfile import Scalar, TomlConfig, parse_value, read_toml
 from gossipfl.errors import ConfigError
+from gossipfl.learning.learner import LearnerConfig, TrainingSettings
 
 PROTOCOLS = ("sync", "async", "epidemic")
 CODECS = ("fp32", "fp16", "int8")
@@ -76,21 +76,17 @@ class RuleSection:
 
 
 @dataclass
-class TrainingSection:
+class TrainingSection(TrainingSettings):
+    """Local training (model, backend, lr, momentum, weight_decay, batch_size,
+    local_steps, hidden: see :class:`~gossipfl.learning.learner.TrainingSettings`) and
+    the gossip around it."""
+
     rounds: int = 100
     protocol: str = "sync"
     deadline: float = 5.0
     codec: str = "fp32"
     mode: str = "train"
     """``train``, or ``consensus`` (no data: average random vectors, a network check)."""
-    model: str = "softmax"
-    backend: str = "numpy"
-    hidden: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    local_steps: int = 1
     seed: int = 0
     dimension: int = 100
     """Consensus mode: length of the random vector."""
@@ -248,22 +244,9 @@ class DaemonConfig(TomlConfig):
         if self.attack.name.strip().lower() != NO_ATTACK:
             attack_class(self.attack.name)
 
-    def learner_config(self) -> Any:
+    def learner_config(self) -> LearnerConfig:
         """The :class:`~gossipfl.learning.LearnerConfig` of ``[training]``."""
-        from gossipfl.learning import LearnerConfig
-
-        tr = self.training
-        return LearnerConfig(
-            model=tr.model,
-            backend=tr.backend,
-            lr=tr.lr,
-            momentum=tr.momentum,
-            weight_decay=tr.weight_decay,
-            batch_size=tr.batch_size,
-            local_steps=tr.local_steps,
-            hidden=tr.hidden,
-            init_seed=tr.seed,
-        )
+        return self.training.learner_config(init_seed=self.training.seed)
 
     @property
     def is_byzantine(self) -> bool:

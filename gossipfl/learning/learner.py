@@ -71,6 +71,36 @@ class LearnerConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
+@dataclass
+class TrainingSettings:
+    """The ``[training]`` keys that set local training, shared by the simulation's and the
+    daemon's config files (which add their own keys). Mutable, as config sections are."""
+
+    model: str = "softmax"
+    backend: str = "numpy"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    local_steps: int = 1
+    hidden: int = 64
+
+    def learner_config(self, *, init_seed: int) -> LearnerConfig:
+        """These settings as a :class:`LearnerConfig`; every peer starts from the model
+        ``init_seed`` initializes."""
+        return LearnerConfig(
+            model=self.model,
+            backend=self.backend,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            local_steps=self.local_steps,
+            hidden=self.hidden,
+            init_seed=init_seed,
+        )
+
+
 def make_learner(
     config: LearnerConfig, dataset: Dataset, indices: IntArray, *, seed: int
 ) -> Learner:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from gossipfl.configfile import Scalar, TomlConfig, read_toml
 from gossipfl.errors import ConfigError
+from gossipfl.learning.learner import LearnerConfig, TrainingSettings
 
 
 @dataclass
@@ -45,15 +45,7 @@ class DataSection:
 
 
 @dataclass
-class TrainingSection:
-    model: str = "softmax"
-    backend: str = "numpy"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    local_steps: int = 1
-    hidden: int = 64
+class TrainingSection(TrainingSettings):
     step_time: float = 0.02
     """Simulated seconds one round of local training takes."""
     step_time_spread: float = 0.0
@@ -134,23 +126,10 @@ class SimulationConfig(TomlConfig):
     def from_toml(cls, path: str | Path) -> SimulationConfig:
         return cls.from_dict(read_toml(path))
 
-    def learner_config(self) -> Any:
+    def learner_config(self) -> LearnerConfig:
         """The :class:`~gossipfl.learning.LearnerConfig` of ``[training]``; every peer
         starts from the model ``seed`` initializes."""
-        from gossipfl.learning import LearnerConfig
-
-        tc = self.training
-        return LearnerConfig(
-            model=tc.model,
-            backend=tc.backend,
-            lr=tc.lr,
-            momentum=tc.momentum,
-            weight_decay=tc.weight_decay,
-            batch_size=tc.batch_size,
-            local_steps=tc.local_steps,
-            hidden=tc.hidden,
-            init_seed=self.seed,
-        )
+        return self.training.learner_config(init_seed=self.seed)
 
     def step_times(self, n: int) -> npt.NDArray[np.float64]:
         """The step time of each of ``n`` peers, ``step_time × (1 ± step_time_spread)``,
