@@ -155,23 +155,32 @@ async def test_a_flood_of_garbage_is_counted_in_full_but_logged_a_few_times(
     np.testing.assert_array_equal(victim.vector, start)
 
 
-async def test_diverged_local_training_is_a_clear_error(clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize(
+    ("neighbours", "bad"),
+    [({}, np.nan), ({"q": 0.5}, np.inf)],
+    ids=["alone-nan", "with-neighbours-inf"],
+)
+async def test_diverged_local_training_is_a_clear_error(
+    clock: trio.testing.MockClock, neighbours: dict[str, float], bad: float
+) -> None:
+    """With neighbours to send to, too, a non-finite model is reported as divergence before
+    any attempt to send it (the wire would refuse it with a less helpful error)."""
     model = {"x": np.ones(2, np.float32)}
 
     def explode(_round: int) -> None:
-        model["x"][:] = np.nan
+        model["x"][:] = bad
 
     net = MemoryNetwork()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(net.run)
         async with Peer(
-            transport=net.endpoint("solo"),
+            transport=net.endpoint("p"),
             model=model,
-            neighbourhood=StaticNeighbourhood({}),
+            neighbourhood=StaticNeighbourhood(neighbours),
             train=explode,
             config=SIM,
         ) as peer:
-            with pytest.raises(GossipflError, match="diverged"):
+            with pytest.raises(GossipflError, match="local training diverged"):
                 await peer.run(2)
         nursery.cancel_scope.cancel()
 
@@ -412,31 +421,6 @@ async def test_wait_for_neighbours_reports_who_is_missing(clock: trio.testing.Mo
             assert await me.wait_for_neighbours(10.0, minimum=1) == {"never"}
             assert 3.0 <= trio.current_time() - start < 10.0  # returned as soon as one came
             assert await me.wait_for_neighbours(2.0) == {"never"}  # all: times out
-        nursery.cancel_scope.cancel()
-
-
-async def test_training_that_blows_up_with_neighbours_is_a_clear_error(
-    clock: trio.testing.MockClock,
-) -> None:
-    """With neighbours to send to, a non-finite model must be reported as divergence before
-    any attempt to send it (the wire would refuse it with a less helpful error)."""
-    model = {"x": np.ones(2, np.float32)}
-
-    def explode(_round: int) -> None:
-        model["x"][:] = np.inf
-
-    net = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(net.run)
-        async with Peer(
-            transport=net.endpoint("p"),
-            model=model,
-            neighbourhood=pair_hood("q"),
-            train=explode,
-            config=SIM,
-        ) as peer:
-            with pytest.raises(GossipflError, match="local training diverged"):
-                await peer.run(2)
         nursery.cancel_scope.cancel()
 
 
