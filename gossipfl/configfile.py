@@ -44,17 +44,18 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """The tables of a TOML file, or a :class:`ConfigError` saying why not."""
+def read_toml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """The tables of a TOML file, or a :class:`ConfigError` saying why not; ``what`` names
+    the kind of file in the message."""
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def coerce(key: str, value: Any, hint: Any) -> Any:

@@ -144,3 +144,12 @@ def test_cli_show_and_plot_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["plot", str(tmp_path)]) == 2
     assert "neither a run directory" in capsys.readouterr().err
     assert main(["experiment", "run", str(path), "--workers", "0"]) == 2
+
+
+def test_plotting_an_experiment_with_a_broken_experiment_file_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "summary.jsonl").write_text('{"run_id": "a", "seed": 0}\n', encoding="utf-8")
+    (tmp_path / "experiment.toml").write_text("name = = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"experiment.toml is not valid TOML"):
+        plot_directory(tmp_path)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gossipfl.configfile import read_toml
 from gossipfl.errors import ConfigError
 
 ROSTER_KEYS = frozenset({"topology", "peer"})
@@ -139,14 +140,7 @@ def parse_roster(data: Mapping[str, Any], *, where: str = "roster") -> Roster:
 
 def load_roster(path: str | Path) -> Roster:
     """Read and validate a roster file."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read roster {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"roster {path} is not valid TOML: {exc}") from None
-    return parse_roster(data, where=str(path))
+    return parse_roster(read_toml(path, what="roster"), where=str(path))
 
 
 def is_roster_file(spec: str) -> bool:

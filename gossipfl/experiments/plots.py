@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from gossipfl.configfile import read_toml
 from gossipfl.errors import ConfigError
 
 FORMATS = ("png", "svg")
@@ -133,11 +133,15 @@ def _finish(
 # ----------------------------------------------------------------------- experiments
 
 
-def _grid_keys(directory: Path, rows: list[dict[str, Any]]) -> list[str]:
+def _experiment_file(directory: Path) -> dict[str, Any] | None:
+    """The experiment's ``experiment.toml``, if the directory has one."""
     spec_path = directory / "experiment.toml"
-    if spec_path.exists():
-        grid = tomllib.loads(spec_path.read_text(encoding="utf-8")).get("grid", {})
-        return [k for k in grid if any(k in r for r in rows)]
+    return read_toml(spec_path) if spec_path.exists() else None
+
+
+def _grid_keys(spec: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[str]:
+    if spec is not None:
+        return [k for k in spec.get("grid", {}) if any(k in r for r in rows)]
     # without the experiment file: keys that look like config keys and vary across runs
     keys = [k for k in rows[0] if "." in k or k == SEED_KEY]
     return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
@@ -147,13 +151,9 @@ def _label(values: Iterable[tuple[str, Any]]) -> str:
     return ", ".join(f"{k.removesuffix('.name').rsplit('.', 1)[-1]}={v}" for k, v in values)
 
 
-def _experiment_name(directory: Path) -> str:
-    spec_path = directory / "experiment.toml"
-    if spec_path.exists():
-        name = tomllib.loads(spec_path.read_text(encoding="utf-8")).get("name")
-        if isinstance(name, str) and name:
-            return name
-    return directory.name
+def _experiment_name(spec: dict[str, Any] | None, directory: Path) -> str:
+    name = spec.get("name") if spec is not None else None
+    return name if isinstance(name, str) and name else directory.name
 
 
 def plot_experiment(directory: Path, *, formats: Sequence[str] = FORMATS) -> list[Path]:
@@ -164,18 +164,20 @@ def plot_experiment(directory: Path, *, formats: Sequence[str] = FORMATS) -> lis
     ]
     if not rows:
         raise ConfigError(f"{directory}/summary.jsonl lists no finished runs")
-    keys = _grid_keys(directory, rows)
+    spec = _experiment_file(directory)
+    keys = _grid_keys(spec, rows)
+    title = _experiment_name(spec, directory)
     group_keys = [k for k in keys if k != SEED_KEY]
     groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[tuple((k, row.get(k)) for k in group_keys)].append(row)
-    written = _plot_curves(directory, groups, formats)
+    written = _plot_curves(directory, groups, formats, title)
     if "rule.name" in keys and "byzantine.attack" in keys:
-        written += _plot_heatmaps(directory, rows, keys, formats)
+        written += _plot_heatmaps(directory, rows, keys, formats, title)
     if "topology.name" in keys:
-        written += _plot_topologies(directory, groups, formats)
+        written += _plot_topologies(directory, groups, formats, title)
     if "network.codec" in keys or "topology.name" in keys:
-        written += _plot_vs_bytes(directory, groups, formats)
+        written += _plot_vs_bytes(directory, groups, formats, title)
     return written
 
 
@@ -201,6 +203,7 @@ def _plot_curves(
     directory: Path,
     groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]],
     formats: Sequence[str],
+    title: str,
 ) -> list[Path]:
     plt = _pyplot()
     written: list[Path] = []
@@ -231,7 +234,7 @@ def _plot_curves(
             continue
         if log:
             ax.set_yscale("log")
-        _finish(ax, "round", ylabel, _experiment_name(directory))
+        _finish(ax, "round", ylabel, title)
         if drawn > 12:
             ax.legend(fontsize="x-small", ncol=2)
         written += _save(fig, directory / name, formats)
@@ -270,6 +273,7 @@ def _plot_vs_bytes(
     directory: Path,
     groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]],
     formats: Sequence[str],
+    title: str,
 ) -> list[Path]:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -283,14 +287,16 @@ def _plot_vs_bytes(
         plt.close(fig)
         return []
     ax.set_xscale("log")
-    _finish(
-        ax, "MB sent per peer (log)", "mean honest test accuracy (%)", _experiment_name(directory)
-    )
+    _finish(ax, "MB sent per peer (log)", "mean honest test accuracy (%)", title)
     return _save(fig, directory / "accuracy_vs_bytes", formats)
 
 
 def _plot_heatmaps(
-    directory: Path, rows: list[dict[str, Any]], keys: list[str], formats: Sequence[str]
+    directory: Path,
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    formats: Sequence[str],
+    title: str,
 ) -> list[Path]:
     plt = _pyplot()
     rules = list(dict.fromkeys(r["rule.name"] for r in rows))
@@ -300,7 +306,7 @@ def _plot_heatmaps(
     for row in rows:
         panels[tuple((k, row.get(k)) for k in others)].append(row)
     written: list[Path] = []
-    for field, title in (("honest_mean_acc", "mean"), ("honest_min_acc", "worst")):
+    for field, which in (("honest_mean_acc", "mean"), ("honest_min_acc", "worst")):
         for panel, panel_rows in panels.items():
             table = np.full((len(rules), len(attacks)), math.nan)
             for i, rule in enumerate(rules):
@@ -322,12 +328,12 @@ def _plot_heatmaps(
                 for j in range(len(attacks)):
                     if not math.isnan(table[i, j]):
                         ax.text(j, i, f"{table[i, j]:.1f}", ha="center", va="center", fontsize=8)
-            fig.colorbar(image, ax=ax, label=f"{title} honest accuracy (%)")
+            fig.colorbar(image, ax=ax, label=f"{which} honest accuracy (%)")
             suffix = ("_" + "_".join(str(v) for _, v in panel)) if panel else ""
             where = f" — {_label(panel)}" if panel else ""
-            ax.set_title(f"{_experiment_name(directory)}: {title} honest accuracy{where}")
+            ax.set_title(f"{title}: {which} honest accuracy{where}")
             fig.tight_layout()
-            written += _save(fig, directory / f"heatmap_{title}{suffix}", formats)
+            written += _save(fig, directory / f"heatmap_{which}{suffix}", formats)
     return written
 
 
@@ -335,6 +341,7 @@ def _plot_topologies(
     directory: Path,
     groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]],
     formats: Sequence[str],
+    title: str,
 ) -> list[Path]:
     plt = _pyplot()
     labels, accs, dists = [], [], []
@@ -358,6 +365,6 @@ def _plot_topologies(
     right.xaxis.set_minor_formatter(NullFormatter())
     right.set_xlabel("final consensus distance (log)")
     right.set_yticks([])
-    fig.suptitle(_experiment_name(directory))
+    fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, directory / "topologies", formats)

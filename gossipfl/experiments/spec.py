@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import itertools
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossipfl.configfile import Scalar
+from gossipfl.configfile import Scalar, read_toml
 from gossipfl.errors import ConfigError
 from gossipfl.simulation import SimulationConfig
 
@@ -60,13 +59,7 @@ class ExperimentSpec:
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentSpec:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read experiment file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(read_toml(path, what="experiment file"), source=path)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: Path | None = None) -> ExperimentSpec:
