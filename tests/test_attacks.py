@@ -19,7 +19,9 @@ from gossipfl.attacks import (
     attacks_help,
     flip_labels,
     make_attack,
+    with_flipped_labels,
 )
+from gossipfl.data.datasets import synthetic
 from gossipfl.errors import ConfigError
 from gossipfl.merge import make_rule
 
@@ -288,6 +290,15 @@ def test_label_flip_mirrors_labels_and_sends_its_own_model() -> None:
     assert not make_attack("sign-flip").trains
     view = random_view(2)
     np.testing.assert_array_equal(attack.craft(view, RNG(0)), view.own)
+
+
+def test_a_label_flipping_peer_trains_on_mirrored_labels_and_is_tested_on_true_ones() -> None:
+    data = synthetic(seed=0)
+    flipped = with_flipped_labels(data)
+    np.testing.assert_array_equal(flipped.y_train, data.n_classes - 1 - data.y_train)
+    assert flipped.x_train is data.x_train
+    assert flipped.y_test is data.y_test
+    assert flipped.x_test is data.x_test
 
 
 def test_crafted_messages_are_new_float32_arrays() -> None:

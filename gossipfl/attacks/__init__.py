@@ -25,7 +25,7 @@ from gossipfl.attacks.local import (
     arm_peer,
     local_view,
 )
-from gossipfl.attacks.poisoning import LabelFlip, flip_labels
+from gossipfl.attacks.poisoning import LabelFlip, flip_labels, with_flipped_labels
 from gossipfl.attacks.registry import (
     ATTACKS,
     NO_ATTACK,
@@ -69,4 +69,5 @@ __all__ = [
     "flip_labels",
     "local_view",
     "make_attack",
+    "with_flipped_labels",
 ]

@@ -8,13 +8,17 @@ like an honest peer with unusual data.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from gossipfl.attacks.base import Attack, AttackView
+
+if TYPE_CHECKING:
+    from gossipfl.data import Dataset
 
 
 def flip_labels(y: npt.NDArray[np.int64], n_classes: int) -> npt.NDArray[np.int64]:
@@ -24,6 +28,12 @@ def flip_labels(y: npt.NDArray[np.int64], n_classes: int) -> npt.NDArray[np.int6
         raise ValueError(f"labels must lie in 0..{n_classes - 1}")
     flipped: npt.NDArray[np.int64] = (n_classes - 1 - labels).astype(np.int64)
     return flipped
+
+
+def with_flipped_labels(dataset: Dataset) -> Dataset:
+    """``dataset`` with :func:`flip_labels` applied to its training labels (the test split
+    is untouched: a label-flipping peer is still evaluated on the true task)."""
+    return dataclasses.replace(dataset, y_train=flip_labels(dataset.y_train, dataset.n_classes))
 
 
 @dataclass(kw_only=True, eq=False)

@@ -140,16 +140,9 @@ def build_workload(
     parts = partition(dataset.y_train, shards, config.data.partition, seed=tc.seed, **params)
     data = dataset
     if flip_labels:
-        from gossipfl.attacks import flip_labels as flip
+        from gossipfl.attacks import with_flipped_labels
 
-        data = Dataset(
-            dataset.name,
-            dataset.x_train,
-            flip(dataset.y_train, dataset.n_classes),
-            dataset.x_test,
-            dataset.y_test,
-            dataset.n_classes,
-        )
+        data = with_flipped_labels(dataset)
     if tc.backend == "torch":
         import torch
 

@@ -36,8 +36,8 @@ from gossipfl.attacks import (
     LocalAttacker,
     ObservingTransport,
     ReceivedModels,
-    flip_labels,
     make_attack,
+    with_flipped_labels,
 )
 from gossipfl.attacks.registry import canonical_name
 from gossipfl.errors import ConfigError
@@ -374,23 +374,13 @@ def _byzantine_model(
 ) -> tuple[object, TrainFn | None]:
     if dataset is None or learner_config is None:
         return {"x": np.zeros(config.dimension, np.float32)}, None
-    from gossipfl.data import Dataset
     from gossipfl.learning import make_learner
 
     rng = np.random.default_rng(derived_seed(config.seed, _DATA_WORD, node))
     total = len(dataset.y_train)
     share = max(1, total // config.peers)
     indices = np.sort(rng.choice(total, size=min(share, total), replace=False))
-    data = dataset
-    if attack.trains:
-        data = Dataset(
-            dataset.name,
-            dataset.x_train,
-            flip_labels(dataset.y_train, dataset.n_classes),
-            dataset.x_test,
-            dataset.y_test,
-            dataset.n_classes,
-        )
+    data = with_flipped_labels(dataset) if attack.trains else dataset
     learner = make_learner(learner_config, data, indices, seed=derived_seed(config.seed, node))
     return learner.adapter, (learner.train if attack.trains else None)
 
