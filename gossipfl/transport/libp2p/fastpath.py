@@ -79,6 +79,14 @@ _WINDOW_POLL_MAX = 0.01
 Buffer = bytes | bytearray | memoryview
 
 
+def _tampered() -> ConnectionClosedError:
+    """What a Noise message that fails authentication ends the connection with."""
+    return ConnectionClosedError(
+        "a Noise message failed authentication: the connection is corrupted or tampered with",
+        transport="tcp",
+    )
+
+
 class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
     """Noise transport messages (2-byte length + ciphertext), batched per system call.
 
@@ -130,11 +138,7 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         try:
             decrypted: bytes = self._decrypter.decrypt_with_ad(None, data)
         except InvalidTag:
-            raise ConnectionClosedError(
-                "a Noise message failed authentication: the connection is corrupted or "
-                "tampered with",
-                transport="tcp",
-            ) from None
+            raise _tampered() from None
         return decrypted
 
     async def write_msg(self, msg: bytes) -> None:
@@ -172,11 +176,7 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         try:
             cipher.cipher.decrypt_into(cipher.format_nonce(state.n), ciphertext, None, out)
         except InvalidTag:
-            raise ConnectionClosedError(
-                "a Noise message failed authentication: the connection is corrupted or "
-                "tampered with",
-                transport="tcp",
-            ) from None
+            raise _tampered() from None
         state.n += 1
         return True
 
