@@ -31,6 +31,9 @@ import numpy as np
 from gossipfl.configfile import read_toml
 from gossipfl.errors import ConfigError
 
+Groups = dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]]
+"""Runs grouped by their non-seed grid values."""
+
 FORMATS = ("png", "svg")
 SEED_KEY = "seed"
 
@@ -168,7 +171,7 @@ def plot_experiment(directory: Path, *, formats: Sequence[str] = FORMATS) -> lis
     keys = _grid_keys(spec, rows)
     title = _experiment_name(spec, directory)
     group_keys = [k for k in keys if k != SEED_KEY]
-    groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]] = defaultdict(list)
+    groups: Groups = defaultdict(list)
     for row in rows:
         groups[tuple((k, row.get(k)) for k in group_keys)].append(row)
     written = _plot_curves(directory, groups, formats, title)
@@ -201,7 +204,7 @@ def _mean_curve(runs: list[dict[str, Any]], directory: Path, field: str) -> tupl
 
 def _plot_curves(
     directory: Path,
-    groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]],
+    groups: Groups,
     formats: Sequence[str],
     title: str,
 ) -> list[Path]:
@@ -271,7 +274,7 @@ def _bytes_curve(
 
 def _plot_vs_bytes(
     directory: Path,
-    groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]],
+    groups: Groups,
     formats: Sequence[str],
     title: str,
 ) -> list[Path]:
@@ -302,7 +305,7 @@ def _plot_heatmaps(
     rules = list(dict.fromkeys(r["rule.name"] for r in rows))
     attacks = list(dict.fromkeys(r["byzantine.attack"] for r in rows))
     others = [k for k in keys if k not in ("rule.name", "byzantine.attack", SEED_KEY)]
-    panels: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]] = defaultdict(list)
+    panels: Groups = defaultdict(list)
     for row in rows:
         panels[tuple((k, row.get(k)) for k in others)].append(row)
     written: list[Path] = []
@@ -339,7 +342,7 @@ def _plot_heatmaps(
 
 def _plot_topologies(
     directory: Path,
-    groups: dict[tuple[tuple[str, Any], ...], list[dict[str, Any]]],
+    groups: Groups,
     formats: Sequence[str],
     title: str,
 ) -> list[Path]:
