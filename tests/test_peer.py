@@ -7,6 +7,7 @@ free. Hostile input comes from a raw endpoint on the same network.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from gossipfl.peerlog import BURST as PEER_WARNING_BURST
 from gossipfl.protocol import StaticNeighbourhood
 from gossipfl.transport import MemoryNetwork
 
-SIM = PeerConfig(heartbeat_interval=None, train_in_thread=False, deadline=1.0)
+SIM = PeerConfig(heartbeat_interval=None, threads=False, deadline=1.0)
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ async def test_two_peers_average_exactly(clock: trio.testing.MockClock) -> None:
 async def test_different_networks_refuse_each_other_and_merge_nothing(
     clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other = PeerConfig(heartbeat_interval=None, train_in_thread=False, network_id="elsewhere")
+    other = PeerConfig(heartbeat_interval=None, threads=False, network_id="elsewhere")
     with caplog.at_level(logging.WARNING, logger="gossipfl.peer.runtime"):
         a, b = await run_two(
             ({"x": np.zeros(3, np.float32)}, {"x": np.full(3, 2.0, np.float32)}), (SIM, other)
@@ -102,7 +103,7 @@ async def test_hostile_frames_are_counted_and_never_merged(
     victim_end = net.endpoint("victim")
     start = np.ones(4, np.float32)
     hood = StaticNeighbourhood({"mallory": 0.5})
-    config = PeerConfig(heartbeat_interval=None, train_in_thread=False, deadline=1.0)
+    config = PeerConfig(heartbeat_interval=None, threads=False, deadline=1.0)
     with caplog.at_level(logging.WARNING, logger="gossipfl.peer.runtime"):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(net.run)
@@ -227,9 +228,7 @@ async def test_a_silent_neighbour_is_detected_by_heartbeat(clock: trio.testing.M
     rounds stop waiting for it, instead of each waiting out the whole deadline."""
     net = MemoryNetwork()
     frozen = net.endpoint("frozen")
-    config = PeerConfig(
-        train_in_thread=False, deadline=10.0, heartbeat_interval=0.5, heartbeat_timeout=2.0
-    )
+    config = PeerConfig(threads=False, deadline=10.0, heartbeat_interval=0.5, heartbeat_timeout=2.0)
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(net.run)
@@ -294,7 +293,7 @@ def test_merge_drops_non_finite_neighbours_as_a_last_line_of_defence(
 async def test_models_larger_than_a_frame_travel_in_chunks(clock: trio.testing.MockClock) -> None:
     n = 100_000  # 400 kB of float32 against a 64 KiB frame limit
     small_frames = PeerConfig(
-        heartbeat_interval=None, train_in_thread=False, deadline=1.0, max_frame=64 * 1024
+        heartbeat_interval=None, threads=False, deadline=1.0, max_frame=64 * 1024
     )
     rng = np.random.default_rng(0)
     xa, xb = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
@@ -368,7 +367,7 @@ async def test_the_last_model_still_leaves_after_run_returns(
     outboxes (up to a deadline) so the slower neighbour can finish its last round."""
     net = MemoryNetwork()
     slow = SlowSends(net.endpoint("a"), seconds=0.5)
-    config = PeerConfig(heartbeat_interval=None, train_in_thread=False, deadline=5.0)
+    config = PeerConfig(heartbeat_interval=None, threads=False, deadline=5.0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(net.run)
 
@@ -432,3 +431,50 @@ def test_a_negative_compute_time_is_refused() -> None:
             neighbourhood=pair_hood("b"),
             compute_time=-1.0,
         )
+
+
+async def _training_threads(threads: bool | None) -> set[bool]:
+    """Run two peers for two rounds; return whether training ran on the main thread."""
+    on_main: set[bool] = set()
+
+    def train(_round: int) -> None:
+        on_main.add(threading.current_thread() is threading.main_thread())
+
+    net = MemoryNetwork()
+    config = PeerConfig(heartbeat_interval=None, threads=threads, deadline=1.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.run)
+        async with (
+            Peer(
+                transport=net.endpoint("a"),
+                model={"x": np.zeros(4, np.float32)},
+                neighbourhood=pair_hood("b"),
+                train=train,
+                config=config,
+            ) as a,
+            Peer(
+                transport=net.endpoint("b"),
+                model={"x": np.ones(4, np.float32)},
+                neighbourhood=pair_hood("a"),
+                train=train,
+                config=config,
+            ) as b,
+            trio.open_nursery() as runs,
+        ):
+            runs.start_soon(a.run, 2)
+            runs.start_soon(b.run, 2)
+        nursery.cancel_scope.cancel()
+    return on_main
+
+
+async def test_no_worker_threads_under_a_virtual_clock(clock: trio.testing.MockClock) -> None:
+    """A thread's time is invisible to the mock clock, which would jump ahead and fire the
+    round deadline while the thread runs: under it, the default is to work inline."""
+    assert await _training_threads(None) == {True}
+    assert await _training_threads(True) == {False}  # asked for explicitly
+
+
+async def test_worker_threads_on_a_real_clock() -> None:
+    with trio.fail_after(10):
+        assert await _training_threads(None) == {False}
+        assert await _training_threads(False) == {True}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gossipfl.errors import ConfigError
+from gossipfl.peer import PeerConfig
 from gossipfl.simulation import SimulationConfig, run_simulation
 from gossipfl.simulation.runner import GC_THRESHOLD, rare_collections
 from gossipfl.topology import build_topology
@@ -192,3 +193,26 @@ def test_a_simulation_collects_garbage_rarely_and_restores_the_thresholds() -> N
         fails()
     assert inside == [GC_THRESHOLD]
     assert gc.get_threshold() == old
+
+
+def test_a_model_above_the_thread_threshold_misses_no_deadline() -> None:
+    """A regression: models over ``PeerConfig.thread_threshold`` parameters were decoded
+    and merged in worker threads, whose time the simulation's virtual clock cannot see; the
+    clock jumped ahead meanwhile and 347 of 384 neighbour models missed their deadline."""
+    hidden = 13_400  # 64 -> 13,400 -> 10: 1,005,010 parameters, above the 1 M threshold
+    config = base_faulty(
+        **{
+            "training.backend": "torch",
+            "training.model": "mlp",
+            "training.hidden": hidden,
+            "rounds": 3,
+            "output.eval_every": 3,
+        }
+    )
+    assert 75 * hidden + 10 > PeerConfig().thread_threshold
+    result = run_simulation(config)
+    summary = result.summary()
+    assert summary["rounds_completed"] == 3
+    assert summary["missing_total"] == 0
+    assert summary["late_total"] == 0
+    assert sum(s.received for s in result.summaries) == 16 * 4 * 3  # torus: 4 in-neighbours

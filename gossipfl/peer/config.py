@@ -33,11 +33,18 @@ class PeerConfig:
     """Async: partners contacted after each local step."""
     max_staleness: int = 5
     """Async: cached models older than this many rounds are not merged."""
-    train_in_thread: bool = True
-    """Run local training in a worker thread so the event loop keeps serving the network
-    (py-libp2p resets streams that go unread for ~5 s). Simulations train inline."""
+    threads: bool | None = None
+    """Offload blocking work to worker threads: local training, and the decoding and
+    merging of models above ``thread_threshold`` parameters, so that the event loop keeps
+    serving the network (py-libp2p resets streams that go unread for ~5 s).
+
+    ``None`` (the default) decides per run: threads on a real clock, none under a virtual
+    one (trio's ``MockClock``, as simulations use). A worker thread's time is invisible to
+    a virtual clock, which therefore jumps ahead while the thread runs, firing round
+    deadlines before the work is done; inline, the work takes zero virtual time."""
     thread_threshold: int = 1_000_000
-    """Models with more parameters than this are encoded, decoded and merged in a thread."""
+    """Models with more parameters than this are decoded and merged in a thread (when
+    threads are in use)."""
     heartbeat_interval: float | None = 1.0
     """Send a heartbeat to neighbours this often; ``None`` disables heartbeats."""
     heartbeat_timeout: float = 5.0

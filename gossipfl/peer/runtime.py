@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import trio
+import trio.testing
 
 from gossipfl import wire
 from gossipfl.errors import ConfigError, GossipflError
@@ -103,6 +104,11 @@ def _as_step_time(value: float | Callable[[int], float] | None) -> Callable[[int
         return seconds
 
     return constant
+
+
+def _virtual_clock() -> bool:
+    """Whether this trio run keeps virtual time (a ``MockClock``: simulations, tests)."""
+    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
 
 
 def as_adapter(model: object) -> ModelAdapter:
@@ -215,6 +221,7 @@ class Peer:
             name=self.name,
         )
         self._unyielded = 0
+        self._threads = True  # decided in __aenter__, where the run's clock is known
         self._deadline: tuple[int, float] | None = None  # (round, trio time) of the wait
         self._step_done: tuple[float, LocalStepDone] | None = None  # simulated step end
         self._encoded: tuple[Vector, int, bool, Frames] | None = None
@@ -227,6 +234,9 @@ class Peer:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Peer:
+        self._threads = (
+            self.config.threads if self.config.threads is not None else not _virtual_clock()
+        )
         self._stack = contextlib.AsyncExitStack()
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         self._outbox.attach(self._nursery)
@@ -381,7 +391,7 @@ class Peer:
                     continue
                 if isinstance(action, RoundDone):
                     last = action.round
-                if isinstance(action, Train) and not self.config.train_in_thread:
+                if isinstance(action, Train) and not self._threads:
                     pending.extend(self._train_inline(action.round))
                     continue
                 pending.extend(self._execute(action, total))
@@ -450,7 +460,7 @@ class Peer:
             self._deadline = (action.round, trio.current_time() + action.delay)
         elif isinstance(action, Merge):
             self._deadline = None
-            if self._num_params > self.config.thread_threshold:
+            if self._threads and self._num_params > self.config.thread_threshold:
                 self._nursery.start_soon(self._merge_in_thread, action, total_rounds)
             else:
                 merged = self._merge(action, total_rounds)
@@ -660,7 +670,7 @@ class Peer:
         if decoder is None:
             decoder = self._decoders[peer] = wire.StreamDecoder(limits=self._limits)
         try:
-            if len(data) > 4 * self.config.thread_threshold:
+            if self._threads and len(data) > 4 * self.config.thread_threshold:
                 message: Any = await trio.to_thread.run_sync(decoder.feed_message, data)
             else:
                 message = decoder.feed_message(data)

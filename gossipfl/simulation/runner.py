@@ -283,7 +283,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
         deadline=net_cfg.deadline,
         fanout=net_cfg.fanout,
         max_staleness=net_cfg.max_staleness,
-        train_in_thread=False,
+        threads=False,
         heartbeat_interval=None,
         inbox_size=1_000_000,
         seed=config.seed,
