@@ -95,6 +95,7 @@ def test_registry_holds_exactly_the_issue_attacks() -> None:
         "dissensus",
         "isolation",
         "sample-duplication",
+        "omission",
     }
     assert NO_ATTACK not in ATTACKS
     for name, cls in ATTACKS.items():

@@ -408,6 +408,33 @@ def test_too_few_arrivals_keep_the_own_model_and_are_counted(
     assert rule.skipped_merges == 1
 
 
+def test_cs_plus_short_of_neighbours_still_merges_and_bounds_every_pull() -> None:
+    """Two neighbours where CS+ (b = 1) needs three: one honest, one Byzantine far away.
+    Keeping the own model would isolate the peer; clipping at the nearest distance lets
+    it move, by no more than the honest neighbour's distance per weight."""
+    own = np.zeros(4, np.float32)
+    honest = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    byzantine = np.array([0.0, -1000.0, 0.0, 0.0], np.float32)
+    rule = make_rule("cs-plus", b=1)
+    out = rule.merge(own, [honest, byzantine], [0.25, 0.25])
+    assert rule.short_merges == 1 and rule.skipped_merges == 0
+    assert not np.array_equal(out, own)
+    assert np.linalg.norm(out - own) <= 0.25 * 1.0 + 0.25 * 1.0 + 1e-6
+    assert abs(float(out[1])) <= 0.25 + 1e-6  # the Byzantine pull, clipped to distance 1
+    rule.merge(own, [honest], [0.25])  # one neighbour: fewer than b + 1, keep own
+    assert rule.skipped_merges == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "tolerance"),
+    [("mean", {}, 0), ("cs-plus", {"b": 2}, 2), ("krum", {"f": 1}, 1), ("balance", {}, 0)],
+)
+def test_byzantine_tolerance_is_the_rules_b(
+    name: str, params: dict[str, Any], tolerance: int
+) -> None:
+    assert make_rule(name, **params).byzantine_tolerance == tolerance
+
+
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 def test_aggregate_with_too_few_rows_is_a_config_error(name: str) -> None:
     rule = make_rule(name, **({"b": 2} if "b" in {f.name for f in rule_parameters(name)} else {}))

@@ -240,6 +240,21 @@ def test_a_neighbour_already_past_this_round_is_not_waited_for() -> None:
     g.handle(ModelReceived("b", 0, vec(1.0)))
     # c's round-0 model was lost; its round-1 model proves it will never come (FIFO links)
     (merge,) = g.handle(ModelReceived("c", 1, vec(5.0)))
+    # not waited for; its newer model, the freshest news of c, stands in for the lost one
+    assert merge.peers == ("a", "b", "c")
+    assert float(merge.vectors[2][0]) == 5.0
+    done, _ = g.handle(MergeDone(0, vec(1.0)))
+    assert done.stats.missing == ("c",)
+    assert done.stats.reused == 1
+
+
+def test_without_reuse_a_missing_neighbour_leaves_a_smaller_merge() -> None:
+    g = core(rounds=100, max_reuse=0)
+    g.start()
+    g.handle(LocalStepDone(0, vec(1.0)))
+    g.handle(ModelReceived("a", 0, vec(1.0)))
+    g.handle(ModelReceived("b", 0, vec(1.0)))
+    (merge,) = g.handle(ModelReceived("c", 1, vec(5.0)))
     assert merge.peers == ("a", "b")
 
 

@@ -25,6 +25,7 @@ from gossipfl.attacks.local import (
     arm_peer,
     local_view,
 )
+from gossipfl.attacks.omission import Omission
 from gossipfl.attacks.poisoning import LabelFlip, flip_labels, with_flipped_labels
 from gossipfl.attacks.registry import (
     ATTACKS,
@@ -58,6 +59,7 @@ __all__ = [
     "LiveByzantine",
     "LocalAttacker",
     "ObservingTransport",
+    "Omission",
     "ReceivedModels",
     "SampleDuplication",
     "SignFlip",

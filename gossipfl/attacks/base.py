@@ -148,6 +148,11 @@ class Attack(abc.ABC):
         values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in self.parameters())
         return f"{self.name}({values})" if values else self.name
 
+    def withholds(self, round: int) -> bool:
+        """True when the attacker sends nothing at all in ``round`` (an omission): the
+        peer stays connected and keeps its heartbeats, so it is not detected as down."""
+        return False
+
     def craft(self, view: AttackView, rng: np.random.Generator) -> F32:
         """The float32 model to send to the view's target (a new array)."""
         out: F32 = np.array(self._craft(view, rng), dtype=np.float32, order="C")

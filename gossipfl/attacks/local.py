@@ -199,6 +199,8 @@ class LocalAttacker:
         self._rng = np.random.default_rng(seed)
 
     def __call__(self, target: PeerId, round: int, vector: F32) -> F32 | None:
+        if self.attack.withholds(round):
+            return None
         view = local_view(self.received, target, round, vector, population=self.population)
         self.crafted += 1
         return self.attack.craft(view, self._rng)

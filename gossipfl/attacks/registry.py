@@ -12,6 +12,7 @@ import types
 from collections.abc import Mapping
 
 from gossipfl.attacks.base import Attack
+from gossipfl.attacks.omission import Omission
 from gossipfl.attacks.poisoning import LabelFlip
 from gossipfl.attacks.statistical import (
     ALittleIsEnough,
@@ -39,6 +40,7 @@ ATTACKS: Mapping[str, type[Attack]] = types.MappingProxyType(
             Dissensus,
             Isolation,
             SampleDuplication,
+            Omission,
         )
     }
 )

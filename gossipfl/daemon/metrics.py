@@ -82,6 +82,10 @@ def report_row(report: RoundReport) -> dict[str, Any]:
         "unexpected": stats.unexpected,
         "too_far_ahead": stats.too_far_ahead,
         "skipped_to": stats.skipped_to,
+        "reused": stats.reused,
+        "deadline": stats.deadline,
+        "slow": list(stats.slow),
+        "implausible": list(stats.implausible),
         "bytes_sent": report.bytes_sent,
     }
 
@@ -112,6 +116,10 @@ class ModelRecorder:
                 "staleness_mean": stats.staleness_mean,
                 "staleness_max": stats.staleness_max,
                 "skipped_to": stats.skipped_to,
+                "reused": stats.reused,
+                "deadline": stats.deadline,
+                "slow": list(stats.slow),
+                "implausible": list(stats.implausible),
             },
             "metrics": {k: float(v) for k, v in report.train_metrics.items()},
             "bytes_sent": report.bytes_sent,
@@ -158,6 +166,10 @@ def _to_report(entry: Mapping[str, Any]) -> RoundReport:
         staleness_mean=float(s["staleness_mean"]),
         staleness_max=int(s["staleness_max"]),
         skipped_to=s["skipped_to"],
+        reused=int(s.get("reused", 0)),
+        deadline=s.get("deadline"),
+        slow=tuple(s.get("slow", ())),
+        implausible=tuple(s.get("implausible", ())),
     )
     return RoundReport(
         peer=str(entry["peer"]),

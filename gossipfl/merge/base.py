@@ -20,8 +20,20 @@ Too few neighbours. Each robust rule needs a minimum number of models (self incl
 do what it promises, e.g. a trimmed mean with b = 2 needs five. :meth:`MergeRule.check`
 turns a topology that can never provide them into a :class:`~gossipfl.errors.ConfigError`
 before a run starts. When a round merely delivers fewer neighbours than needed (some were
-late or dropped), the merge keeps the own model unchanged for that round rather than
-average with too few witnesses; ``skipped_merges`` counts those rounds.
+late, silent or down), what is left depends on the rule:
+
+* a rule whose guarantee degrades gracefully declares :attr:`MergeRule.short_degree`, the
+  fewest neighbours it still merges with, in a weaker mode it documents (CS+ with fewer
+  than 2b + 1 neighbours clips every one at the nearest one's distance, so that no model,
+  honest or not, pulls by more than the honest spread); ``short_merges`` counts those;
+* any other rule keeps the own model unchanged for that round rather than average with
+  too few witnesses; ``skipped_merges`` counts those rounds.
+
+Keeping the own model is safe but isolating: one silent neighbour of a degree-3 peer
+running CS+ with b = 1 would leave it training alone for as long as the silence lasts
+(measured: 13 points of accuracy on digits). The runtime therefore also reuses a missing
+neighbour's last model for a few rounds (``PeerConfig.max_reuse``) before a merge runs
+short.
 """
 
 from __future__ import annotations
@@ -112,6 +124,7 @@ class MergeRule(abc.ABC):
     _validates_finite: ClassVar[bool] = False
 
     skipped_merges: int = field(default=0, init=False, repr=False, compare=False)
+    short_merges: int = field(default=0, init=False, repr=False, compare=False)
     _ws: Workspace = field(default_factory=Workspace, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +143,25 @@ class MergeRule(abc.ABC):
     def min_degree(self) -> int:
         """The smallest number of neighbours a merge can defend with."""
         return self.requirement().min_models - 1
+
+    @property
+    def short_degree(self) -> int | None:
+        """The fewest neighbours this rule still merges with when a round delivers fewer
+        than :attr:`min_degree` (with weaker guarantees, documented by the rule); ``None``:
+        below :attr:`min_degree` the own model is kept (the default)."""
+        return None
+
+    @property
+    def byzantine_tolerance(self) -> int:
+        """How many Byzantine neighbours the rule is configured to withstand: its ``b``
+        (or Krum's ``f``); 0 for rules that take no such parameter. The runtime needs
+        more agreeing neighbours than this before it believes what they claim about
+        rounds."""
+        for name in ("b", "f"):
+            value = getattr(self, name, None)
+            if isinstance(value, int | np.integer) and not isinstance(value, bool):
+                return int(value)
+        return 0
 
     def check(self, degree: int) -> None:
         """Raise :class:`ConfigError` if a node with ``degree`` neighbours cannot use this
@@ -175,7 +207,10 @@ class MergeRule(abc.ABC):
         rows = as_stack(neighbours, own32.shape[0], "neighbours")
         w = as_weights(weights, rows.shape[0])
         d = rows.shape[0]
-        if d == 0 or d < self.min_degree:
+        short = self.short_degree
+        if 0 < d < self.min_degree and short is not None and d >= short:
+            self.short_merges += 1
+        elif d == 0 or d < self.min_degree:
             if d:
                 self.skipped_merges += 1
                 logger.debug(

@@ -200,6 +200,12 @@ class CSPlus(MergeRule):
     Near-optimal breakdown point (Gaucher et al. 2025). Needs d ≥ 2b + 1 neighbours so that
     some neighbour stays unclipped. ``last_tau`` records the radius of the last merge; the
     model moves by at most η·τ·Σw per merge.
+
+    Short rounds: with b + 1 to 2b neighbours present (the others silent or down), τ is the
+    nearest neighbour's distance (see :func:`cs_plus_radius`). With at most b Byzantine
+    among them, some honest neighbour is present and τ is at most its distance, so no
+    model, Byzantine or not, pulls by more than η·w·(that distance): the honest spread
+    bounds the damage, instead of the peer training alone until the silence ends.
     """
 
     name = "cs-plus"
@@ -216,6 +222,10 @@ class CSPlus(MergeRule):
 
     def requirement(self) -> Requirement:
         return Requirement(2 * self.b + 2, "2b+2", f"b={self.b}")
+
+    @property
+    def short_degree(self) -> int | None:
+        return self.b + 1
 
     def _merge(self, own: F32, rows: F32, weights: F64, context: MergeContext | None) -> F32:
         sq, _ = centred_sq_distances(own, rows, self._ws)

@@ -31,6 +31,10 @@ class Checkpoint:
     """The last completed round; training resumes at ``round + 1``."""
     vector: Vector
     fingerprint: bytes
+    saved_at: float | None = None
+    """When the checkpoint was written (wall clock, seconds since the epoch: the file's
+    modification time). A resuming peer uses it to bound how far its neighbours can have
+    got meanwhile."""
 
 
 class CheckpointStore:
@@ -66,11 +70,13 @@ class CheckpointStore:
         if not self.path.exists():
             return None
         try:
+            saved_at = self.path.stat().st_mtime
             with np.load(self.path, allow_pickle=False) as data:
                 ckpt = Checkpoint(
                     round=int(data["round"]),
                     vector=np.array(data["vector"], np.float32),
                     fingerprint=bytes(np.asarray(data["fingerprint"], np.uint8)),
+                    saved_at=saved_at,
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {self.path} is unreadable: {exc}") from exc

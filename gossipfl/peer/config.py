@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gossipfl.errors import ConfigError
 from gossipfl.protocol import PROTOCOLS
+from gossipfl.protocol.pacing import WaitPolicy
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,21 @@ class PeerConfig:
     """Largest frame we send or accept; bigger models travel as a head and chunks."""
     deadline: float = 5.0
     """Sync: how long to wait for neighbours' models once ours is sent."""
+    wait: WaitPolicy = field(default_factory=WaitPolicy)
+    """Sync: how the deadline adapts to the neighbours' arrival times, and when a
+    neighbour that keeps the others waiting stops being waited for
+    (:class:`~gossipfl.protocol.pacing.WaitPolicy`; ``deadline`` is the upper bound)."""
     max_ahead: int = 8
+    """Sync: models for rounds further ahead than this are dropped, not buffered."""
     catch_up_lag: int = 2
+    """Sync: how far behind counts as a straggler, and how far ahead the neighbours must be
+    before we skip rounds to catch up."""
+    catch_up_speedup: float = 1.25
+    """Sync: a skip goes no further than the elapsed time allows at this many times our own
+    pace (see :class:`~gossipfl.protocol.pacing.SkipBudget`)."""
+    max_reuse: int = 2
+    """Sync: a missing neighbour's last model stands in for it if it is at most this many
+    rounds old (0: never)."""
     fanout: int = 1
     """Async: partners contacted after each local step."""
     max_staleness: int = 5
@@ -79,5 +93,9 @@ class PeerConfig:
             raise ConfigError(f"max_frame must be at least 64 KiB, got {self.max_frame}")
         if self.outbox_size < 1 or self.inbox_size < 1 or self.checkpoint_every < 1:
             raise ConfigError("outbox_size, inbox_size and checkpoint_every must be >= 1")
+        if self.max_reuse < 0 or self.max_ahead < 1 or self.catch_up_lag < 1:
+            raise ConfigError("need max_reuse >= 0, max_ahead >= 1 and catch_up_lag >= 1")
+        if not self.catch_up_speedup >= 1:
+            raise ConfigError(f"catch_up_speedup must be >= 1, got {self.catch_up_speedup}")
         if self.fanout < 1 or self.max_staleness < 0:
             raise ConfigError("async gossip needs fanout >= 1 and max_staleness >= 0")

@@ -32,6 +32,10 @@ class PeerCounters:
     send_failures: int = 0
     outbox_drops: int = 0
     inbox_drops: int = 0
+    slow_neighbours: int = 0
+    """Times an in-neighbour was found to keep us waiting and dropped from the wait set."""
+    implausible_claims: int = 0
+    """Round claims not believed because the elapsed time makes them impossible."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -225,6 +226,8 @@ class Peer:
         self._deadline: tuple[int, float] | None = None  # (round, trio time) of the wait
         self._step_done: tuple[float, LocalStepDone] | None = None  # simulated step end
         self._encoded: tuple[Vector, int, bool, Frames] | None = None
+        self._slow: frozenset[PeerId] = frozenset()
+        self._anchor_time: float | None = None  # see SyncGossip(anchor_time=...)
         self._save_lock = trio.Lock()
         self._saved_round = -1
         self._nursery: trio.Nursery | None = None
@@ -342,6 +345,12 @@ class Peer:
                 start_round=start,
                 max_ahead=cfg.max_ahead,
                 catch_up_lag=cfg.catch_up_lag,
+                tolerance=self.rule.byzantine_tolerance,
+                max_reuse=cfg.max_reuse,
+                clock=trio.current_time,
+                wait=cfg.wait,
+                speedup=cfg.catch_up_speedup,
+                anchor_time=self._anchor_time,
             )
         self._connectivity.set()  # let the dial loop look at the new neighbourhood
         self._running = True
@@ -441,6 +450,11 @@ class Peer:
             raise ConfigError(f"checkpoint {self._checkpoints.path} has the wrong size")
         self.adapter.set_flat(ckpt.vector)
         logger.info("%s resumes from its checkpoint of round %d", self.name, ckpt.round)
+        if ckpt.saved_at is not None and not _virtual_clock():
+            # Where we would be now had we never stopped: the neighbours can have got as
+            # far as the time since the checkpoint allows, and no further.
+            downtime = max(0.0, time.time() - ckpt.saved_at)
+            self._anchor_time = trio.current_time() - downtime
         return ckpt.round + 1
 
     def _post(self, event: Event) -> None:
@@ -584,6 +598,7 @@ class Peer:
     def _round_done(self, action: RoundDone) -> None:
         self.round = action.round + 1
         self._final_vector = action.vector
+        self._log_pacing(action)
         if self._on_round is not None:
             self._on_round(
                 RoundReport(
@@ -601,6 +616,40 @@ class Peer:
             assert self._nursery is not None
             if not self._save_lock.locked():  # a save in flight: skip this one, not queue it
                 self._nursery.start_soon(self._save, store, action.round, action.vector)
+
+    def _log_pacing(self, action: RoundDone) -> None:
+        """Say when a neighbour stops (or starts again) being waited for, and who claims
+        rounds that the elapsed time makes implausible: the traces an operator needs to
+        see that an insider is stalling or lying."""
+        core = self._core
+        if not isinstance(core, SyncGossip):
+            return
+        slow = frozenset(action.stats.slow)
+        for peer in sorted(slow - self._slow):
+            self.counters.slow_neighbours += 1
+            self._warnings.warn(
+                logger,
+                peer,
+                "%s: %s keeps its neighbours waiting (its models arrive %.2f s after ours, "
+                "the others' far sooner); not waiting for it any more",
+                self.name,
+                peer,
+                core.typical_delay(peer) or 0.0,
+            )
+        for peer in sorted(self._slow - slow):
+            logger.info("%s: %s is in time again; waiting for it again", self.name, peer)
+        self._slow = slow
+        for peer in action.stats.implausible:
+            self.counters.implausible_claims += 1
+            self._warnings.warn(
+                logger,
+                peer,
+                "%s: %s claims to be at round %s, further ahead than the time elapsed allows; "
+                "not believed",
+                self.name,
+                peer,
+                core.claimed_round(peer),
+            )
 
     async def _save(self, store: CheckpointStore, round: int, vector: Vector) -> None:
         """Saves are serialized and never go back in rounds: a slow background save of an

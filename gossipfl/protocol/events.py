@@ -130,6 +130,15 @@ class RoundStats:
     staleness_mean: float = 0.0
     staleness_max: int = 0
     skipped_to: int | None = None  # set when the peer caught up by skipping rounds
+    reused: int = 0
+    """Missing neighbours whose last model (at most ``max_reuse`` rounds old) stood in."""
+    deadline: float | None = None
+    """Sync: the longest this round waited for a neighbour (adaptive deadlines)."""
+    slow: tuple[PeerId, ...] = ()
+    """Sync: in-neighbours not waited for because they keep the others waiting."""
+    implausible: tuple[PeerId, ...] = ()
+    """Sync: in-neighbours claiming rounds further ahead than the elapsed time allows
+    (not believed)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,8 +15,14 @@ One round, from one peer's point of view::
 Tolerated, and counted in :class:`~gossipfl.protocol.events.RoundStats` rather than
 raised: models that miss the deadline (late), arrive twice (duplicates), come from peers
 that are not in-neighbours of that round (unexpected), or claim a round too far ahead
-(dropped so that a lying peer cannot make us buffer without bound). Missing neighbours
-simply leave a smaller merge, with their weight returning to our own model.
+(dropped so that a lying peer cannot make us buffer without bound).
+
+A missing neighbour's last model stands in for it for up to ``max_reuse`` rounds (a model
+that came late, or one of a round ahead, is the freshest news of that neighbour there
+is); after that the merge is smaller, with its weight returning to our own model. Without
+the stand-in, one neighbour that falls silent (a crash, an insider withholding its model,
+or a peer that keeps just missing our deadline) leaves robust rules short of the models
+they need, and they keep the own model: the peer trains alone.
 
 Who is waited for: an in-neighbour that is not down, has not delivered its model of this
 round yet, and is neither past this round (links are ordered, so once a later round of its
@@ -27,16 +33,30 @@ nothing once they know it is behind. Unless most of our live neighbours are behi
 we are the one ahead (we ran alone while they were away, say), and we wait for them until
 the deadline, or we would stay ahead, and alone, for good.
 
-A peer that fell behind (restarted from a checkpoint, or was frozen) catches up: when at
-least ``catch_up_quorum`` in-neighbours have reached a round ``catch_up_lag`` or more
-ahead, it skips to the highest such round. A quorum, not the maximum, so that a single
-lying neighbour cannot make it jump to the end.
+How long we wait adapts (with a clock, see :mod:`~gossipfl.protocol.pacing`): the deadline
+follows the arrival delays observed, and an in-neighbour that keeps the others waiting is
+*slow* and no longer waited for, so that one slow or stalling neighbour cannot set the pace
+of the whole job.
+
+A peer that fell behind (restarted from a checkpoint, or was frozen) catches up: it skips
+to the round that at least ``max(catch_up_quorum, tolerance + 1)`` in-neighbours have
+reached, ``catch_up_lag`` or more ahead. Round numbers are claims, so a skip needs
+
+* more agreeing neighbours than the ``tolerance`` of Byzantine ones the merge rule is
+  configured for;
+* that no more than ``tolerance`` in-neighbours delivered their model of the round just
+  merged: honest neighbours at our round show we are not behind;
+* and it goes no further than the elapsed time makes plausible
+  (:class:`~gossipfl.protocol.pacing.SkipBudget`). A claim further ahead than that (by
+  more than ``max_ahead``) is not believed at all, and counted as ``implausible``.
 
 Time-varying topologies need nothing special: the neighbourhood is asked for the
 in- and out-neighbours of each round.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from gossipfl.protocol.core import Phase, RoundCore
 from gossipfl.protocol.events import (
@@ -58,6 +78,9 @@ from gossipfl.protocol.events import (
     Vector,
 )
 from gossipfl.protocol.neighbourhood import Neighbourhood
+from gossipfl.protocol.pacing import Arrivals, SkipBudget, WaitPolicy
+
+Clock = Callable[[], float]
 
 
 class SyncGossip(RoundCore):
@@ -73,6 +96,16 @@ class SyncGossip(RoundCore):
             ahead the neighbours must be before we skip rounds to catch up.
         catch_up_quorum: in-neighbours that must be ahead before we skip (at most the
             in-degree).
+        tolerance: Byzantine in-neighbours the merge rule withstands; a skip needs more
+            agreeing neighbours than this.
+        max_reuse: a missing neighbour's last model stands in for it if it is at most this
+            many rounds old (0: never).
+        clock: the time now, in seconds (the runtime's clock; virtual in simulations).
+            Without one, deadlines are fixed and skips are bounded by claims alone.
+        wait: how deadlines and slow neighbours adapt (needs ``clock``).
+        speedup: see :class:`~gossipfl.protocol.pacing.SkipBudget`.
+        anchor_time: when we would have been at ``start_round`` had we never stopped (a
+            resumed peer: when its checkpoint was written); default: now.
     """
 
     def __init__(
@@ -85,14 +118,42 @@ class SyncGossip(RoundCore):
         max_ahead: int = 8,
         catch_up_lag: int = 2,
         catch_up_quorum: int = 2,
+        tolerance: int = 0,
+        max_reuse: int = 2,
+        clock: Clock | None = None,
+        wait: WaitPolicy | None = None,
+        speedup: float = 1.25,
+        anchor_time: float | None = None,
     ) -> None:
         super().__init__(neighbourhood=neighbourhood, rounds=rounds, start_round=start_round)
         if deadline <= 0 or max_ahead < 1 or catch_up_lag < 1 or catch_up_quorum < 1:
             raise ValueError("need deadline > 0, max_ahead >= 1, catch_up_lag/quorum >= 1")
+        if tolerance < 0 or max_reuse < 0:
+            raise ValueError("need tolerance >= 0 and max_reuse >= 0")
         self.deadline = deadline
         self._max_ahead = max_ahead
         self._catch_up_lag = catch_up_lag
         self._catch_up_quorum = catch_up_quorum
+        self._tolerance = tolerance
+        self._max_reuse = max_reuse
+        self._clock = clock
+        policy = wait if wait is not None else WaitPolicy(adaptive=clock is not None)
+        if policy.adaptive and clock is None:
+            raise ValueError("adaptive waiting needs a clock")
+        self._arrivals = Arrivals(policy, deadline)
+        self._budget: SkipBudget | None = None
+        if clock is not None:
+            self._budget = SkipBudget(
+                anchor_round=start_round,
+                anchor_time=clock() if anchor_time is None else anchor_time,
+                speedup=speedup,
+            )
+        self._last: dict[PeerId, tuple[int, Vector]] = {}  # newest model of each neighbour
+        self._slow: frozenset[PeerId] = frozenset()
+        self._round_deadline: float | None = None
+        self._round_started: float | None = None
+        self._reused = 0
+        self._implausible: tuple[PeerId, ...] = ()
         self._own: Vector | None = None
         self._step_metrics: dict[str, float] = {}
         self._buffer: dict[int, dict[PeerId, Vector]] = {}
@@ -136,10 +197,19 @@ class SyncGossip(RoundCore):
             for peer in self.neighbourhood.send_to(self.round)
             if peer not in self._down
         ]
-        if self._all_in():
+        self._round_deadline = None
+        if self._clock is not None:
+            arrivals = self._arrivals
+            arrivals.sent(self.round, self._clock())
+            for peer in self._buffer.get(self.round, {}):
+                arrivals.arrived_early(peer, self.round)
+            self._slow = arrivals.judge(self.neighbourhood.receive_from(self.round))
+        waiting = self._waiting_for()
+        if not waiting:
             actions.extend(self._merge())
         else:
-            actions.append(SetTimer(self.round, self.deadline))
+            self._round_deadline = self._arrivals.round_deadline(waiting)
+            actions.append(SetTimer(self.round, self._round_deadline))
         return actions
 
     def _on_model(self, event: ModelReceived) -> list[Action]:
@@ -158,6 +228,11 @@ class SyncGossip(RoundCore):
             return
         if round > self._latest.get(peer, -1):
             self._latest[peer] = round
+        last = self._last.get(peer)
+        if last is None or round >= last[0]:
+            self._last[peer] = (round, event.vector)
+        if self._clock is not None:
+            self._arrivals.arrived(peer, round, self._clock())
         if (
             round < self.round
             or self.phase is Phase.DONE
@@ -191,6 +266,8 @@ class SyncGossip(RoundCore):
             if latest is not None and self._known_behind(peer, latest):
                 behind.add(peer)
                 continue
+            if peer in self._slow:
+                continue  # it keeps us waiting: its model is used if in, or reused later
             waiting.add(peer)
         if 2 * len(behind) > live:
             # Most of our live neighbours are behind: then we are the one ahead (say, we
@@ -217,18 +294,29 @@ class SyncGossip(RoundCore):
 
     def _merge(self) -> list[Action]:
         assert self._own is not None
+        if self._clock is not None:
+            now = self._clock()
+            for peer in self._waiting_for():  # merged at the deadline without them
+                self._arrivals.waited_in_vain(peer, self.round, now)
         self.phase = Phase.MERGING
         weights = self.neighbourhood.receive_from(self.round)
         arrived = self._buffer.get(self.round, {})
-        peers = tuple(sorted(p for p in arrived if p in weights))
-        self._merge_peers = peers
-        self._missing = tuple(sorted(set(weights) - set(peers)))
+        self._merge_peers = tuple(sorted(p for p in arrived if p in weights))
+        self._missing = tuple(sorted(set(weights) - set(self._merge_peers)))
+        models = dict(arrived)
+        oldest = self.round - self._max_reuse
+        for peer in self._missing if self._max_reuse else ():
+            last = self._last.get(peer)
+            if last is not None and last[0] >= oldest:
+                models[peer] = last[1]
+                self._reused += 1
+        peers = tuple(sorted(p for p in models if p in weights))
         return [
             Merge(
                 round=self.round,
                 own=self._own,
                 peers=peers,
-                vectors=tuple(arrived[p] for p in peers),
+                vectors=tuple(models[p] for p in peers),
                 weights=tuple(weights[p] for p in peers),
             )
         ]
@@ -245,9 +333,18 @@ class SyncGossip(RoundCore):
             unexpected=self._unexpected,
             too_far_ahead=self._too_far,
             skipped_to=self._skipped_to,
+            reused=self._reused,
+            deadline=self._round_deadline,
+            slow=tuple(sorted(self._slow)),
+            implausible=self._implausible,
         )
         self._late = self._duplicates = self._unexpected = self._too_far = 0
+        self._reused = 0
+        self._implausible = ()
         self._skipped_to = None
+        started = self._round_started
+        if self._clock is not None and self._budget is not None and started is not None:
+            self._budget.round_took(self._clock() - started)
         done = RoundDone(self.round, event.vector, stats, self._step_metrics)
         self.round += 1
         self._catch_up()
@@ -255,14 +352,44 @@ class SyncGossip(RoundCore):
             del self._buffer[stale]
         return [done, *self._begin_round()]
 
+    def typical_delay(self, peer: PeerId) -> float | None:
+        """How long after ours ``peer``'s models typically arrive (its median delay in
+        seconds), once enough rounds are known; for logs and diagnostics."""
+        return self._arrivals.typical(peer)
+
+    def claimed_round(self, peer: PeerId) -> int | None:
+        """The furthest round ``peer`` has claimed to be at."""
+        return self._latest.get(peer)
+
+    def _begin_round(self) -> list[Action]:
+        if self._clock is not None:
+            self._round_started = self._clock()
+        return super()._begin_round()
+
     def _catch_up(self) -> None:
         """Skip ahead if enough in-neighbours are well ahead of us (see the module doc)."""
         neighbours = self.neighbourhood.receive_from(self.round)
         if not neighbours:
             return
-        seen = sorted((self._latest.get(p, -1) for p in neighbours), reverse=True)
-        quorum = min(self._catch_up_quorum, len(seen))
+        claims = {p: self._latest.get(p, -1) for p in neighbours}
+        believable = claims
+        limit = None
+        if self._clock is not None and self._budget is not None:
+            limit = self._budget.limit(self._clock())
+            if limit is None:
+                return  # our own pace is not known yet: no skip can be judged plausible
+            bound = limit + self._max_ahead
+            believable = {p: c for p, c in claims.items() if c <= bound}
+            self._implausible = tuple(sorted(set(claims) - set(believable)))
+        if len(self._merge_peers) > self._tolerance:
+            return  # neighbours at our round delivered: we are not behind them
+        quorum = max(min(self._catch_up_quorum, len(claims)), self._tolerance + 1)
+        if len(believable) < quorum:
+            return  # too few believable neighbours to outvote the Byzantine ones expected
+        seen = sorted(believable.values(), reverse=True)
         target = min(seen[quorum - 1], self.rounds - 1)
+        if limit is not None:
+            target = min(target, limit)
         if target >= self.round + self._catch_up_lag:
             self.round = target
             self._skipped_to = target

@@ -260,6 +260,8 @@ class OmniscientAttacker:
         node = self._index.get(target)
         if node is None or node >= self._honest:
             return vector  # never happens with attach_byzantine (no Byzantine-Byzantine links)
+        if self.attack.withholds(round):
+            return None
         self.crafted += 1
         return self.attack.craft(self.view(node, round, vector), self._rng)
 

@@ -167,6 +167,7 @@ class MetricsCollector:
                 "bytes_sent": delta,
                 "received": rep.stats.received,
                 "missing": len(rep.stats.missing),
+                "reused": rep.stats.reused,
                 "late": rep.stats.late,
                 "duplicates": rep.stats.duplicates,
                 "staleness_mean": rep.stats.staleness_mean,

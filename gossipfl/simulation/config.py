@@ -79,9 +79,12 @@ class ByzantineSection:
     omniscient: bool = True
     """Byzantine peers see the honest models around their targets (the papers' threat
     model); false: only the models they receive, as a live Byzantine peer."""
-    lag: float = 0.1
+    lag: float = 0.02
     """Simulated seconds a Byzantine peer's send trails the honest step, so that the
-    round's honest models are known when it crafts its messages (< network.deadline)."""
+    round's honest models are known when it crafts its messages (< network.deadline).
+    Small, as a capable attacker would keep it: a neighbour whose models come much later
+    than the others' is no longer waited for (``PeerConfig.wait``), and an attack that
+    arrives after the merge only stands in, stale, in a later round."""
     params: dict[str, Scalar] = field(default_factory=dict)
 
 

@@ -1,0 +1,214 @@
+"""Time in the synchronous protocol: how long to wait, for whom, and how far to skip.
+
+Pure bookkeeping over times the caller passes in (the core's injected clock): no I/O.
+
+**Waiting** (:class:`Arrivals`). A fixed round deadline lets the slowest neighbour set the
+pace of the whole job: an insider that steps 4.5 s against a 5 s deadline made every round
+of every peer take 5 s, and one that never sends made its neighbours wait the full
+deadline every round (the job ran 10.6x slower, and nothing was logged). So each peer
+learns, per in-neighbour, how long after its own model that neighbour's model arrives:
+
+* the *delay* of neighbour j in round r is the arrival time of j's round-r model minus
+  the time we sent ours (0 when it came first). A neighbour we waited for in vain until
+  the merge adds a censored delay, the time we waited (a lower bound). The last
+  ``window`` rounds are kept per neighbour;
+* j is **slow** once it has ``min_samples`` delays and their median exceeds
+  ``slow_factor`` times the median over the neighbourhood's medians, plus a margin. At
+  most half the neighbourhood can be slow this way, so a slow *network* is never mistaken
+  for slow neighbours. A slow neighbour is not waited for: its model is used when it is
+  in by the time the others are, or stands in later as a reused model. Its late models
+  still count as delays, so a neighbour that speeds up is waited for again; one that
+  sends nothing stays slow;
+* the **deadline** of a round is ``deadline_factor`` times the largest 90th-percentile
+  delay among the neighbours waited for, plus the margin, within ``[min_deadline,
+  deadline]``; until delays are known it is the configured deadline. A round usually ends
+  before it anyway, when the last neighbour waited for is in.
+
+**Skipping** (:class:`SkipBudget`). A peer that fell behind (restarted, frozen, slow)
+skips ahead to where its neighbours are. Neighbours' round numbers are claims, and two
+colluding in-neighbours that claimed round 2**63 - 1 once made a peer skip to its last
+round after 10 real ones. Besides the quorum (see :class:`~gossipfl.protocol.sync.
+SyncGossip`), a skip is bounded by the elapsed time: since its anchor (where the run
+started, or where the checkpoint it resumed from was written), a peer can plausibly be
+behind by no more than the rounds that time holds at ``speedup`` times its own pace (the
+median duration of its recent rounds). Running steadily, that leaves colluders a quarter
+of a round per round at most; after a downtime of D seconds, D/pace rounds and more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gossipfl.protocol.events import PeerId
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How a synchronous peer adapts its wait to its neighbours (see the module doc).
+
+    Fractions are of the configured round deadline, so the policy suits a simulation
+    (deadline 1 s of virtual time) and a live job (5 s) alike.
+    """
+
+    adaptive: bool = True
+    """Learn deadlines and the slow neighbours from arrival times; ``False``: wait the
+    configured deadline for every neighbour, as before."""
+    window: int = 16
+    """Rounds of arrival delays remembered per neighbour."""
+    min_samples: int = 4
+    """Delays needed before a neighbour can be judged slow, or its delays set a deadline."""
+    slow_factor: float = 4.0
+    """Slow: median delay above this many times the neighbourhood's median delay..."""
+    margin: float = 0.05
+    """...plus this fraction of the deadline (so that 1 ms against 4 ms is not slow)."""
+    deadline_factor: float = 3.0
+    """The adaptive deadline: this many times the largest 90th-percentile delay among the
+    neighbours waited for, plus the margin."""
+    min_deadline: float = 0.1
+    """The adaptive deadline is never below this fraction of the configured deadline."""
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.min_samples < 1 or self.min_samples > self.window:
+            raise ValueError("need 1 <= min_samples <= window")
+        if not (self.slow_factor >= 1 and self.deadline_factor >= 1):
+            raise ValueError("slow_factor and deadline_factor must be >= 1")
+        if not (0 <= self.margin <= 1 and 0 < self.min_deadline <= 1):
+            raise ValueError("margin must be in [0, 1] and min_deadline in (0, 1]")
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _quantile90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+class Arrivals:
+    """Per-neighbour arrival delays, the slow set and the adaptive deadline."""
+
+    def __init__(self, policy: WaitPolicy, deadline: float) -> None:
+        self.policy = policy
+        self.deadline = deadline
+        self._delays: dict[PeerId, dict[int, float]] = {}
+        self._sent: dict[int, float] = {}
+        self.slow: frozenset[PeerId] = frozenset()
+
+    # ------------------------------------------------------------------ recording
+
+    def sent(self, round: int, now: float) -> None:
+        """Our model of ``round`` left at ``now``."""
+        self._sent[round] = now
+        for old in [r for r in self._sent if r <= round - self.policy.window]:
+            del self._sent[old]
+
+    def arrived(self, peer: PeerId, round: int, at: float) -> None:
+        """``peer``'s model of ``round`` arrived at ``at`` (any time: early, late)."""
+        sent = self._sent.get(round)
+        if sent is None:
+            return  # before our own step of that round: delay 0, recorded on our send
+        self._record(peer, round, max(0.0, at - sent))
+
+    def arrived_early(self, peer: PeerId, round: int) -> None:
+        """``peer``'s model of ``round`` was in before ours was sent."""
+        self._record(peer, round, 0.0)
+
+    def waited_in_vain(self, peer: PeerId, round: int, now: float) -> None:
+        """We merged ``round`` at ``now`` without ``peer``'s model, having waited for it."""
+        sent = self._sent.get(round)
+        if sent is not None:
+            self._record(peer, round, max(0.0, now - sent), keep=True)
+
+    def _record(self, peer: PeerId, round: int, delay: float, *, keep: bool = False) -> None:
+        delays = self._delays.setdefault(peer, {})
+        if keep and round in delays:
+            return  # an actual arrival is better evidence than a censored wait
+        delays[round] = delay
+        if len(delays) > self.policy.window:
+            del delays[min(delays)]
+
+    # ------------------------------------------------------------------- judging
+
+    def typical(self, peer: PeerId) -> float | None:
+        """The median delay of ``peer`` (None until ``min_samples`` are known)."""
+        delays = self._delays.get(peer)
+        if not delays or len(delays) < self.policy.min_samples:
+            return None
+        return _median(list(delays.values()))
+
+    def judge(self, neighbours: Iterable[PeerId]) -> frozenset[PeerId]:
+        """Recompute (and return) the slow set among ``neighbours``."""
+        policy = self.policy
+        if not policy.adaptive:
+            return frozenset()
+        typical = {p: t for p in neighbours if (t := self.typical(p)) is not None}
+        if len(typical) < 2:
+            self.slow = frozenset()
+            return self.slow
+        bar = policy.slow_factor * _median(list(typical.values()))
+        bar += policy.margin * self.deadline
+        self.slow = frozenset(p for p, t in typical.items() if t > bar)
+        return self.slow
+
+    def round_deadline(self, waiting_for: Iterable[PeerId]) -> float:
+        """How long to wait this round for the neighbours in ``waiting_for``."""
+        policy = self.policy
+        if not policy.adaptive:
+            return self.deadline
+        worst = 0.0
+        for peer in waiting_for:
+            delays = self._delays.get(peer)
+            if not delays or len(delays) < policy.min_samples:
+                return self.deadline  # someone not known yet: the full deadline
+            worst = max(worst, _quantile90(list(delays.values())))
+        wait = policy.deadline_factor * worst + policy.margin * self.deadline
+        return min(self.deadline, max(policy.min_deadline * self.deadline, wait))
+
+
+class SkipBudget:
+    """How far ahead a skip may go, by elapsed time (see the module doc).
+
+    Args:
+        anchor_round: the round the peer started (or resumed) at.
+        anchor_time: when it would have been at ``anchor_round`` had it never stopped:
+            the start time, or the time its checkpoint was written.
+        speedup: how much faster than our own pace the neighbours may plausibly be.
+        window: rounds whose durations make our pace.
+    """
+
+    def __init__(
+        self, *, anchor_round: int, anchor_time: float, speedup: float = 1.25, window: int = 16
+    ) -> None:
+        if not speedup >= 1:
+            raise ValueError(f"speedup must be >= 1, got {speedup}")
+        self.anchor_round = anchor_round
+        self.anchor_time = anchor_time
+        self.speedup = speedup
+        self._durations: deque[float] = deque(maxlen=window)
+
+    def round_took(self, seconds: float) -> None:
+        """A round (not skipped to) took ``seconds`` from its training to its merge."""
+        self._durations.append(max(seconds, 0.0))
+
+    @property
+    def pace(self) -> float | None:
+        """The median duration of our recent rounds (None before the first)."""
+        return _median(list(self._durations)) if self._durations else None
+
+    def limit(self, now: float) -> int | None:
+        """The furthest round plausible at ``now``; None while our pace is unknown or 0
+        (no bound can be derived yet)."""
+        pace = self.pace
+        if not pace:
+            return None
+        elapsed = max(0.0, now - self.anchor_time)
+        return self.anchor_round + math.floor(self.speedup * elapsed / pace)
+
+
+__all__ = ["Arrivals", "SkipBudget", "WaitPolicy"]

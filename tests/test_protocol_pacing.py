@@ -1,0 +1,317 @@
+"""Time in the synchronous core: stand-ins for missing models, adaptive deadlines, slow
+neighbours, and skips that colluding neighbours cannot force. Driven by hand with a fake
+clock, so every delay is exact."""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gossipfl.protocol import (
+    DeadlinePassed,
+    LocalStepDone,
+    Merge,
+    MergeDone,
+    ModelReceived,
+    RoundDone,
+    SetTimer,
+    StaticNeighbourhood,
+    SyncGossip,
+    Train,
+)
+from gossipfl.protocol.pacing import Arrivals, SkipBudget, WaitPolicy
+
+NEIGHBOURS = {"a": 0.25, "b": 0.25, "c": 0.25}
+BIG = 2**63 - 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def vec(value: float) -> np.ndarray:
+    return np.full(3, value, np.float32)
+
+
+def core(clock: Clock, rounds: int = 200, **kwargs: object) -> SyncGossip:
+    return SyncGossip(
+        neighbourhood=StaticNeighbourhood(NEIGHBOURS),
+        rounds=rounds,
+        deadline=5.0,
+        clock=clock,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+class Driver:
+    """Plays rounds of one core against neighbours whose models arrive with given delays
+    after ours: a tiny discrete-event loop on the fake clock."""
+
+    def __init__(self, g: SyncGossip, clock: Clock, step_time: float = 0.1) -> None:
+        self.g, self.clock, self.step_time = g, clock, step_time
+        self.pending: list[tuple[float, str, int]] = []
+
+    def _deliver(self, at: float, peer: str, round: int) -> list[Merge]:
+        self.clock.now = max(self.clock.now, at)
+        actions = self.g.handle(ModelReceived(peer, round, vec(2.0)))
+        return [a for a in actions if isinstance(a, Merge)]
+
+    def round(self, arrivals: dict[str, float | None]) -> RoundDone:
+        """Our step now; each neighbour's model of this round arrives that many seconds
+        later (None: never). Returns the round's report."""
+        g, clock = self.g, self.clock
+        r, sent = g.round, clock.now
+        actions = g.handle(LocalStepDone(r, vec(1.0)))
+        for peer, delay in arrivals.items():
+            if delay is not None:
+                heapq.heappush(self.pending, (sent + delay, peer, r))
+        timers = [a for a in actions if isinstance(a, SetTimer)]
+        merges = [a for a in actions if isinstance(a, Merge)]
+        deadline = sent + timers[0].delay if timers else None
+        while not merges:
+            if self.pending and (deadline is None or self.pending[0][0] <= deadline):
+                merges = self._deliver(*heapq.heappop(self.pending))
+            else:
+                assert deadline is not None, "nothing left to arrive and no deadline"
+                clock.now = deadline
+                merges = [a for a in g.handle(DeadlinePassed(r)) if isinstance(a, Merge)]
+        done = g.handle(MergeDone(r, vec(1.0)))[0]
+        assert isinstance(done, RoundDone)
+        clock.now += self.step_time  # our next local step; models keep arriving meanwhile
+        step_end = clock.now
+        while self.pending and self.pending[0][0] <= step_end:
+            self._deliver(*heapq.heappop(self.pending))
+        clock.now = step_end
+        return done
+
+
+def test_a_silent_neighbour_stands_in_for_max_reuse_rounds() -> None:
+    clock = Clock()
+    g = core(clock, max_reuse=2)
+    g.start()
+    d = Driver(g, clock)
+    d.round({"a": 0.1, "b": 0.1, "c": 0.1})
+    reused = [d.round({"a": 0.1, "b": 0.1, "c": None}).stats.reused for _ in range(4)]
+    assert reused == [1, 1, 0, 0]  # c's round-0 model stands in for rounds 1 and 2
+
+
+def test_a_stalling_neighbour_stops_setting_the_pace() -> None:
+    """c always steps 4.5 s against a 5 s deadline: after a few rounds it is slow, no
+    longer waited for, and the rounds take the others' time; its late models stand in."""
+    clock = Clock()
+    g = core(clock)
+    g.start()
+    d = Driver(g, clock)
+    durations, slow, reused = [], [], []
+    for _ in range(20):
+        start = clock.now
+        done = d.round({"a": 0.1, "b": 0.12, "c": 4.5})
+        durations.append(clock.now - start)
+        slow.append(done.stats.slow)
+        reused.append(done.stats.reused)
+    assert durations[0] > 4.5  # waited for c at first
+    assert slow[-1] == ("c",)
+    assert max(durations[-10:]) < 0.5  # now the pace of a and b
+    assert not any(reused[-10:])  # c's models are ~20 rounds old by now: too stale
+    assert g.round == 20
+
+
+def test_a_silent_neighbour_is_waited_for_only_until_judged_slow() -> None:
+    clock = Clock()
+    g = core(clock)
+    g.start()
+    d = Driver(g, clock)
+    waits = []
+    for _ in range(30):
+        start = clock.now
+        d.round({"a": 0.1, "b": 0.1, "c": None})
+        waits.append(clock.now - start)
+    assert sum(w > 4 for w in waits) <= WaitPolicy().min_samples  # then never again
+    assert max(waits[-20:]) < 0.5
+
+
+def test_a_slow_neighbour_that_speeds_up_is_waited_for_again() -> None:
+    clock = Clock()
+    g = core(clock)
+    g.start()
+    d = Driver(g, clock)
+    for _ in range(10):
+        d.round({"a": 0.1, "b": 0.1, "c": 3.0})
+    assert d.round({"a": 0.1, "b": 0.1, "c": 3.0}).stats.slow == ("c",)
+    for _ in range(20):
+        done = d.round({"a": 0.1, "b": 0.1, "c": 0.12})
+    assert done.stats.slow == ()
+    assert done.stats.missing == ()
+
+
+def test_the_adaptive_deadline_follows_arrivals_within_its_bounds() -> None:
+    clock = Clock()
+    g = core(clock)
+    g.start()
+    d = Driver(g, clock)
+    first = d.round({"a": 0.1, "b": None, "c": 0.1})
+    assert first.stats.deadline == 5.0  # nothing known yet: the configured deadline
+    for _ in range(6):
+        done = d.round({"a": 0.1, "b": 0.2, "c": 0.1})
+    assert done.stats.deadline is not None
+    # 3 x the 90th percentile (0.2 s; b's censored wait of 5 s has aged into the window's
+    # median but not out yet: the deadline is still bounded by the configured one)
+    assert 0.5 <= done.stats.deadline <= 5.0
+
+
+def test_without_a_clock_deadlines_are_fixed() -> None:
+    g = SyncGossip(neighbourhood=StaticNeighbourhood(NEIGHBOURS), rounds=5, deadline=5.0)
+    g.start()
+    actions = g.handle(LocalStepDone(0, vec(1.0)))
+    assert [a for a in actions if isinstance(a, SetTimer)] == [SetTimer(0, 5.0)]
+
+
+# ---------------------------------------------------------------------------- skipping
+
+
+def test_two_colluders_claiming_the_last_round_cannot_fast_forward_a_peer() -> None:
+    """b and c claim round 2**63 - 1 with every model; a, honest, is at our round. Two
+    liars are more than the rule tolerates, but claims that far ahead of what the elapsed
+    time allows are not believed (and are counted)."""
+    clock = Clock()
+    g = core(clock, rounds=150, tolerance=1)
+    g.start()
+    d = Driver(g, clock)
+    implausible = 0
+    for _ in range(60):
+        r = g.round
+        g.handle(ModelReceived("b", BIG, vec(9.0)))
+        g.handle(ModelReceived("c", BIG, vec(9.0)))
+        done = d.round({"a": 0.1})
+        implausible += len(done.stats.implausible)
+        assert done.stats.skipped_to is None
+        assert g.round == r + 1
+    assert implausible > 50
+
+
+def test_colluders_alone_can_push_a_peer_only_as_fast_as_time_allows() -> None:
+    """Every neighbour lies (more than the rule tolerates), claiming just a little more
+    than the elapsed time allows: skips still go no further than ``speedup`` times our
+    own pace."""
+    clock = Clock()
+    g = core(clock, rounds=10_000, tolerance=0)
+    g.start()
+    d = Driver(g, clock)
+    for _ in range(100):
+        for peer in NEIGHBOURS:  # beyond max_ahead: not buffered, never delivered
+            g.handle(ModelReceived(peer, g.round + 9, vec(9.0)))
+        d.round({})
+    assert d.round({}).stats.implausible == ()
+    # 101 rounds of our own at 0.1 s; with speedup 1.25 at most ~126 plus the lag
+    assert 110 <= g.round <= 130
+
+
+def test_a_restarted_peer_catches_up_as_far_as_its_downtime_allows() -> None:
+    """Resumed at round 20 from a checkpoint written 60 s ago at a pace of ~1 s a round:
+    neighbours at round 80 are plausible, and it skips there."""
+    clock = Clock()
+    clock.now = 1000.0
+    g = core(clock, rounds=200, start_round=20, anchor_time=940.0, tolerance=1)
+    g.start()
+    d = Driver(g, clock)
+    for peer in NEIGHBOURS:
+        g.handle(ModelReceived(peer, 80, vec(2.0)))
+    d.round({})  # the first round measures our pace: no skip can be judged before
+    assert g.round == 21
+    done = d.round({})
+    assert done.stats.implausible == ()
+    assert g.round == 80
+
+
+def test_a_quorum_must_outnumber_the_tolerated_byzantine_neighbours() -> None:
+    clock = Clock()
+    g = core(clock, rounds=200, start_round=20, anchor_time=0.0, tolerance=2)
+    clock.now = 1000.0
+    g.start()
+    d = Driver(g, clock)
+    g.handle(ModelReceived("a", 80, vec(2.0)))
+    g.handle(ModelReceived("b", 80, vec(2.0)))  # two claims, but the rule expects 2 liars
+    d.round({})
+    assert g.round == 21
+    g.handle(ModelReceived("c", 80, vec(2.0)))  # a third agrees
+    d.round({})
+    assert g.round == 80
+
+
+def test_neighbours_delivering_our_round_show_we_are_not_behind() -> None:
+    clock = Clock()
+    g = core(clock, rounds=200, start_round=20, anchor_time=0.0, tolerance=1)
+    clock.now = 1000.0
+    g.start()
+    d = Driver(g, clock)
+    g.handle(ModelReceived("a", 80, vec(2.0)))
+    g.handle(ModelReceived("b", 80, vec(2.0)))
+    d.round({"c": 0.1})  # one delivers: no more than the tolerated one liar
+    assert g.round == 80
+    g2 = core(clock, rounds=200, start_round=20, anchor_time=0.0, tolerance=0)
+    g2.start()
+    d2 = Driver(g2, clock)
+    g2.handle(ModelReceived("a", 80, vec(2.0)))
+    g2.handle(ModelReceived("b", 80, vec(2.0)))
+    d2.round({"c": 0.1})
+    assert g2.round == 21
+
+
+# ----------------------------------------------------------------------- the pieces
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=10.0), min_size=4, max_size=16),
+    st.floats(min_value=0.0, max_value=10.0),
+)
+def test_at_most_half_a_neighbourhood_is_ever_slow(delays: list[float], extra: float) -> None:
+    arrivals = Arrivals(WaitPolicy(), deadline=5.0)
+    peers = [f"p{i}" for i in range(len(delays))]
+    for r in range(4):
+        arrivals.sent(r, 0.0)
+        for peer, delay in zip(peers, delays, strict=True):
+            arrivals.arrived(peer, r, delay + extra * (r % 2))
+    slow = arrivals.judge(peers)
+    assert 2 * len(slow) <= len(peers)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=100.0), min_size=1, max_size=40))
+def test_the_adaptive_deadline_stays_within_its_bounds(delays: list[float]) -> None:
+    arrivals = Arrivals(WaitPolicy(), deadline=5.0)
+    for r, delay in enumerate(delays):
+        arrivals.sent(r, float(r))
+        arrivals.arrived("p", r, r + delay)
+    assert 0.5 <= arrivals.round_deadline(["p"]) <= 5.0
+
+
+def test_the_skip_limit_grows_with_time_at_speedup_times_our_pace() -> None:
+    budget = SkipBudget(anchor_round=10, anchor_time=100.0, speedup=1.25)
+    assert budget.limit(200.0) is None  # no pace yet
+    for _ in range(5):
+        budget.round_took(2.0)
+    assert budget.limit(100.0) == 10
+    assert budget.limit(140.0) == 35  # 40 s at 2 s a round, 1.25 x
+    with pytest.raises(ValueError, match="speedup"):
+        SkipBudget(anchor_round=0, anchor_time=0.0, speedup=0.5)
+
+
+def test_adaptive_waiting_needs_a_clock() -> None:
+    with pytest.raises(ValueError, match="clock"):
+        SyncGossip(
+            neighbourhood=StaticNeighbourhood(NEIGHBOURS),
+            rounds=5,
+            deadline=5.0,
+            wait=WaitPolicy(adaptive=True),
+        )
+    assert (
+        Train(0)
+        in SyncGossip(neighbourhood=StaticNeighbourhood(NEIGHBOURS), rounds=5, deadline=5.0).start()
+    )
