@@ -308,12 +308,19 @@ class Peer:
 
     # ------------------------------------------------------------------------ run
 
-    async def run(self, rounds: int, *, start_round: int | None = None) -> RunSummary:
+    async def run(
+        self, rounds: int, *, start_round: int | None = None, away_since: float | None = None
+    ) -> RunSummary:
         """Train and gossip until round ``rounds`` (exclusive) is reached.
 
         A peer with a checkpoint resumes after its last completed round; otherwise it starts
         at ``start_round`` (default: where its previous run stopped, 0 at first). Returns when
         this peer is done; it keeps answering its neighbours until the ``async with`` exits.
+
+        ``away_since`` (trio's clock) says when a rejoining peer stopped: its neighbours can
+        have got as far as that time allows, and it may skip that far to catch up (without
+        it, skips are bounded by the time since this call). A peer resuming from a
+        checkpoint knows it from the checkpoint's age.
         """
         if self._nursery is None:
             raise GossipflError("use `async with Peer(...) as peer:` before calling run()")
@@ -321,6 +328,7 @@ class Peer:
             raise GossipflError("run() is already running on this peer")
         if start_round is not None:
             self.round = start_round
+        self._anchor_time = away_since
         start = self._resume()
         degree = len(self.neighbourhood.receive_from(start))
         if self.config.protocol != "async":

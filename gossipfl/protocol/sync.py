@@ -44,8 +44,9 @@ reached, ``catch_up_lag`` or more ahead. Round numbers are claims, so a skip nee
 
 * more agreeing neighbours than the ``tolerance`` of Byzantine ones the merge rule is
   configured for;
-* that no more than ``tolerance`` in-neighbours delivered their model of the round just
-  merged: honest neighbours at our round show we are not behind;
+* more neighbours ahead than neighbours that delivered their model of the round just
+  merged: neighbours at our round show we are not behind (two peers that return together
+  deliver to each other, and are still outnumbered by the others ahead);
 * and it goes no further than the elapsed time makes plausible
   (:class:`~gossipfl.protocol.pacing.SkipBudget`). A claim further ahead than that (by
   more than ``max_ahead``) is not believed at all, and counted as ``implausible``.
@@ -381,13 +382,16 @@ class SyncGossip(RoundCore):
             bound = limit + self._max_ahead
             believable = {p: c for p, c in claims.items() if c <= bound}
             self._implausible = tuple(sorted(set(claims) - set(believable)))
-        if len(self._merge_peers) > self._tolerance:
-            return  # neighbours at our round delivered: we are not behind them
         quorum = max(min(self._catch_up_quorum, len(claims)), self._tolerance + 1)
-        if len(believable) < quorum:
+        ahead = sorted(
+            (c for c in believable.values() if c >= self.round + self._catch_up_lag),
+            reverse=True,
+        )
+        if len(ahead) < quorum:
             return  # too few believable neighbours to outvote the Byzantine ones expected
-        seen = sorted(believable.values(), reverse=True)
-        target = min(seen[quorum - 1], self.rounds - 1)
+        if len(ahead) <= len(self._merge_peers):
+            return  # as many neighbours delivered our round: we are not behind them
+        target = min(ahead[quorum - 1], self.rounds - 1)
         if limit is not None:
             target = min(target, limit)
         if target >= self.round + self._catch_up_lag:

@@ -333,7 +333,11 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
                     outgoing=byzantine.recorder(i) if byzantine is not None else None,
                 ) as peer:
                     task_status.started()
-                    await peer.run(config.rounds, start_round=last_reported.get(ids[i], -1) + 1)
+                    await peer.run(
+                        config.rounds,
+                        start_round=last_reported.get(ids[i], -1) + 1,
+                        away_since=left_at.get(i),
+                    )
                     done_with(i)
                     async with trio.open_nursery() as serving:
                         serving.start_soon(peer.serve)
@@ -370,10 +374,13 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     ch = config.churn
     rejoin = ch.leave_round + ch.away_rounds < config.rounds
 
+    left_at: dict[int, float] = {}
+
     async def churn(nursery: trio.Nursery) -> None:
         await watch.wait_for(ch.leave_round)
         for i in churners:
             scopes[i].cancel()
+            left_at[i] = trio.current_time()
             collector.leave(ids[i])
             if not rejoin:
                 done_with(i)
