@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gossipfl.errors import ConfigError
+from gossipfl.peerscore import ScorePolicy
 
 GOSSIP_PROTOCOL = "/gossipfl/gossip/1.0.0"
 """Model frames travel on long-lived streams of this protocol, one per direction. The
 version is bumped on any incompatible change of the framing."""
 
 MiB = 1 << 20
+YAMUX_WINDOW = 256 * 1024
+"""Yamux's initial receive window per stream (the spec's and py-libp2p's)."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,50 @@ class TransportConfig:
     senders down instead of our memory growing. A single frame larger than this is still
     delivered when nothing else is waiting. (Frames still being received are bounded
     separately: at most ``max_frame`` per stream.)"""
+    max_buffered_per_peer: int = 16 * MiB
+    """The share of ``max_buffered`` one peer may fill: beyond it that peer's readers
+    pause, while the other peers' frames keep coming (a peer with nothing waiting may
+    always queue one frame). One frame larger than this is delivered when it is the
+    peer's only one waiting."""
     max_streams_per_peer: int = 4
     """Concurrent inbound gossip streams one peer may hold open; extra streams are reset."""
     max_connections: int = 300
     """Connections of the whole host (libp2p's connection manager limit)."""
+    max_inbound_streams: int = 32
+    """Streams the peer may have open at once on one connection, all protocols together
+    (gossip, requests, the DHT...). The next one is reset at once and counted against
+    the peer (kind ``streams``). Honest peers use a handful."""
+    max_connection_buffer: int = 64 * MiB
+    """Bytes received and not yet read, across all the Yamux streams of one connection.
+    A frame that would go beyond is dropped and its stream reset (kind ``buffered``).
+    Yamux bounds each stream by its receive window, at most 16 MiB once auto-tuned; an
+    honest peer fills one or two (a gossip stream and a request), a peer that grows four
+    gossip streams' windows and then stops being read reaches this."""
+    frame_rate: float = 1000.0
+    """Gossip frames per second one peer may make us deliver, all its streams together,
+    after a burst of ``frame_burst``. Beyond it the peer's readers wait (backpressure:
+    Yamux flow control slows its sender). Honest peers send tens per second."""
+    frame_burst: int = 5000
+    """Frames one peer may deliver at once before ``frame_rate`` applies."""
+    frame_rate_strike: float = 5.0
+    """A peer that keeps its frame bucket empty this long on end is counted against
+    (kind ``frame_rate``), once per such period."""
+    max_requests_per_peer: int = 8
+    """Requests (``set_request_handler`` protocols) one peer may have in progress at
+    once; the next is refused (stream reset, kind ``requests``)."""
+    request_rate: float = 50.0
+    """Requests per second one peer may make, after a burst of ``request_burst``; excess
+    is refused (kind ``request_rate``)."""
+    request_burst: int = 100
+    """Requests one peer may make at once before ``request_rate`` applies."""
+    connection_rate: float = 1.0
+    """New connections per second one peer may make (py-libp2p's resource manager),
+    after a burst of ``connection_burst``; excess is refused after the handshake."""
+    connection_burst: int = 20
+    """Connections one peer may make at once before ``connection_rate`` applies."""
+    score: ScorePolicy = field(default_factory=ScorePolicy)
+    """When violations of these limits (and the ones other layers report through
+    ``Libp2pTransport.penalize``) ban a peer: weights, decay, threshold, ban lengths."""
     yamux_chunk: int = 1 * MiB
     """Size of the Yamux DATA frames our sender writes (py-libp2p writes 64 KiB ones).
     Larger frames mean fewer trips through the pure-Python muxer and Noise layers; the
@@ -66,10 +109,41 @@ class TransportConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
                 raise ConfigError(f"TransportConfig.{name} must be a positive number of seconds")
-        for name in ("max_buffered", "max_streams_per_peer", "max_connections"):
+        for name in (
+            "max_buffered",
+            "max_buffered_per_peer",
+            "max_streams_per_peer",
+            "max_connections",
+            "max_inbound_streams",
+            "max_requests_per_peer",
+            "frame_burst",
+            "request_burst",
+            "connection_burst",
+        ):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ConfigError(f"TransportConfig.{name} must be a positive int, got {value!r}")
+        for name in ("frame_rate", "frame_rate_strike", "request_rate", "connection_rate"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and value > 0
+                and math.isfinite(value)
+            ):
+                raise ConfigError(
+                    f"TransportConfig.{name} must be a positive finite number, got {value!r}"
+                )
+        if type(self.max_connection_buffer) is not int or self.max_connection_buffer < YAMUX_WINDOW:
+            raise ConfigError(
+                "TransportConfig.max_connection_buffer must be an int of at least "
+                f"{YAMUX_WINDOW} (one Yamux stream's initial window), got "
+                f"{self.max_connection_buffer!r}"
+            )
+        if not isinstance(self.score, ScorePolicy):
+            raise ConfigError(
+                f"TransportConfig.score must be a ScorePolicy, got {type(self.score).__name__}"
+            )
         if type(self.yamux_chunk) is not int or not (
             self.yamux_chunk == 0 or 4096 <= self.yamux_chunk <= 16 * MiB
         ):

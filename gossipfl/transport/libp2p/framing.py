@@ -84,6 +84,11 @@ class FrameReader:
         self._buf = b""
         self._off = 0
 
+    @property
+    def pending(self) -> int:
+        """Bytes read from the stream beyond the last frame returned."""
+        return len(self._buf) - self._off
+
     async def _read_some(self, n: int, *, started: bool, what: str) -> bytes:
         """Up to ``n`` bytes; ``b""`` at the end of the stream."""
         if self._off < len(self._buf):

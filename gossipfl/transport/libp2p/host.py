@@ -18,13 +18,23 @@ connection callbacks into ``Connected``/``Disconnected``; :mod:`~gossipfl.transp
 streams` carries frames on ``/gossipfl/gossip/1.0.0``; :mod:`~gossipfl.transport.libp2p.
 workarounds` and :mod:`~gossipfl.transport.libp2p.fastpath` hold every py-libp2p quirk we
 work around, each documented there.
+
+Limits against peers that are allowed in and still hostile (docs/operations.md, "Resource
+limits and peer scores"): :mod:`~gossipfl.transport.libp2p.guards` enforces Yamux's
+receive windows and caps each connection's streams and buffered bytes;
+:mod:`~gossipfl.transport.libp2p.budgets` caps each peer's frame and request rates;
+:mod:`~gossipfl.transport.libp2p.events` each peer's share of ``events()``;
+:mod:`~gossipfl.transport.libp2p.resources` configures py-libp2p's resource manager. Every
+limit broken goes through :meth:`Libp2pTransport.penalize`, which counts and logs it and
+may ban the peer (:mod:`~gossipfl.transport.libp2p.policing`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import multiaddr
@@ -34,10 +44,13 @@ from libp2p.abc import IHost, INetConn, INetStream, INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from gossipfl.errors import ConfigError
 from gossipfl.identity import Identity, generate_identity
 from gossipfl.peerlog import PeerWarnings
+from gossipfl.peerscore import Ban
 from gossipfl.transport.base import (
     Connected,
     Disconnected,
@@ -47,10 +60,19 @@ from gossipfl.transport.base import (
 )
 from gossipfl.transport.libp2p import workarounds
 from gossipfl.transport.libp2p.allowlist import Allowlist, parse_multiaddr, parse_peer_id
+from gossipfl.transport.libp2p.budgets import FrameThrottle, RequestGate
 from gossipfl.transport.libp2p.config import GOSSIP_PROTOCOL, TransportConfig
 from gossipfl.transport.libp2p.events import EventQueue
 from gossipfl.transport.libp2p.fastpath import install_direct_yamux_reads
+from gossipfl.transport.libp2p.guards import (
+    ConnectionGuard,
+    YamuxLimits,
+    hook_upgrader,
+    install_yamux_guards,
+)
+from gossipfl.transport.libp2p.policing import Policing
 from gossipfl.transport.libp2p.requests import RequestHandler, send_request, serve_request
+from gossipfl.transport.libp2p.resources import install_resource_manager, resource_manager
 from gossipfl.transport.libp2p.security import GatedNoise, security_options
 from gossipfl.transport.libp2p.streams import (
     OutboundStreams,
@@ -58,6 +80,7 @@ from gossipfl.transport.libp2p.streams import (
     reset_quietly,
     serve_stream,
 )
+from gossipfl.transport.libp2p.tasks import TaskGroup
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +167,7 @@ class Libp2pTransport:
         allowlist: Allowlist,
         config: TransportConfig,
         security: GatedNoise,
+        policing: Policing | None = None,
     ) -> None:
         self._host = host
         self._swarm: Any = host.get_network()
@@ -153,7 +177,26 @@ class Libp2pTransport:
         self._security = security
         self.stats = TransportStats()
         self._warnings = PeerWarnings()
-        self._queue = EventQueue(config.max_buffered)
+        self._policing = policing or Policing(config.score, warnings=self._warnings)
+        self._policing.on_ban = self._on_ban
+        self._tasks = TaskGroup()
+        self._yamux_limits = YamuxLimits(
+            max_inbound_streams=config.max_inbound_streams,
+            max_buffered=config.max_connection_buffer,
+        )
+        self._throttle = FrameThrottle(
+            rate=config.frame_rate,
+            burst=config.frame_burst,
+            strike_after=config.frame_rate_strike,
+            report=self.penalize,
+        )
+        self._requests = RequestGate(
+            concurrent=config.max_requests_per_peer,
+            rate=config.request_rate,
+            burst=config.request_burst,
+        )
+        self._guards_early = False
+        self._queue = EventQueue(config.max_buffered, config.max_buffered_per_peer)
         self._outbound = OutboundStreams(config, self._open_stream, self.stats)
         self._addresses: dict[str, list[multiaddr.Multiaddr]] = {}
         self._connected: set[str] = set()
@@ -192,24 +235,38 @@ class Libp2pTransport:
         allowlist = allow if isinstance(allow, Allowlist) else Allowlist(allow)
         listen_addrs = [cls._listen_multiaddr(text) for text in listen]
         workarounds.check_ports_free(listen_addrs)
-        security = GatedNoise(identity.key_pair, allowlist, batch=config.batch_noise)
+        policing = Policing(config.score)
+        security = GatedNoise(
+            identity.key_pair, allowlist, batch=config.batch_noise, refusal=policing.refusal
+        )
+        manager = resource_manager(config)
         host = new_host(
             key_pair=identity.key_pair,
             sec_opt=security_options(security),
+            # Yamux only: Mplex (py-libp2p's fallback) has no flow control at all, and
+            # our receive limits are Yamux's.
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             connection_config=workarounds.connection_config(
                 max_connections=config.max_connections, dial_timeout=config.dial_timeout
             ),
             listen_addrs=listen_addrs or None,
+            resource_manager=manager,
         )
-        transport = cls(host, identity, allowlist, config, security)
+        install_resource_manager(host.get_network(), manager)
+        transport = cls(host, identity, allowlist, config, security, policing)
+        transport._guards_early = hook_upgrader(host.get_network(), transport._guard_connection)
         # py-libp2p's host.run() yields inside two nurseries, so an exception raised in
         # the body of `async with` would reach the caller wrapped in three levels of
         # ExceptionGroup. We never pass the body's exception into host.run(): we close
         # the host ourselves and exit host.run() cleanly, so errors come out unwrapped.
         # `guard` is entered before host.run() so that it can shield the exit of
         # host.run()'s own scopes (cancel scopes must be exited in LIFO order).
+        # Our own background jobs (stream resets, closing a banned peer's connections)
+        # start first, so that they are ready for the first connection.
         with trio.CancelScope() as guard:
             async with contextlib.AsyncExitStack() as stack:
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                await nursery.start(transport._tasks.run)
                 await stack.enter_async_context(host.run(listen_addrs))
                 try:
                     await transport._start(listen_addrs)
@@ -237,6 +294,11 @@ class Libp2pTransport:
             )
         await workarounds.stop_auto_connector(swarm)
         workarounds.disable_dial_retries(swarm)
+        if not self._guards_early:
+            logger.warning(
+                "py-libp2p's transport upgrader is not as expected: Yamux receive limits are "
+                "installed only once a connection is reported, after its first frames"
+            )
         swarm.register_notifee(_ConnectionEvents(self))
         self._host.set_stream_handler(
             TProtocol(GOSSIP_PROTOCOL),
@@ -267,6 +329,7 @@ class Libp2pTransport:
             if scope.cancelled_caught:
                 logger.warning("closing the libp2p host took more than 5 s; gave up waiting")
         finally:
+            self._tasks.close()
             self._queue.close()
             self._closed.set()
 
@@ -307,6 +370,93 @@ class Libp2pTransport:
     def refused_peers(self) -> int:
         """Connections refused at the handshake because of the allowlist."""
         return self._security.refused
+
+    @property
+    def refused_banned(self) -> int:
+        """Connections refused at the handshake because the peer was banned."""
+        return self._security.refused_banned
+
+    # ---------------------------------------------------------- limits and bans
+
+    def penalize(self, peer: PeerId, kind: str, detail: str = "") -> Ban | None:
+        """Count a limit that ``peer`` broke, of ``kind`` (``"window"``, ``"bad_frame"``,
+        ...: the set is open, see :class:`~gossipfl.peerscore.ScorePolicy`), and say why in
+        ``detail``.
+
+        The violation is counted (:attr:`violations`), logged at WARNING with the peer ID
+        (rate-limited per peer and kind) and added to the peer's score. When the score
+        reaches ``config.score.threshold`` the peer is banned: its connections are
+        closed, and until the ban ends its handshakes and streams are refused and we do
+        not dial it. Returns the ban this started, if any.
+
+        Cheap and synchronous: callable from any task of the transport's trio run,
+        including the runtime's frame handling and request handlers.
+        """
+        self.stats.violations += 1
+        return self._policing.penalize(peer, kind, detail)
+
+    @property
+    def violations(self) -> dict[PeerId, dict[str, int]]:
+        """Limits broken so far, by peer and kind (a copy, for metrics and tests)."""
+        return self._policing.violations
+
+    @property
+    def banned_peers(self) -> Mapping[PeerId, Ban]:
+        """The bans in force now, by peer."""
+        return self._policing.scores.bans()
+
+    def _on_ban(self, ban: Ban) -> None:
+        self.stats.bans += 1
+        self._tasks.spawn(functools.partial(self._disconnect_banned, ban.peer), "enforce a ban")
+
+    async def _disconnect_banned(self, peer: str) -> None:
+        """Close every connection with a peer that was just banned (concurrently)."""
+        stale = self._outbound.forget(peer)
+        try:
+            conns = list(self._swarm.get_connections(ID.from_base58(peer)))
+        except Exception:  # a peer ID reported by another layer that is not one
+            conns = []
+
+        async def close_one(conn: INetConn) -> None:
+            with trio.move_on_after(2.0):
+                try:
+                    await conn.close()
+                except Exception:
+                    logger.debug("closing a connection of banned %s failed", peer, exc_info=True)
+
+        async with trio.open_nursery() as nursery:
+            if stale is not None:
+                nursery.start_soon(reset_quietly, stale)
+            for conn in conns:
+                nursery.start_soon(close_one, conn)
+
+    def _guard_connection(self, muxed_conn: object) -> ConnectionGuard | None:
+        """Put a new connection under Yamux receive limits (idempotent). Called by the
+        upgrader hook before the muxer starts, and again (a no-op, normally) when the
+        swarm reports the connection. Never raises: a connection we cannot guard is
+        logged, loudly, and kept."""
+        try:
+            guard = install_yamux_guards(
+                muxed_conn,
+                self._yamux_limits,
+                report=self.penalize,
+                spawn=self._tasks.spawn,
+                stats=self.stats,
+            )
+        except Exception:
+            logger.exception("installing Yamux receive limits failed")
+            guard = None
+        if guard is None:
+            peer = str(getattr(muxed_conn, "peer_id", "?"))
+            self._warnings.warn(
+                logger,
+                peer,
+                "no receive limits on the connection with peer %s: its muxer (%s) is not "
+                "py-libp2p's Yamux as this version of gossipfl knows it",
+                peer,
+                type(muxed_conn).__name__,
+            )
+        return guard
 
     # ---------------------------------------------------------------- addresses
 
@@ -363,6 +513,9 @@ class Libp2pTransport:
             raise PeerUnreachable("cannot connect to ourselves")
         if not self.allowlist.allows(peer):
             raise PeerUnreachable(f"peer {peer} is not on our allowlist; not dialing it")
+        refusal = self._policing.refusal(peer)
+        if refusal is not None:
+            raise PeerUnreachable(f"not dialing peer {peer}: {refusal}")
         peer_id = ID.from_base58(peer)
         if self._live_connections(peer_id):
             return
@@ -407,6 +560,7 @@ class Libp2pTransport:
             await self._host.disconnect(ID.from_base58(peer))
 
     def _on_connection(self, conn: INetConn) -> None:
+        self._guard_connection(conn.muxed_conn)  # already done at the upgrade, normally
         if self.config.batch_noise:
             install_direct_yamux_reads(conn.muxed_conn)
         peer = str(conn.muxed_conn.peer_id)
@@ -414,6 +568,9 @@ class Libp2pTransport:
             self._warnings.warn(
                 logger, peer, "connection with peer %s is not allowed; ignoring it", peer
             )
+            return
+        if self._policing.refusal(peer) is not None:  # banned while it was connecting
+            self._tasks.spawn(functools.partial(self._disconnect_banned, peer), "enforce a ban")
             return
         self._mark_connected(peer)
 
@@ -447,23 +604,41 @@ class Libp2pTransport:
     ) -> None:
         """Answer one-frame requests on ``protocol`` (see
         :mod:`~gossipfl.transport.libp2p.requests`). ``handler`` gets the authenticated
-        peer ID and the request; bad or slow requests are logged and dropped."""
+        peer ID and the request; bad or slow requests are logged and dropped.
+
+        Each peer may have ``config.max_requests_per_peer`` requests in progress (on all
+        request protocols together) and make ``config.request_rate`` per second; beyond,
+        its streams are reset and the excess counted against it (:meth:`penalize`)."""
 
         async def serve(stream: INetStream) -> None:
             peer = workarounds.remote_peer_of(stream)
-            if not self.allowlist.allows(peer) or self._closing:
+            if (
+                not self.allowlist.allows(peer)
+                or self._closing
+                or self._policing.refusal(peer) is not None
+            ):
                 await reset_quietly(stream)
                 return
-            await serve_request(
-                stream,
-                peer,
-                handler,
-                protocol=protocol,
-                max_request=max_request,
-                max_reply=max_reply,
-                timeout=timeout,
-                warnings=self._warnings,
-            )
+            refused = self._requests.enter(peer)
+            if refused is not None:
+                kind, detail = refused
+                self.penalize(peer, kind, f"{protocol}: {detail}")
+                await reset_quietly(stream)
+                return
+            try:
+                await serve_request(
+                    stream,
+                    peer,
+                    handler,
+                    protocol=protocol,
+                    max_request=max_request,
+                    max_reply=max_reply,
+                    timeout=timeout,
+                    warnings=self._warnings,
+                    report=self.penalize,
+                )
+            finally:
+                self._requests.leave(peer)
 
         self._host.set_stream_handler(
             TProtocol(protocol), workarounds.guard_handler(serve, protocol=protocol)
@@ -548,22 +723,25 @@ class Libp2pTransport:
     async def _serve(self, stream: INetStream) -> None:
         """Handler of inbound ``/gossipfl/gossip/1.0.0`` streams (guarded: never raises)."""
         peer = workarounds.remote_peer_of(stream)
-        if not self.allowlist.allows(peer) or self._closing:
+        refusal = "not allowed" if not self.allowlist.allows(peer) else self._policing.refusal(peer)
+        if refusal is not None or self._closing:
             self.stats.refused_streams += 1
             self._warnings.warn(
-                logger, peer, "refused a gossip stream from peer %s: not allowed", peer
+                logger,
+                peer,
+                "refused a gossip stream from peer %s: %s",
+                peer,
+                refusal or "we are closing",
             )
             await reset_quietly(stream)
             return
         open_streams = self._inbound.get(peer, 0)
         if open_streams >= self.config.max_streams_per_peer:
             self.stats.refused_streams += 1
-            self._warnings.warn(
-                logger,
+            self.penalize(
                 peer,
-                "refused a gossip stream from peer %s: it already has %d open (the limit)",
-                peer,
-                open_streams,
+                "streams",
+                f"opened a gossip stream while it had {open_streams} open (the limit)",
             )
             await reset_quietly(stream)
             return
@@ -578,6 +756,8 @@ class Libp2pTransport:
                 queue=self._queue,
                 stats=self.stats,
                 warnings=self._warnings,
+                throttle=self._throttle,
+                report=self.penalize,
             )
         finally:
             left = self._inbound[peer] - 1

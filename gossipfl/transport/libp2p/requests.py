@@ -14,6 +14,7 @@ stream and carries on; it never raises into py-libp2p.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -23,7 +24,8 @@ from libp2p.exceptions import BaseLibp2pError
 
 from gossipfl.peerlog import PeerWarnings
 from gossipfl.transport.base import PeerUnreachable
-from gossipfl.transport.libp2p.framing import FrameError, FrameReader, encode_prefix
+from gossipfl.transport.libp2p.budgets import Report
+from gossipfl.transport.libp2p.framing import FrameError, FrameReader, FrameTooLarge, encode_prefix
 from gossipfl.transport.libp2p.streams import reset_quietly
 
 logger = logging.getLogger(__name__)
@@ -57,11 +59,20 @@ async def serve_request(
     max_reply: int,
     timeout: float,
     warnings: PeerWarnings,
+    report: Report | None = None,
 ) -> None:
-    """Read one request from ``stream``, answer it with ``handler``'s reply, close."""
+    """Read one request from ``stream``, answer it with ``handler``'s reply, hang up.
+
+    A request announced above ``max_request`` is reported (kind ``bad_frame``); other
+    failures (a timeout, a truncated request) are only logged. After the reply the stream
+    is half-closed and still read until the requester hangs up (it resets the stream as
+    soon as it has the reply), for at most ``timeout``: a stream that nobody reads would
+    let the peer pile bytes up in Yamux's buffer, and any byte it sends after its request
+    is a protocol violation (reported, kind ``bad_request``)."""
+    reader = _reader(stream, max_request, timeout)
     try:
         with trio.fail_after(timeout):
-            body = await _reader(stream, max_request, timeout).next_frame()
+            body = await reader.next_frame()
         if body is None:
             raise FrameError("the stream ended before a request")
         reply = await handler(peer, body)
@@ -70,14 +81,39 @@ async def serve_request(
                 await _write_frame(stream, reply, max_reply)
     except (FrameError, trio.TooSlowError, BaseLibp2pError, ValueError) as exc:
         reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+        if report is not None and isinstance(exc, FrameTooLarge):
+            report(peer, "bad_frame", f"a {protocol} request: {exc}")
         warnings.warn(logger, peer, "dropped a %s request from peer %s: %s", protocol, peer, reason)
         await reset_quietly(stream)
         return
+    await _hang_up(
+        stream, peer, protocol=protocol, timeout=timeout, report=report, trailing=reader.pending
+    )
+
+
+async def _hang_up(
+    stream: INetStream,
+    peer: str,
+    *,
+    protocol: str,
+    timeout: float,
+    report: Report | None,
+    trailing: int,
+) -> None:
+    """Half-close a served request stream, wait (reading) for the requester to hang up,
+    then reset it."""
     with trio.CancelScope(shield=True), trio.move_on_after(1.0):
         try:
             await stream.close()
         except Exception:
             logger.debug("closing a %s stream failed", protocol, exc_info=True)
+    if not trailing:
+        # A reset or the end of the stream: the requester is done.
+        with trio.move_on_after(timeout), contextlib.suppress(BaseLibp2pError):
+            trailing = len(await stream.read(1 << 16))
+    if trailing and report is not None:
+        report(peer, "bad_request", f"sent more bytes on a {protocol} stream after its request")
+    await reset_quietly(stream)
 
 
 async def send_request(

@@ -10,7 +10,8 @@ Two facts about py-libp2p 0.8.1 shape this module:
   wrap py-libp2p's Noise transport and check the allowlist right there: a refused peer's
   connection is closed before the muxer starts, so it never reaches the swarm, the
   network notifee, a stream handler or ``events()``. The refusal is logged with the peer
-  ID and address.
+  ID and address. A peer that is on the allowlist but *banned* for breaking limits
+  (:mod:`gossipfl.peerscore`) is refused the same way until its ban ends.
 
 After a successful handshake the session's message reader/writer is swapped for the
 batched one from :mod:`gossipfl.transport.libp2p.fastpath` (same wire format).
@@ -19,6 +20,7 @@ batched one from :mod:`gossipfl.transport.libp2p.fastpath` (same wire format).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from libp2p.abc import IRawConnection, ISecureConn, ISecureTransport
@@ -38,7 +40,12 @@ logger = logging.getLogger(__name__)
 
 
 class PeerNotAllowed(HandshakeFailure):
-    """The remote peer proved its identity, and that identity is not on our allowlist."""
+    """The remote peer proved its identity, and that identity is not on our allowlist (or
+    is banned for now)."""
+
+
+Refusal = Callable[[str], str | None]
+"""Why we refuse an allowlisted peer now (e.g. it is banned), or ``None``."""
 
 
 def _remote_address(conn: IRawConnection) -> str:
@@ -52,33 +59,51 @@ def _remote_address(conn: IRawConnection) -> str:
 class GatedNoise(ISecureTransport):
     """py-libp2p's Noise transport, refusing peers the allowlist does not name."""
 
-    def __init__(self, key_pair: KeyPair, allowlist: Allowlist, *, batch: bool) -> None:
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        allowlist: Allowlist,
+        *,
+        batch: bool,
+        refusal: Refusal | None = None,
+    ) -> None:
         self._inner = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         self.allowlist = allowlist
         self._batch = batch
+        self._refusal = refusal
         self.refused = 0
+        """Handshakes refused because the peer is not on the allowlist."""
+        self.refused_banned = 0
+        """Handshakes refused because the peer is banned."""
         self._warnings = PeerWarnings()
 
     async def _admit(
         self, session: ISecureConn, conn: IRawConnection, direction: str
     ) -> ISecureConn:
         peer = session.get_remote_peer()
-        if self.allowlist.allows(peer):
-            return install_batched_noise(session) if self._batch else session
-        self.refused += 1
+        if not self.allowlist.allows(peer):
+            self.refused += 1
+            why = "not on the allowlist"
+        else:
+            banned = self._refusal(str(peer)) if self._refusal is not None else None
+            if banned is None:
+                return install_batched_noise(session) if self._batch else session
+            self.refused_banned += 1
+            why = banned
         self._warnings.warn(
             logger,
             peer,
-            "refused %s connection with peer %s at %s: not on the allowlist",
+            "refused %s connection with peer %s at %s: %s",
             direction,
             peer,
             _remote_address(conn),
+            why,
         )
         try:
             await session.close()
         except Exception:  # the connection is going away either way
             logger.debug("closing the refused connection of %s failed", peer, exc_info=True)
-        raise PeerNotAllowed(f"peer {peer} is not on the allowlist")
+        raise PeerNotAllowed(f"peer {peer}: {why}")
 
     async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
         session = await self._inner.secure_inbound(conn)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 from libp2p.abc import INetStream
@@ -25,10 +25,17 @@ from libp2p.exceptions import BaseLibp2pError
 
 from gossipfl.peerlog import PeerWarnings
 from gossipfl.transport.base import PeerUnreachable, Received
+from gossipfl.transport.libp2p.budgets import FrameThrottle, Report
 from gossipfl.transport.libp2p.config import TransportConfig
 from gossipfl.transport.libp2p.events import EventQueue
 from gossipfl.transport.libp2p.fastpath import read_yamux, write_yamux, yamux_stream_of
-from gossipfl.transport.libp2p.framing import FrameError, FrameReader, ReadSome, encode_prefix
+from gossipfl.transport.libp2p.framing import (
+    FrameError,
+    FrameReader,
+    FrameTooLarge,
+    ReadSome,
+    encode_prefix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,16 @@ class TransportStats:
     refused_streams: int = 0
     """Inbound streams reset because the peer held too many (or is not allowed)."""
     send_failures: int = 0
+    violations: int = 0
+    """Limits broken by peers (all kinds; per peer and kind: ``Libp2pTransport.violations``)."""
+    bans: int = 0
+    """Peers banned for breaking limits too often (see :mod:`gossipfl.peerscore`)."""
+    peak_connection_buffer: int = 0
+    """Most bytes held at once in the Yamux stream buffers of one connection."""
+    peak_buffer_by_peer: dict[str, int] = field(default_factory=dict)
+    """The same, per peer (its connections one at a time)."""
+    dropped_bytes: int = 0
+    """Bytes received beyond a Yamux limit and thrown away (see ``guards``)."""
 
 
 async def reset_quietly(stream: INetStream) -> None:
@@ -235,8 +252,15 @@ async def serve_stream(
     queue: EventQueue,
     stats: TransportStats,
     warnings: PeerWarnings,
+    throttle: FrameThrottle | None = None,
+    report: Report | None = None,
 ) -> None:
-    """Read frames from one inbound gossip stream until it ends; queue them."""
+    """Read frames from one inbound gossip stream until it ends; queue them.
+
+    Each frame waits for a token of the peer's ``throttle`` (frames per second) before it
+    is queued; while it waits, nothing more is read from the stream. A frame announced
+    above the size limit is reported (kind ``bad_frame``); a stream that ends or stalls
+    mid-frame is not (that is what a crashed or frozen honest peer looks like)."""
     reader = FrameReader(
         _reader_of(stream, config),
         max_frame=config.max_frame,
@@ -249,9 +273,13 @@ async def serve_stream(
                 break
             stats.frames_received += 1
             stats.bytes_received += len(frame)
+            if throttle is not None:
+                await throttle.admit(peer)
             await queue.push_frame(Received(peer, frame))
     except FrameError as exc:
         stats.bad_streams += 1
+        if report is not None and isinstance(exc, FrameTooLarge):
+            report(peer, "bad_frame", f"on a gossip stream: {exc}")
         warnings.warn(
             logger,
             peer,

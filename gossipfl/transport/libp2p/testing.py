@@ -9,6 +9,7 @@ Like ``trio.testing``, this ships with the library so that the tests of other pa
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.stream_muxer.yamux import yamux as _yamux
 
 from gossipfl.transport.libp2p.config import GOSSIP_PROTOCOL
 from gossipfl.transport.libp2p.workarounds import close_connections
@@ -68,3 +70,43 @@ async def open_raw_stream(host: IHost, address: str, protocol: str = GOSSIP_PROT
     whatever bytes the test writes go to the peer as they are."""
     peer = await connect(host, address)
     return await host.new_stream(peer, [TProtocol(protocol)])
+
+
+# ------------------------------------------------- a peer that ignores Yamux's rules
+
+_HEADER = struct.Struct(_yamux.YAMUX_HEADER_FORMAT)
+
+
+def _yamux_of(stream: INetStream) -> Any:
+    muxed = getattr(stream, "muxed_stream", None)
+    if not isinstance(muxed, _yamux.YamuxStream):
+        raise TypeError("not a py-libp2p Yamux stream")
+    return muxed
+
+
+async def write_ignoring_window(stream: INetStream, data: bytes, *, chunk: int = 1 << 20) -> None:
+    """Write ``data`` on ``stream`` as Yamux DATA frames of ``chunk`` bytes (at most 16 MiB,
+    py-libp2p's frame cap), whatever the receiver's window: what a peer that ignores
+    flow control does. The stream's own ``send_window`` is left alone."""
+    muxed = _yamux_of(stream)
+    view = memoryview(data)
+    for start in range(0, len(view), chunk):
+        piece = view[start : start + chunk]
+        header = _HEADER.pack(0, _yamux.TYPE_DATA, 0, muxed.stream_id, len(piece))
+        await muxed.conn._write_frame(header + bytes(piece))
+
+
+async def open_bare_streams(host: IHost, peer: ID, count: int) -> list[int]:
+    """Open ``count`` Yamux streams to ``peer`` (already connected) with bare SYN frames:
+    no protocol negotiation, no bookkeeping on our side, no backlog limit. Returns their
+    stream IDs."""
+    conn = host.get_network().get_connections(peer)[0].muxed_conn
+    if not isinstance(conn, _yamux.Yamux):
+        raise TypeError("not a py-libp2p Yamux connection")
+    ids: list[int] = []
+    for _ in range(count):
+        sid = conn.next_stream_id
+        conn.next_stream_id += 2
+        await conn._write_frame(_HEADER.pack(0, _yamux.TYPE_WINDOW_UPDATE, _yamux.FLAG_SYN, sid, 0))
+        ids.append(sid)
+    return ids

@@ -20,6 +20,13 @@ a second host on the same port
 starts and takes half the
 connections
 plaintext security offered     :mod:`gossipfl.transport.libp2p.security` (Noise only)
+Mplex offered (no flow         ``muxer_opt``: Yamux only (``Libp2pTransport.open``)
+control)
+Yamux receive window not       :mod:`gossipfl.transport.libp2p.guards`: windows, streams
+enforced, streams uncapped     and buffered bytes per connection
+resource manager: a global     :mod:`gossipfl.transport.libp2p.resources`: semaphore,
+stream semaphore that queues,  degradation and breaker off; our limits
+limits that degrade
 slow Noise/Yamux paths         :mod:`gossipfl.transport.libp2p.fastpath`
 5 s unread-stream stall        :func:`~gossipfl.transport.libp2p.fastpath.write_yamux`
                                waits for the window up to ``write_timeout``, and our
