@@ -13,6 +13,10 @@ can impersonate the peer. Hence the rules enforced here:
   secret that has been world-readable must be treated as leaked;
 - anything that is not an Ed25519 private key is refused with a message that names the
   file and the problem.
+
+The same key signs what a peer says about itself where the channel alone is not enough
+(membership records relayed by other peers): :meth:`Identity.signer`, and
+:func:`ed25519_public_key` to get a peer's public key back from its peer ID alone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +40,13 @@ KEY_FILE_MODE = 0o600
 KEY_DIR_MODE = 0o700
 MAX_KEY_FILE_SIZE = 4096
 """A serialized Ed25519 key is 36 bytes; anything much larger is not one of ours."""
+ED25519_PEER_ID_PREFIX = bytes.fromhex("002408011220")
+"""What an Ed25519 peer ID (``12D3KooW...``) decodes to before the 32 key bytes: the
+multihash code *identity* (0x00) and length 36 (0x24), then the libp2p protobuf
+``PublicKey`` message: field 1 ``Type`` = 1 (Ed25519), field 2 ``Data``, 32 bytes."""
+_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_MAX_PEER_ID = 64
+"""Characters of a base58 Ed25519 peer ID at most (they have 52 or 53)."""
 
 
 class IdentityError(ConfigError):
@@ -76,6 +88,50 @@ class Identity:
         """The private key in the libp2p protobuf encoding (what the key file holds)."""
         data: bytes = self.key_pair.private_key.serialize()
         return data
+
+    def signer(self) -> Callable[[bytes], bytes]:
+        """A function that signs bytes with this identity's key (64-byte pure Ed25519
+        signatures, RFC 8032), checkable by anyone who knows only the peer ID (see
+        :func:`ed25519_public_key`).
+
+        It uses ``cryptography`` (OpenSSL) with the key loaded once, not py-libp2p's
+        wrapper: a peer signs its membership record every exchange interval.
+        """
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        seed = self.key_pair.private_key.to_bytes()
+        if not isinstance(seed, bytes) or len(seed) != 32:
+            raise IdentityError("this identity's private key is not a 32-byte Ed25519 seed")
+        return Ed25519PrivateKey.from_private_bytes(seed).sign
+
+
+def _base58_decode(text: str) -> bytes | None:
+    value = 0
+    for char in text:
+        digit = _BASE58.find(char)
+        if digit < 0:
+            return None
+        value = value * 58 + digit
+    zeros = len(text) - len(text.lstrip("1"))  # each leading "1" is a leading zero byte
+    return b"\0" * zeros + value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+def ed25519_public_key(peer_id: str) -> bytes | None:
+    """The raw 32-byte Ed25519 public key that ``peer_id`` names, or None if it names none.
+
+    An Ed25519 peer ID is not a hash of the key but the key itself (an *identity*
+    multihash of its protobuf encoding), so a signature by a peer can be checked with no
+    key exchange and no lookup: whoever knows the peer ID knows the key. Pure and cheap
+    (a few microseconds): no libp2p import.
+    """
+    if not 0 < len(peer_id) <= _MAX_PEER_ID:
+        return None
+    raw = _base58_decode(peer_id)
+    if raw is None or len(raw) != len(ED25519_PEER_ID_PREFIX) + 32:
+        return None
+    if not raw.startswith(ED25519_PEER_ID_PREFIX):
+        return None
+    return raw[len(ED25519_PEER_ID_PREFIX) :]
 
 
 def generate_identity() -> Identity:

@@ -4,7 +4,7 @@
 - :class:`~gossipfl.daemon.node.Node` — the daemon loop: transport, membership, training;
 - :mod:`~gossipfl.daemon.roster` — static membership (a roster file);
 - :mod:`~gossipfl.daemon.membership` and :mod:`~gossipfl.daemon.exchange` — dynamic
-  membership by anti-entropy on ``/gossipfl/members/1.0.0``;
+  membership by anti-entropy on ``/gossipfl/members/2.0.0``;
 - :mod:`~gossipfl.daemon.discovery` — mDNS and DHT discovery;
 - :mod:`~gossipfl.daemon.neighbourhoods` — a topology rule over the member list;
 - :mod:`~gossipfl.daemon.workload` — the model, the shard and the evaluation;

@@ -2,7 +2,7 @@
 
 Both only *propose* peers: whatever they find becomes a candidate of the membership
 exchange (:class:`~gossipfl.daemon.exchange.MembershipExchange`), which contacts it on
-``/gossipfl/members/1.0.0``. A found peer therefore still has to pass the allowlist (at
+``/gossipfl/members/2.0.0``. A found peer therefore still has to pass the allowlist (at
 the encrypted handshake) and be on the same network id before it is a member.
 
 - **mDNS** (``[network] mdns = true``): py-libp2p's broadcaster and listener on our own

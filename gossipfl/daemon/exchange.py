@@ -1,14 +1,23 @@
-"""The membership exchange: members swap their views on ``/gossipfl/members/1.0.0``.
+"""The membership exchange: members swap their views on ``/gossipfl/members/2.0.0``.
 
 Every ``interval`` a peer sends its view to one random live member and to the candidates
 it has not heard from yet (bootstrap addresses, peers found by mDNS or the DHT, roster
 entries); the partner merges it and replies with its own view, which we merge in turn
 (push-pull anti-entropy). A view spreads to all n members in O(log n) intervals.
 
-The message is small msgpack (records of peer ID, addresses, version, round, age), checked
-field by field and bounded in size before it reaches the view; a peer on another network
-id is answered with nothing. Anything wrong is logged with the sender's peer ID and
-dropped, never raised.
+The message is small msgpack (records of peer ID, addresses, version, round, age and the
+owner's signature), checked field by field and bounded in size before it reaches the
+view; a peer on another network id is answered with nothing. Anything wrong is logged
+with the sender's peer ID (rate-limited) and dropped, never raised.
+
+Every peer speaking this protocol is on the allowlist, and may still lie. What it sends
+that proves it faulty -- a message that does not parse, a record its owner did not sign,
+an impossible claim about itself (see :class:`~gossipfl.daemon.membership.Plausibility`)
+-- is counted in :attr:`MembershipExchange.violations` and reported to ``on_violation``
+(which the daemon feeds to the transport's peer score). Version 1 (``1.0.0``, unsigned
+records) is gone on purpose: a peer that cannot sign its record cannot be a member, and
+a separate protocol ID makes the mismatch a clean "protocol not supported" rather than a
+stream of messages that look forged.
 """
 
 from __future__ import annotations
@@ -17,27 +26,46 @@ import functools
 import logging
 import math
 import random
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import msgpack
 import trio
 
-from gossipfl.daemon.membership import Heard, MemberRecord, MembershipView
+from gossipfl.daemon.membership import (
+    MAX_COUNTER,
+    SIGNATURE_SIZE,
+    Heard,
+    MemberRecord,
+    MembershipView,
+)
 from gossipfl.errors import GossipflError
+from gossipfl.peerlog import PeerWarnings
 from gossipfl.transport.base import TransportError
 
 logger = logging.getLogger(__name__)
 
-MEMBERS_PROTOCOL = "/gossipfl/members/1.0.0"
-FORMAT_VERSION = 1
+MEMBERS_PROTOCOL = "/gossipfl/members/2.0.0"
+FORMAT_VERSION = 2
 MAX_MESSAGE = 2 << 20
-"""Largest membership message (2 MiB: ~10,000 records)."""
+"""Largest membership message (2 MiB: ~10,000 records of one address)."""
 MAX_ADDRS = 16
 MAX_TEXT = 256
-MAX_INT = (1 << 63) - 1
+MAX_INT = MAX_COUNTER
 MAX_BACKOFF = 30.0
 """Seconds between two attempts to reach a candidate that keeps failing, at most."""
+
+BAD_MESSAGE = "bad_membership_message"
+"""A violation: a membership message that does not parse or breaks a bound."""
+BAD_RECORD = "bad_record"
+"""A violation: a record without a valid signature by its owner (the sender forged it)."""
+IMPLAUSIBLE_RECORD = "implausible_record"
+"""A violation: a signed claim no honest peer makes (reported when the owner sent it)."""
+
+ViolationHandler = Callable[[str, str, str], None]
+"""``on_violation(peer, kind, detail)``: ``peer`` sent something that proves it faulty."""
 
 
 class MembershipFormatError(GossipflError):
@@ -87,6 +115,7 @@ def encode_view(network_id: str, heard: Iterable[Heard]) -> bytes:
             h.record.round,
             h.record.left,
             round(h.age, 3),
+            h.record.signature,
         ]
         for h in heard
     ]
@@ -112,7 +141,7 @@ def decode_view(data: bytes) -> tuple[str, list[Heard]]:
         raise MembershipFormatError(f"message of {len(data)} bytes; the limit is {MAX_MESSAGE}")
     try:
         message = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0
+            data, raw=False, strict_map_key=True, max_bin_len=SIGNATURE_SIZE, max_ext_len=0
         )
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise MembershipFormatError(f"not msgpack: {type(exc).__name__}: {exc}") from None
@@ -123,16 +152,19 @@ def decode_view(data: bytes) -> tuple[str, list[Heard]]:
     if not isinstance(raw, list):
         raise MembershipFormatError("recs must be a list")
     out: list[Heard] = []
+    peers: set[str] = set()
     for i, item in enumerate(raw):
-        if not isinstance(item, list) or len(item) != 7:
-            raise MembershipFormatError(f"record {i} must be a list of 7 fields")
-        peer, addrs, inc, hb, rnd, left, age = item
+        if not isinstance(item, list) or len(item) != 8:
+            raise MembershipFormatError(f"record {i} must be a list of 8 fields")
+        peer, addrs, inc, hb, rnd, left, age, sig = item
         if not isinstance(addrs, list) or len(addrs) > MAX_ADDRS:
             raise MembershipFormatError(f"record {i}: at most {MAX_ADDRS} addresses")
         if not isinstance(left, bool):
             raise MembershipFormatError(f"record {i}: left must be a boolean")
         if not isinstance(age, int | float) or isinstance(age, bool) or not math.isfinite(age):
             raise MembershipFormatError(f"record {i}: age must be a finite number")
+        if not isinstance(sig, bytes) or len(sig) != SIGNATURE_SIZE:
+            raise MembershipFormatError(f"record {i}: sig must be {SIGNATURE_SIZE} bytes")
         record = MemberRecord(
             peer=_text(peer, f"record {i} peer"),
             addrs=tuple(_text(a, f"record {i} address") for a in addrs),
@@ -140,7 +172,11 @@ def decode_view(data: bytes) -> tuple[str, list[Heard]]:
             heartbeat=_int(hb, f"record {i} heartbeat"),
             round=_int(rnd, f"record {i} round"),
             left=left,
+            signature=sig,
         )
+        if record.peer in peers:  # an honest view holds one record per peer
+            raise MembershipFormatError(f"record {i}: a second record of {record.peer}")
+        peers.add(record.peer)
         out.append(Heard(record, max(0.0, float(age))))
     return network, out
 
@@ -155,10 +191,16 @@ class MembershipExchange:
         transport: the libp2p transport (request/response on a side protocol).
         view: the membership view to keep up to date.
         network_id: peers of other networks are ignored.
-        interval: seconds between rounds of exchanges.
-        is_peer_id: validates a peer ID before we dial it (the allowlist parser).
+        interval: seconds between rounds of exchanges (and between two heartbeats).
         on_change: called (in the event loop) whenever the set of live members may
             have changed.
+        current_round: our round, put in our record at every heartbeat.
+        on_violation: called as ``on_violation(peer, kind, detail)`` (in the event loop)
+            when ``peer`` sent something that proves it faulty: ``kind`` is
+            :data:`BAD_MESSAGE`, :data:`BAD_RECORD` or :data:`IMPLAUSIBLE_RECORD`. A
+            relayer of someone else's implausible (but signed) record is not reported:
+            by its clock the record may have looked fine.
+        wall_clock: seconds since the epoch (tests inject it).
     """
 
     def __init__(
@@ -171,6 +213,8 @@ class MembershipExchange:
         rng: random.Random | None = None,
         on_change: Callable[[], None] | None = None,
         current_round: Callable[[], int] | None = None,
+        on_violation: ViolationHandler | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.transport = transport
         self.view = view
@@ -179,15 +223,24 @@ class MembershipExchange:
         self._rng = rng or random.Random()
         self._on_change = on_change
         self._current_round = current_round
+        self._on_violation = on_violation
+        self._wall_clock = wall_clock
         self._candidates: set[str] = set()  # peers to contact that we have not heard from
         self._wake = trio.Event()
         self._live: list[str] = []
+        self._next_tick = -math.inf
         self.exchanges = 0
         self.failures = 0
         self._retry: dict[str, tuple[float, float]] = {}  # peer -> (next try, backoff)
         self.unreachable: dict[str, str] = {}
         """Why the last exchange with each peer failed (cleared when one succeeds)."""
         self.rejected = 0
+        """Messages refused whole (malformed, or of another network)."""
+        self.violations: Counter[str] = Counter()
+        """Refusals by kind: :data:`BAD_MESSAGE` and :data:`BAD_RECORD` (each one blamed
+        on its sender), :data:`IMPLAUSIBLE_RECORD` (every refused claim, whoever relayed
+        it)."""
+        self._warnings = PeerWarnings()
 
     # ------------------------------------------------------------------ candidates
 
@@ -223,6 +276,10 @@ class MembershipExchange:
             return None
         return self._encode()
 
+    def message(self) -> bytes:
+        """Our view as a membership message, as we send it to a partner now."""
+        return self._encode()
+
     def _encode(self) -> bytes:
         return encode_view(self.network_id, self.view.shareable(trio.current_time()))
 
@@ -232,11 +289,13 @@ class MembershipExchange:
             network, heard = decode_view(body)
         except MembershipFormatError as exc:
             self.rejected += 1
-            logger.warning("bad membership message from peer %s: %s", peer, exc)
+            self._violation(peer, BAD_MESSAGE, str(exc), blame=True)
             return False
         if network != self.network_id:
             self.rejected += 1
-            logger.warning(
+            self._warnings.warn(
+                logger,
+                peer,
                 "peer %s is on network %r, not %r: ignoring its membership",
                 peer,
                 network,
@@ -244,8 +303,19 @@ class MembershipExchange:
             )
             return False
         now = trio.current_time()
-        advanced = self.view.merge(heard, now)
-        for who in advanced:
+        merged = self.view.merge(heard, now, wall=self._wall_clock(), sender=peer)
+        for refusal in merged.refused:
+            detail = f"record of {refusal.peer}: {refusal.detail}"
+            if refusal.peer == peer:
+                detail = f"its own record: {refusal.detail}"
+            self._violation(peer, refusal.kind, detail, blame=refusal.sender_at_fault)
+        if merged.refuted:
+            logger.info(
+                "a record of this peer's previous life came from %s: incarnation now %d",
+                peer,
+                self.view.own.incarnation,
+            )
+        for who in merged.advanced:
             self._candidates.discard(who)
             rec = self.view.record(who)
             for address in rec.addrs if rec is not None else ():
@@ -256,6 +326,17 @@ class MembershipExchange:
         self._candidates.discard(peer)
         self._check_change(now)
         return True
+
+    def _violation(self, peer: str, kind: str, detail: str, *, blame: bool) -> None:
+        """Count a refusal, log it (rate-limited per peer and kind) and, if ``peer`` is
+        to blame, report it."""
+        self.violations[kind] += 1
+        if blame:
+            self._warnings.warn(logger, peer, f"{kind} from peer %s: %s", peer, detail)
+            if self._on_violation is not None:
+                self._on_violation(peer, kind, detail)
+        else:
+            self._warnings.warn(logger, peer, f"{kind} relayed by peer %s: %s", peer, detail)
 
     def _check_change(self, now: float) -> None:
         live = self.view.live(now)
@@ -316,8 +397,12 @@ class MembershipExchange:
         """Exchange every ``interval`` (sooner when a candidate appears), forever."""
         while True:
             now = trio.current_time()
-            round_now = self._current_round() if self._current_round is not None else None
-            self.view.tick(now, round=round_now)
+            # One heartbeat per interval, however often a new candidate wakes us: the
+            # others refuse heartbeats that run far ahead of that pace.
+            if now >= self._next_tick:
+                round_now = self._current_round() if self._current_round is not None else None
+                self.view.tick(now, round=round_now)
+                self._next_tick = now + self.interval
             self.view.prune(now)
             self._wake = trio.Event()
             async with trio.open_nursery() as nursery:
@@ -340,9 +425,13 @@ class MembershipExchange:
 
 
 __all__ = [
+    "BAD_MESSAGE",
+    "BAD_RECORD",
+    "IMPLAUSIBLE_RECORD",
     "MEMBERS_PROTOCOL",
     "MembershipExchange",
     "MembershipFormatError",
+    "ViolationHandler",
     "decode_view",
     "encode_view",
 ]
