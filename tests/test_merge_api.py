@@ -417,7 +417,8 @@ def test_cs_plus_short_of_neighbours_still_merges_and_bounds_every_pull() -> Non
     byzantine = np.array([0.0, -1000.0, 0.0, 0.0], np.float32)
     rule = make_rule("cs-plus", b=1)
     out = rule.merge(own, [honest, byzantine], [0.25, 0.25])
-    assert rule.short_merges == 1 and rule.skipped_merges == 0
+    assert rule.short_merges == 1
+    assert rule.skipped_merges == 0
     assert not np.array_equal(out, own)
     assert np.linalg.norm(out - own) <= 0.25 * 1.0 + 0.25 * 1.0 + 1e-6
     assert abs(float(out[1])) <= 0.25 + 1e-6  # the Byzantine pull, clipped to distance 1

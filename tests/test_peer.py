@@ -308,12 +308,14 @@ async def test_models_larger_than_a_frame_travel_in_chunks(clock: trio.testing.M
 class SlowFirstSave(CheckpointStore):
     """Round 0's save takes long (a slow disk); later saves are quick."""
 
-    def save(self, round: int, vector: np.ndarray, fingerprint: bytes) -> None:
+    def save(
+        self, round: int, vector: np.ndarray, fingerprint: bytes, *, pace: float | None = None
+    ) -> None:
         if round == 0:
             import time
 
             time.sleep(0.3)  # real time in a worker thread: the race the lock must prevent
-        super().save(round, vector, fingerprint)
+        super().save(round, vector, fingerprint, pace=pace)
 
 
 async def test_a_slow_early_checkpoint_never_overwrites_a_later_one(tmp_path: Path) -> None:

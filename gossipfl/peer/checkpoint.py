@@ -8,6 +8,7 @@ one. It is read back with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ class Checkpoint:
     """When the checkpoint was written (wall clock, seconds since the epoch: the file's
     modification time). A resuming peer uses it to bound how far its neighbours can have
     got meanwhile."""
+    pace: float | None = None
+    """The peer's typical round duration in seconds when it was written (if known), which
+    turns that time into rounds."""
 
 
 class CheckpointStore:
@@ -46,7 +50,9 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.path = self.directory / self.FILENAME
 
-    def save(self, round: int, vector: Vector, fingerprint: bytes) -> None:
+    def save(
+        self, round: int, vector: Vector, fingerprint: bytes, *, pace: float | None = None
+    ) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".checkpoint-", suffix=".npz")
         try:
@@ -56,6 +62,7 @@ class CheckpointStore:
                     vector=np.asarray(vector, np.float32),
                     round=np.int64(round),
                     fingerprint=np.frombuffer(fingerprint, np.uint8),
+                    pace=np.float64(math.nan if pace is None else pace),
                 )
                 f.flush()
                 os.fsync(f.fileno())
@@ -77,6 +84,7 @@ class CheckpointStore:
                     vector=np.array(data["vector"], np.float32),
                     fingerprint=bytes(np.asarray(data["fingerprint"], np.uint8)),
                     saved_at=saved_at,
+                    pace=_finite_or_none(data["pace"]) if "pace" in data.files else None,
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {self.path} is unreadable: {exc}") from exc
@@ -86,3 +94,8 @@ class CheckpointStore:
                 "remove it or point the peer at another directory"
             )
         return ckpt
+
+
+def _finite_or_none(value: object) -> float | None:
+    number = float(np.asarray(value))
+    return number if math.isfinite(number) and number > 0 else None

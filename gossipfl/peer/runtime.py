@@ -17,6 +17,7 @@ can reach a merge; any failure is logged with the peer id and counted, never rai
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -228,6 +229,7 @@ class Peer:
         self._encoded: tuple[Vector, int, bool, Frames] | None = None
         self._slow: frozenset[PeerId] = frozenset()
         self._anchor_time: float | None = None  # see SyncGossip(anchor_time=...)
+        self._resumed_pace: float | None = None  # our round duration before a restart
         self._save_lock = trio.Lock()
         self._saved_round = -1
         self._nursery: trio.Nursery | None = None
@@ -359,6 +361,7 @@ class Peer:
                 wait=cfg.wait,
                 speedup=cfg.catch_up_speedup,
                 anchor_time=self._anchor_time,
+                pace=self._resumed_pace,
             )
         self._connectivity.set()  # let the dial loop look at the new neighbourhood
         self._running = True
@@ -463,6 +466,7 @@ class Peer:
             # far as the time since the checkpoint allows, and no further.
             downtime = max(0.0, time.time() - ckpt.saved_at)
             self._anchor_time = trio.current_time() - downtime
+            self._resumed_pace = ckpt.pace
         return ckpt.round + 1
 
     def _post(self, event: Event) -> None:
@@ -667,7 +671,9 @@ class Peer:
                 return
             try:
                 fingerprint = self.adapter.layout.fingerprint
-                await trio.to_thread.run_sync(store.save, round, vector, fingerprint)
+                pace = self._core.pace if isinstance(self._core, SyncGossip) else None
+                save = functools.partial(store.save, pace=pace)
+                await trio.to_thread.run_sync(save, round, vector, fingerprint)
                 self._saved_round = round
             except OSError as exc:
                 logger.error("%s could not write its checkpoint: %s", self.name, exc)

@@ -9,20 +9,27 @@ deadline every round (the job ran 10.6x slower, and nothing was logged). So each
 learns, per in-neighbour, how long after its own model that neighbour's model arrives:
 
 * the *delay* of neighbour j in round r is the arrival time of j's round-r model minus
-  the time we sent ours (0 when it came first). A neighbour we waited for in vain until
-  the merge adds a censored delay, the time we waited (a lower bound). The last
-  ``window`` rounds are kept per neighbour;
-* j is **slow** once it has ``min_samples`` delays and their median exceeds
-  ``slow_factor`` times the median over the neighbourhood's medians, plus a margin. At
-  most half the neighbourhood can be slow this way, so a slow *network* is never mistaken
-  for slow neighbours. A slow neighbour is not waited for: its model is used when it is
+  the time our round r started (0 when it came before): the time j took for a round, as
+  we see it, local step and link included. A neighbour we waited for in vain until the
+  merge adds a censored delay, the time we waited (a lower bound). The last ``window``
+  rounds are kept per neighbour;
+* j is **slow** once it has ``min_samples`` delays and either their median exceeds
+  ``slow_factor`` times the median over the neighbourhood's medians, plus a margin, or
+  most of them are waits in vain (it made us wait until the deadline, most rounds). At
+  most half the neighbourhood can be slow by the first test, so a slow *network* is never
+  mistaken for slow neighbours. A slow neighbour is not waited for: its model is used when it is
   in by the time the others are, or stands in later as a reused model. Its late models
   still count as delays, so a neighbour that speeds up is waited for again; one that
   sends nothing stays slow;
-* the **deadline** of a round is ``deadline_factor`` times the largest 90th-percentile
-  delay among the neighbours waited for, plus the margin, within ``[min_deadline,
-  deadline]``; until delays are known it is the configured deadline. A round usually ends
-  before it anyway, when the last neighbour waited for is in.
+* the **deadline** of a round, from its start, is ``deadline_factor`` times the largest
+  90th-percentile delay among the neighbours waited for, plus the margin, at least
+  ``min_deadline``; never more than the configured deadline after our own model is sent,
+  and that until delays are known. Within the round it
+  shrinks further once most of the neighbours waited for are in: the rest get
+  ``deadline_factor`` times the latest of those arrivals, plus the margin. So a neighbour
+  that stalls or withholds its model costs a fraction of a second per round even before
+  it is known to be slow, not a whole deadline. A round usually ends before either
+  deadline anyway, when the last neighbour waited for is in.
 
 **Skipping** (:class:`SkipBudget`). A peer that fell behind (restarted, frozen, slow)
 skips ahead to where its neighbours are. Neighbours' round numbers are claims, and two
@@ -62,12 +69,12 @@ class WaitPolicy:
     """Delays needed before a neighbour can be judged slow, or its delays set a deadline."""
     slow_factor: float = 4.0
     """Slow: median delay above this many times the neighbourhood's median delay..."""
-    margin: float = 0.05
+    margin: float = 0.02
     """...plus this fraction of the deadline (so that 1 ms against 4 ms is not slow)."""
     deadline_factor: float = 3.0
-    """The adaptive deadline: this many times the largest 90th-percentile delay among the
-    neighbours waited for, plus the margin."""
-    min_deadline: float = 0.1
+    """The adaptive deadline (from the round's start): this many times the largest
+    90th-percentile delay among the neighbours waited for, plus the margin."""
+    min_deadline: float = 0.05
     """The adaptive deadline is never below this fraction of the configured deadline."""
 
     def __post_init__(self) -> None:
@@ -97,33 +104,41 @@ class Arrivals:
         self.policy = policy
         self.deadline = deadline
         self._delays: dict[PeerId, dict[int, float]] = {}
-        self._sent: dict[int, float] = {}
+        self._missed: dict[PeerId, set[int]] = {}  # rounds it made us wait in vain
+        self._started: dict[int, float] = {}
         self.slow: frozenset[PeerId] = frozenset()
 
     # ------------------------------------------------------------------ recording
 
-    def sent(self, round: int, now: float) -> None:
-        """Our model of ``round`` left at ``now``."""
-        self._sent[round] = now
-        for old in [r for r in self._sent if r <= round - self.policy.window]:
-            del self._sent[old]
+    def started(self, round: int, now: float) -> None:
+        """Our ``round`` started at ``now``."""
+        self._started[round] = now
+        for old in [r for r in self._started if r <= round - self.policy.window]:
+            del self._started[old]
 
     def arrived(self, peer: PeerId, round: int, at: float) -> None:
         """``peer``'s model of ``round`` arrived at ``at`` (any time: early, late)."""
-        sent = self._sent.get(round)
-        if sent is None:
-            return  # before our own step of that round: delay 0, recorded on our send
-        self._record(peer, round, max(0.0, at - sent))
+        start = self._started.get(round)
+        if start is None:
+            return  # before our round started: delay 0, recorded by arrived_early
+        self._record(peer, round, max(0.0, at - start))
+        missed = self._missed.get(peer)
+        if missed is not None and round in missed and at - start < self.deadline:
+            missed.discard(round)  # late, but in the time we could have waited
 
     def arrived_early(self, peer: PeerId, round: int) -> None:
-        """``peer``'s model of ``round`` was in before ours was sent."""
+        """``peer``'s model of ``round`` was in before our round started."""
         self._record(peer, round, 0.0)
 
     def waited_in_vain(self, peer: PeerId, round: int, now: float) -> None:
         """We merged ``round`` at ``now`` without ``peer``'s model, having waited for it."""
-        sent = self._sent.get(round)
-        if sent is not None:
-            self._record(peer, round, max(0.0, now - sent), keep=True)
+        start = self._started.get(round)
+        if start is not None:
+            self._record(peer, round, max(0.0, now - start), keep=True)
+            missed = self._missed.setdefault(peer, set())
+            missed.add(round)
+            for old in [r for r in missed if r <= round - self.policy.window]:
+                missed.discard(old)
 
     def _record(self, peer: PeerId, round: int, delay: float, *, keep: bool = False) -> None:
         delays = self._delays.setdefault(peer, {})
@@ -153,22 +168,39 @@ class Arrivals:
             return self.slow
         bar = policy.slow_factor * _median(list(typical.values()))
         bar += policy.margin * self.deadline
-        self.slow = frozenset(p for p, t in typical.items() if t > bar)
+        self.slow = frozenset(
+            p
+            for p, t in typical.items()
+            if t > bar or 2 * len(self._missed.get(p, ())) > len(self._delays[p])
+        )
         return self.slow
 
-    def round_deadline(self, waiting_for: Iterable[PeerId]) -> float:
-        """How long to wait this round for the neighbours in ``waiting_for``."""
+    def _bounded(self, worst: float) -> float:
+        policy = self.policy
+        wait = policy.deadline_factor * worst + policy.margin * self.deadline
+        return max(policy.min_deadline * self.deadline, wait)
+
+    def early_deadline(self, delays: Iterable[float]) -> float | None:
+        """How long after the round's start to wait for the rest, once most of the
+        neighbours waited for have arrived with ``delays`` (None: not adaptive)."""
+        if not self.policy.adaptive:
+            return None
+        return self._bounded(max(delays, default=0.0))
+
+    def round_deadline(self, waiting_for: Iterable[PeerId]) -> float | None:
+        """How long after the round's start to wait for the neighbours in ``waiting_for``;
+        None while one of them is not known yet (or not adaptive): then the configured
+        deadline after our own send applies."""
         policy = self.policy
         if not policy.adaptive:
-            return self.deadline
+            return None
         worst = 0.0
         for peer in waiting_for:
             delays = self._delays.get(peer)
             if not delays or len(delays) < policy.min_samples:
-                return self.deadline  # someone not known yet: the full deadline
+                return None
             worst = max(worst, _quantile90(list(delays.values())))
-        wait = policy.deadline_factor * worst + policy.margin * self.deadline
-        return min(self.deadline, max(policy.min_deadline * self.deadline, wait))
+        return self._bounded(worst)
 
 
 class SkipBudget:

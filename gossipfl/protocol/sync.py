@@ -44,9 +44,6 @@ reached, ``catch_up_lag`` or more ahead. Round numbers are claims, so a skip nee
 
 * more agreeing neighbours than the ``tolerance`` of Byzantine ones the merge rule is
   configured for;
-* more neighbours ahead than neighbours that delivered their model of the round just
-  merged: neighbours at our round show we are not behind (two peers that return together
-  deliver to each other, and are still outnumbered by the others ahead);
 * and it goes no further than the elapsed time makes plausible
   (:class:`~gossipfl.protocol.pacing.SkipBudget`). A claim further ahead than that (by
   more than ``max_ahead``) is not believed at all, and counted as ``implausible``.
@@ -107,6 +104,8 @@ class SyncGossip(RoundCore):
         speedup: see :class:`~gossipfl.protocol.pacing.SkipBudget`.
         anchor_time: when we would have been at ``start_round`` had we never stopped (a
             resumed peer: when its checkpoint was written); default: now.
+        pace: our typical round duration before a restart (from the checkpoint), so that
+            a resumed peer can judge a skip at once.
     """
 
     def __init__(
@@ -125,6 +124,7 @@ class SyncGossip(RoundCore):
         wait: WaitPolicy | None = None,
         speedup: float = 1.25,
         anchor_time: float | None = None,
+        pace: float | None = None,
     ) -> None:
         super().__init__(neighbourhood=neighbourhood, rounds=rounds, start_round=start_round)
         if deadline <= 0 or max_ahead < 1 or catch_up_lag < 1 or catch_up_quorum < 1:
@@ -149,9 +149,16 @@ class SyncGossip(RoundCore):
                 anchor_time=clock() if anchor_time is None else anchor_time,
                 speedup=speedup,
             )
+            if pace is not None and pace > 0:
+                self._budget.round_took(pace)
         self._last: dict[PeerId, tuple[int, Vector]] = {}  # newest model of each neighbour
         self._slow: frozenset[PeerId] = frozenset()
         self._round_deadline: float | None = None
+        self._sent_at = 0.0
+        self._deadline_at = 0.0  # when this round's wait ends (clock time)
+        self._candidates: frozenset[PeerId] = frozenset()  # waited for this round, or in
+        self._in_time: dict[PeerId, float] = {}  # their delays this round
+        self._arrival_times: dict[PeerId, float] = {}  # this round's models, when they came
         self._round_started: float | None = None
         self._reused = 0
         self._implausible: tuple[PeerId, ...] = ()
@@ -199,27 +206,63 @@ class SyncGossip(RoundCore):
             if peer not in self._down
         ]
         self._round_deadline = None
+        early = self._buffer.get(self.round, {})
         if self._clock is not None:
-            arrivals = self._arrivals
-            arrivals.sent(self.round, self._clock())
-            for peer in self._buffer.get(self.round, {}):
-                arrivals.arrived_early(peer, self.round)
-            self._slow = arrivals.judge(self.neighbourhood.receive_from(self.round))
+            self._sent_at = self._clock()
+            self._slow = self._arrivals.judge(self.neighbourhood.receive_from(self.round))
         waiting = self._waiting_for()
         if not waiting:
             actions.extend(self._merge())
-        else:
-            self._round_deadline = self._arrivals.round_deadline(waiting)
-            actions.append(SetTimer(self.round, self._round_deadline))
+            return actions
+        if self._clock is None:
+            self._round_deadline = self.deadline
+            actions.append(SetTimer(self.round, self.deadline))
+            return actions
+        in_early = set(early) & set(self.neighbourhood.receive_from(self.round))
+        self._candidates = frozenset(waiting | (in_early - self._slow))
+        start = self._round_started if self._round_started is not None else self._sent_at
+        self._in_time = {
+            p: max(0.0, t - start) for p, t in self._arrival_times.items() if p in self._candidates
+        }
+        self._deadline_at = self._sent_at + self.deadline  # the most we ever wait
+        adaptive = self._arrivals.round_deadline(waiting)
+        if adaptive is not None:
+            self._deadline_at = min(self._deadline_at, start + adaptive)
+        actions.append(self._timer())
+        actions.extend(self._shorten_wait())
         return actions
+
+    def _timer(self) -> SetTimer:
+        assert self._clock is not None
+        self._round_deadline = self._deadline_at - self._sent_at
+        return SetTimer(self.round, max(0.0, self._deadline_at - self._clock()))
 
     def _on_model(self, event: ModelReceived) -> list[Action]:
         self._file(event)
         # Any message may settle the wait: the last expected model, or news that a
         # neighbour is already past this round (its model of this round will never come).
-        if self.phase is Phase.COLLECTING and self._all_in():
-            return self._merge()
+        if self.phase is Phase.COLLECTING:
+            if self._all_in():
+                return self._merge()
+            if event.round == self.round and event.peer in self._candidates:
+                if self._clock is not None and event.peer not in self._in_time:
+                    start = self._round_started if self._round_started is not None else 0.0
+                    self._in_time[event.peer] = max(0.0, self._clock() - start)
+                return self._shorten_wait()
         return []
+
+    def _shorten_wait(self) -> list[Action]:
+        """Once most of the neighbours waited for are in, give the rest only a multiple of
+        the time those took (see :mod:`~gossipfl.protocol.pacing`)."""
+        if self._clock is None or self._round_started is None:
+            return []
+        if 2 * len(self._in_time) <= len(self._candidates):
+            return []
+        early = self._arrivals.early_deadline(self._in_time.values())
+        if early is None or self._round_started + early >= self._deadline_at:
+            return []
+        self._deadline_at = self._round_started + early
+        return [self._timer()]
 
     def _file(self, event: ModelReceived) -> None:
         """Buffer the model if it is useful, else count why not."""
@@ -233,7 +276,10 @@ class SyncGossip(RoundCore):
         if last is None or round >= last[0]:
             self._last[peer] = (round, event.vector)
         if self._clock is not None:
-            self._arrivals.arrived(peer, round, self._clock())
+            now = self._clock()
+            self._arrivals.arrived(peer, round, now)
+            if round == self.round:
+                self._arrival_times.setdefault(peer, now)
         if (
             round < self.round
             or self.phase is Phase.DONE
@@ -353,6 +399,12 @@ class SyncGossip(RoundCore):
             del self._buffer[stale]
         return [done, *self._begin_round()]
 
+    @property
+    def pace(self) -> float | None:
+        """Our typical round duration in seconds (None without a clock, or before the
+        first round); saved with checkpoints."""
+        return self._budget.pace if self._budget is not None else None
+
     def typical_delay(self, peer: PeerId) -> float | None:
         """How long after ours ``peer``'s models typically arrive (its median delay in
         seconds), once enough rounds are known; for logs and diagnostics."""
@@ -364,7 +416,13 @@ class SyncGossip(RoundCore):
 
     def _begin_round(self) -> list[Action]:
         if self._clock is not None:
-            self._round_started = self._clock()
+            now = self._clock()
+            self._round_started = now
+            self._arrivals.started(self.round, now)
+            early = self._buffer.get(self.round, {})
+            self._arrival_times = dict.fromkeys(early, now)
+            for peer in early:
+                self._arrivals.arrived_early(peer, self.round)
         return super()._begin_round()
 
     def _catch_up(self) -> None:
@@ -389,8 +447,6 @@ class SyncGossip(RoundCore):
         )
         if len(ahead) < quorum:
             return  # too few believable neighbours to outvote the Byzantine ones expected
-        if len(ahead) <= len(self._merge_peers):
-            return  # as many neighbours delivered our round: we are not behind them
         target = min(ahead[quorum - 1], self.rounds - 1)
         if limit is not None:
             target = min(target, limit)
