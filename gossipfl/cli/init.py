@@ -314,4 +314,9 @@ linger = 1.0
 # Tests and experiments only: make this peer Byzantine (see docs/attacks.md).
 # [attack]
 # name = "sign-flip"
+
+# Tests and experiments only: an otherwise honest peer that attacks the runtime
+# (see docs/robustness.md, "Insiders").
+# [insider]
+# name = "round-inflation"
 """

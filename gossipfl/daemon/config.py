@@ -19,10 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gossipfl.configfile import Scalar, TomlConfig, parse_value, read_toml
 from gossipfl.errors import ConfigError
 from gossipfl.learning.learner import LearnerConfig, TrainingSettings
+
+if TYPE_CHECKING:
+    from gossipfl.attacks.insider import Insider
 
 PROTOCOLS = ("sync", "async", "epidemic")
 CODECS = ("fp32", "fp16", "int8")
@@ -129,6 +133,14 @@ class AttackSection:
 
 
 @dataclass
+class InsiderSection:
+    name: str = "none"
+    """Make this otherwise honest peer attack the runtime (tests and experiments only): a
+    behaviour of :data:`gossipfl.attacks.insider.INSIDERS`, with its parameters."""
+    params: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass
 class DaemonConfig(TomlConfig):
     """Everything ``gossipfl start`` reads; see the module docstring."""
 
@@ -140,6 +152,7 @@ class DaemonConfig(TomlConfig):
     data: DataSection = field(default_factory=DataSection)
     output: OutputSection = field(default_factory=OutputSection)
     attack: AttackSection = field(default_factory=AttackSection)
+    insider: InsiderSection = field(default_factory=InsiderSection)
     base_dir: Path = field(default_factory=Path.cwd, compare=False, metadata={"setting": False})
     """Where relative paths start (the config file's directory); not a setting."""
 
@@ -243,6 +256,7 @@ class DaemonConfig(TomlConfig):
             )
         if self.attack.name.strip().lower() != NO_ATTACK:
             attack_class(self.attack.name)
+        self.insider_behaviour()
 
     def learner_config(self) -> LearnerConfig:
         """The :class:`~gossipfl.learning.LearnerConfig` of ``[training]``."""
@@ -251,6 +265,16 @@ class DaemonConfig(TomlConfig):
     @property
     def is_byzantine(self) -> bool:
         return self.attack.name.strip().lower() != "none"
+
+    def insider_behaviour(self) -> Insider | None:
+        """The behaviour of ``[insider]``, built; None for an honest peer."""
+        from gossipfl.attacks.insider import NO_INSIDER, make_insider
+
+        if self.insider.name.strip().lower() == NO_INSIDER:
+            if self.insider.params:
+                raise ConfigError("[insider] has parameters, but its name is 'none'")
+            return None
+        return make_insider(self.insider.name, **self.insider.params)
 
 
 def _positive(key: str, value: float) -> None:
@@ -263,6 +287,7 @@ __all__ = [
     "DaemonConfig",
     "DataSection",
     "IdentitySection",
+    "InsiderSection",
     "NetworkSection",
     "OutputSection",
     "RuleSection",

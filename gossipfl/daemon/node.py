@@ -182,6 +182,8 @@ class Node:
         self._workload: Workload | None = None
         self._accuracy: float | None = None
         self._attack_kit: Any = None
+        self._insider: Any = None
+        self._transport: Any = None
         self._first_round = 0
         self._last_round = -1
         if self.roster is not None and identity.peer_id not in self.roster.ids:
@@ -210,6 +212,7 @@ class Node:
         async with Libp2pTransport.open(
             identity=self.identity, listen=net.listen, allow=allow, config=tconfig
         ) as transport:
+            self._transport = transport
             self.listen_addrs = sorted(transport.listen_addrs, key=_is_loopback)
             self._announce(allow)
             self._metrics = MetricsLog(self.state_dir / METRICS_FILE, peer=self.identity.peer_id)
@@ -270,10 +273,19 @@ class Node:
 
         self.view = MembershipView(
             MemberRecord(me, tuple(self.listen_addrs), time.time_ns() // 1_000_000, 0),
+            network_id=net.network_id,
+            sign=self.identity.signer(),
             timeout=net.member_timeout,
+            interval=net.exchange_interval,
             admit=admit,
         )
-        self.exchange = MembershipExchange(
+        insider = self.config.insider_behaviour()
+        exchange_class = MembershipExchange
+        if insider is not None:
+            logger.warning("this peer is an insider attacker: %s", insider.describe())
+            exchange_class = insider.exchange_class(self.identity.signer()) or exchange_class
+        self._insider = insider
+        self.exchange = exchange_class(
             transport,
             self.view,
             network_id=net.network_id,
@@ -281,6 +293,7 @@ class Node:
             rng=random.Random(),
             on_change=self._membership_changed,
             current_round=lambda: int(self.peer.round) if self.peer is not None else 0,
+            on_violation=self._membership_violation,
         )
         self.exchange.install()
         from gossipfl.transport.libp2p import parse_multiaddr
@@ -295,6 +308,8 @@ class Node:
                     self.exchange.add_candidate(entry.peer_id, known)
         async with trio.open_nursery() as services:
             services.start_soon(self.exchange.run)
+            if insider is not None:
+                services.start_soon(insider.run, self._insider_context(transport))
             if net.mdns or net.dht:
                 from gossipfl.daemon import discovery
 
@@ -306,6 +321,30 @@ class Node:
                     services.start_soon(discovery.run_dht, transport, self.exchange, net.network_id)
             await self._train(transport)
             services.cancel_scope.cancel()
+
+    def _membership_violation(self, peer: str, kind: str, detail: str) -> None:
+        """A member broke the membership protocol (``kind``: a forged or implausible
+        record, a malformed message). The exchange has counted and logged it already;
+        the transport's peer score hears of it too."""
+        penalize = getattr(self._transport, "penalize", None)
+        if penalize is not None:
+            penalize(peer, kind, detail)
+
+    def _insider_context(self, transport: Any) -> Any:
+        from gossipfl.attacks.insider import InsiderContext
+
+        me = self.identity.peer_id
+
+        def targets() -> list[str]:
+            return [p for p in self._members() if p != me]
+
+        assert self.exchange is not None
+        return InsiderContext(
+            transport=transport,
+            network_id=self.config.network.network_id,
+            targets=targets,
+            members_request=self.exchange.message,
+        )
 
     # ------------------------------------------------------------------ gathering
 
@@ -460,6 +499,8 @@ class Node:
             )
             peer_transport = attack_kit.transport
             self._attack_kit = attack_kit
+        if self._insider is not None:
+            peer_transport = self._insider.wrap_transport(peer_transport)
         workload = build_workload(
             cfg,
             dataset,
@@ -495,6 +536,7 @@ class Node:
             neighbours=sorted(set(neighbourhood.receive_from(0))),
             mode="static" if self.roster is not None else "dynamic",
             attack=cfg.attack.name if cfg.is_byzantine else None,
+            insider=self._insider.describe() if self._insider is not None else None,
             resuming=resuming,
         )
         self.reporter.say(
