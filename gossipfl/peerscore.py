@@ -50,7 +50,16 @@ DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
         # Malformed input: a broken peer, or a hostile one.
         "bad_frame": 25.0,
         "bad_request": 25.0,
+        "bad_membership_message": 25.0,
+        # A synchronous model older than one the same peer sent before on the same
+        # connection: links are ordered, so only a replay does this.
+        "replay": 25.0,
+        # A membership record with a bad signature: a forgery (or a relayer that did not
+        # check what it relayed: no honest implementation).
         "bad_record": 25.0,
+        # A member's own signed claim that no honest clock allows (an incarnation far in
+        # the future, counters that jump): a liar, or a badly misconfigured peer.
+        "implausible_record": 25.0,
     }
 )
 """The weights of the kinds of violation the transport reports (see

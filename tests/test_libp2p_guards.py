@@ -539,6 +539,30 @@ async def check_the_ban(
     assert sent == list(range(len(sent)))  # in order, none lost
 
 
+async def bounded_and_banned(
+    s: Scene,
+    caplog: pytest.LogCaptureFixture,
+    attack: Callable[[], Awaitable[None]],
+    label: str,
+    *,
+    allowed: set[str],
+    expected: set[str],
+) -> None:
+    """Run ``attack`` until the victim bans the attacker; check what it held meanwhile
+    (at most one stream window for the attacker) and that honest frames got through."""
+    took, honest = await attack_until_banned(s, attack)
+    peak = s.victim.stats.peak_buffer_by_peer.get(s.attacker_id, 0)
+    print(
+        f"{label}: banned after {took:.2f} s; attacker's peak buffered {peak} "
+        f"bytes (sampled {s.sampled_peak.get(s.attacker_id, 0)}); "
+        f"{honest} honest frames meanwhile; {s.victim.violations[s.attacker_id]}"
+    )
+    assert peak <= 16 * MiB
+    assert s.sampled_peak.get(s.attacker_id, 0) <= 16 * MiB
+    assert honest >= 1
+    await check_the_ban(s, caplog, allowed, expected=expected)
+
+
 @pytest.mark.network
 @pytest.mark.timeout(90)
 async def test_a_flood_on_a_half_closed_request_stream_is_bounded_and_banned(
@@ -559,18 +583,13 @@ async def test_a_flood_on_a_half_closed_request_stream_is_bounded_and_banned(
             # The victim replied and half-closed; keep writing, whatever the window.
             await write_ignoring_window(stream, b"z" * (32 * MiB), chunk=16 * MiB)
 
-        took, honest = await attack_until_banned(s, attack)
-        peak = s.victim.stats.peak_buffer_by_peer.get(s.attacker_id, 0)
-        print(
-            f"members flood: banned after {took:.2f} s; attacker's peak buffered {peak} "
-            f"bytes (sampled {s.sampled_peak.get(s.attacker_id, 0)}); "
-            f"{honest} honest frames meanwhile; {s.victim.violations[s.attacker_id]}"
-        )
-        assert peak <= 16 * MiB
-        assert s.sampled_peak.get(s.attacker_id, 0) <= 16 * MiB
-        assert honest >= 1
-        await check_the_ban(
-            s, caplog, {"window", "bad_request", "buffered"}, expected={"window", "bad_request"}
+        await bounded_and_banned(
+            s,
+            caplog,
+            attack,
+            "members flood",
+            allowed={"window", "bad_request", "buffered"},
+            expected={"window", "bad_request"},
         )
 
 
@@ -588,19 +607,38 @@ async def test_a_frame_flood_that_ignores_the_window_is_bounded_and_banned(
             while not stream.muxed_stream.reset_received:  # type: ignore[attr-defined]
                 await write_ignoring_window(stream, heartbeats)
 
-        took, honest = await attack_until_banned(s, attack)
-        peak = s.victim.stats.peak_buffer_by_peer.get(s.attacker_id, 0)
-        print(
-            f"gossip flood: banned after {took:.2f} s; attacker's peak buffered {peak} "
-            f"bytes (sampled {s.sampled_peak.get(s.attacker_id, 0)}); "
-            f"{honest} honest frames meanwhile; {s.victim.violations[s.attacker_id]}"
+        await bounded_and_banned(
+            s,
+            caplog,
+            attack,
+            "gossip flood",
+            allowed={"window", "buffered", "streams", "frame_rate"},
+            expected={"window"},
         )
-        assert peak <= 16 * MiB
-        assert s.sampled_peak.get(s.attacker_id, 0) <= 16 * MiB
-        assert honest >= 1
-        await check_the_ban(
-            s, caplog, {"window", "buffered", "streams", "frame_rate"}, expected={"window"}
-        )
+
+
+@pytest.mark.network
+@pytest.mark.timeout(90)
+async def test_a_flood_that_goes_on_into_its_reset_stream_is_banned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first frame beyond the window gets the stream reset; an attacker that takes no
+    notice and keeps writing into the dead stream (which the victim would otherwise read,
+    decrypt and throw away for ever) is counted again every 16 MiB, and banned."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    heartbeats = frame(b"h" * 32) * (MiB // 36)
+    async with scene() as s:
+
+        async def attack() -> None:
+            stream = await open_raw_stream(s.attacker, s.address)  # type: ignore[arg-type]
+            while True:  # whatever becomes of the stream
+                await write_ignoring_window(stream, heartbeats)
+
+        took, _ = await attack_until_banned(s, attack)
+        counted = s.victim.violations[s.attacker_id]
+        print(f"flood into a reset stream: banned after {took:.2f} s; {counted}")
+        assert counted.get("window", 0) >= 2
+        await check_the_ban(s, caplog, {"window", "buffered", "frame_rate"}, expected={"window"})
 
 
 @pytest.mark.network

@@ -313,13 +313,17 @@ def test_the_adaptive_deadline_stays_within_its_bounds(delays: list[float]) -> N
         assert deadline >= 3 * sorted(delays[-16:])[0]  # 3x a 90th percentile at least
 
 
-def test_the_skip_limit_grows_with_time_at_speedup_times_our_pace() -> None:
+def test_the_skip_limit_counts_our_rounds_and_our_idle_time() -> None:
     budget = SkipBudget(anchor_round=10, anchor_time=100.0, speedup=1.25)
     assert budget.limit(200.0) is None  # no pace yet
-    for _ in range(5):
-        budget.round_took(2.0)
-    assert budget.limit(100.0) == 10
-    assert budget.limit(140.0) == 35  # 40 s at 2 s a round, 1.25 x
+    for _ in range(4):
+        budget.round_took(2.0)  # 8 s of rounds, from 100 s to 108 s
+    assert budget.limit(108.0) == 15  # 10 + 1.25 x 4 rounds
+    assert budget.limit(148.0) == 40  # + 1.25 x 40 s idle (frozen, say) at 2 s a round
+    for _ in range(16):
+        budget.round_took(20.0)  # the machine got busy: rounds of 20 s
+    # 20 rounds done; the 320 s they took are not idle time
+    assert budget.limit(100.0 + 8 + 320) == 10 + 25
     with pytest.raises(ValueError, match="speedup"):
         SkipBudget(anchor_round=0, anchor_time=0.0, speedup=0.5)
 

@@ -37,6 +37,7 @@ from gossipfl.attacks.base import F32, Attack, AttackView
 from gossipfl.attacks.registry import make_attack
 from gossipfl.errors import ConfigError
 from gossipfl.transport.base import PeerId, Received, Transport, TransportEvent
+from gossipfl.transport.wrapping import TransportWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -92,44 +93,22 @@ class _ObservedEvents:
         return event
 
 
-class ObservingTransport:
+class ObservingTransport(TransportWrapper):
     """A transport that records the models it delivers into a :class:`ReceivedModels`.
 
     Everything else is delegated. Frames that do not decode, or are not model updates,
     are passed on without a trace: the runtime counts and logs those itself.
     """
 
-    send_nowait: Callable[[PeerId, bytes], None]
-    """Present only when the wrapped transport has it (the runtime looks it up)."""
-
     def __init__(
         self, inner: Transport, received: ReceivedModels, *, limits: wire.Limits | None = None
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.received = received
         self._limits = limits or wire.DEFAULT_LIMITS
-        fast = getattr(inner, "send_nowait", None)
-        if fast is not None:
-            self.send_nowait = fast
-
-    @property
-    def local_id(self) -> PeerId:
-        return self.inner.local_id
-
-    async def connect(self, peer: PeerId) -> None:
-        await self.inner.connect(peer)
-
-    async def send(self, peer: PeerId, data: bytes) -> None:
-        await self.inner.send(peer, data)
-
-    async def disconnect(self, peer: PeerId) -> None:
-        await self.inner.disconnect(peer)
 
     def events(self) -> AsyncIterator[TransportEvent]:
         return _ObservedEvents(self.inner.events().__aiter__(), self._observe)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
     def _observe(self, event: Received) -> None:
         try:

@@ -51,6 +51,16 @@ class JobSettings:
     deadline: float = 5.0
     partition: str = "dirichlet"
     alpha: float = 1.0
+    step_time: float = 0.05
+    """Seconds each peer's local step lasts beyond its training: rounds of ~60 ms, so that
+    a peer killed for a few seconds comes back mid-job."""
+    start_timeout: float = 10.0
+    """Seconds peers wait for the whole roster before round 0 at most."""
+    linger: float = 2.0
+    """Seconds honest peers keep serving after their last round (slower ones need it)."""
+    dynamic: bool = False
+    """Dynamic membership (peers find each other from a bootstrap address, and the graph
+    is computed from the live members) instead of a static roster."""
     extra: Mapping[str, Scalar] = field(default_factory=dict)
     """More dotted settings for every peer."""
 
@@ -127,6 +137,57 @@ class JobResult:
         }
 
 
+ATTACKER = 5
+"""The node that turns: one of the 6 peers of the exponential graph (its out-neighbours
+0, 1 and 3 are the peers it can reach directly)."""
+
+
+def _insider(name: str, **params: Scalar) -> dict[str, Scalar]:
+    return {"insider.name": name, **{f"insider.{k}": v for k, v in params.items()}}
+
+
+SUITE: Mapping[str, tuple[Scenario, bool]] = {
+    # The attacks and faults the runtime did not withstand (issue 11's table).
+    "membership-poison": (
+        Scenario("membership-poison", {ATTACKER: _insider("membership-poison")}),
+        True,
+    ),
+    "window-flood": (Scenario("window-flood", {ATTACKER: _insider("window-flood")}), False),
+    "frame-flood": (Scenario("frame-flood", {ATTACKER: _insider("frame-flood")}), False),
+    "round-inflation": (
+        Scenario(
+            "round-inflation",
+            {4: _insider("round-inflation"), ATTACKER: _insider("round-inflation")},
+        ),
+        False,
+    ),
+    "stall": (Scenario("stall", {ATTACKER: {"training.step_time": 4.5}}), False),
+    "omission": (Scenario("omission", {ATTACKER: {"attack.name": "omission"}}), False),
+    "kill-restart": (Scenario("kill-restart", kill=(2, 20)), False),
+    # The cases that held, kept in the suite so that they keep holding.
+    "garbage-frames": (Scenario("garbage-frames", {ATTACKER: _insider("garbage-frames")}), False),
+    "nan-models": (Scenario("nan-models", {ATTACKER: _insider("nan-models")}), False),
+    "replay": (Scenario("replay", {ATTACKER: _insider("replay")}), False),
+    "spoofed-sender": (Scenario("spoofed-sender", {ATTACKER: _insider("spoofed-sender")}), False),
+    "unfinished-chunks": (
+        Scenario("unfinished-chunks", {ATTACKER: _insider("unfinished-chunks")}),
+        False,
+    ),
+    "wrong-network": (
+        Scenario("wrong-network", {ATTACKER: {"network.network_id": "elsewhere"}}),
+        False,
+    ),
+    "wrong-layout": (
+        Scenario(
+            "wrong-layout", {ATTACKER: {"training.model": "mlp", "training.backend": "torch"}}
+        ),
+        False,
+    ),
+}
+"""Every scenario of the adversarial suite, by name, with whether it runs under dynamic
+membership (the poisoning needs it; the others use a static roster)."""
+
+
 def _rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
@@ -139,9 +200,29 @@ def _rss_mb(pid: int) -> float:
 
 
 def _settings(
-    job: JobSettings, node: int, port: int, roster: Path, data_file: Path, network_id: str
+    job: JobSettings,
+    node: int,
+    port: int,
+    roster: Path,
+    data_file: Path,
+    network_id: str,
+    members: list[tuple[str, str]],
 ) -> dict[str, Scalar | list[str]]:
+    """The daemon settings of peer ``node``; ``members`` are (peer ID, address) of all."""
+    if job.dynamic:
+        ids = [peer for peer, _ in members]
+        bootstrap = members[(node + 1) % len(members)][1]
+        placement: dict[str, Scalar | list[str]] = {
+            "topology.name": job.topology,
+            "topology.min_peers": job.peers,
+            "topology.settle": 1.0,
+            "network.allow": ids,
+            "network.bootstrap": [bootstrap],
+        }
+    else:
+        placement = {"topology.roster": str(roster)}
     return {
+        **placement,
         "identity.key_file": "identity.key",
         "network.network_id": network_id,
         "network.listen": [f"/ip4/127.0.0.1/tcp/{port}"],
@@ -149,12 +230,14 @@ def _settings(
         "network.member_timeout": 10.0,
         "network.heartbeat_interval": 1.0,
         "network.heartbeat_timeout": 5.0,
-        "topology.roster": str(roster),
-        "topology.start_timeout": 120.0,
+        # A roster member that never joins (one on another network, say) would hold
+        # round 0 back until this passes: the job then starts with the peers present.
+        "topology.start_timeout": job.start_timeout,
         "rule.name": job.rule,
         "training.rounds": job.rounds,
         "training.deadline": job.deadline,
         "training.seed": job.seed,
+        "training.step_time": job.step_time,
         "data.file": str(data_file),
         "data.partition": job.partition,
         "data.alpha": job.alpha,
@@ -162,7 +245,6 @@ def _settings(
         "data.shards": job.peers,
         "output.dir": "state",
         "output.eval_every": job.rounds,
-        "output.linger": 2.0,
     }
 
 
@@ -180,23 +262,16 @@ def run_job(
     Attackers are stopped once the honest peers are done.
     """
     from gossipfl.daemon.config import DaemonConfig
-    from gossipfl.daemon.roster import RosterEntry, roster_toml
+    from gossipfl.daemon.roster import roster_toml
     from gossipfl.daemon.workload import save_dataset_file
     from gossipfl.data import load_dataset
-    from gossipfl.identity import generate_identity, save_identity
-    from gossipfl.simulation.processes import PeerLauncher, free_ports, stop_processes
+    from gossipfl.identity import save_identity
+    from gossipfl.simulation.processes import PeerLauncher, loopback_peers, stop_processes
 
     workdir.mkdir(parents=True, exist_ok=True)
     n = job.peers
-    identities = [generate_identity() for _ in range(n)]
-    ports = free_ports(n)
     names = [f"n{i}" for i in range(n)]
-    entries = [
-        RosterEntry(
-            names[i], ident.peer_id, (f"/ip4/127.0.0.1/tcp/{ports[i]}/p2p/{ident.peer_id}",)
-        )
-        for i, ident in enumerate(identities)
-    ]
+    identities, ports, entries = loopback_peers(names)
     roster = workdir / "roster.toml"
     roster.write_text(roster_toml(entries, {"name": job.topology}), encoding="utf-8")
     data_file = workdir / "data.npz"
@@ -209,13 +284,12 @@ def run_job(
         home.mkdir(parents=True, exist_ok=True)
         save_identity(identities[i], home / "identity.key", overwrite=True)
         config = DaemonConfig(base_dir=home)
-        values: dict[str, Any] = _settings(job, i, ports[i], roster, data_file, network_id)
+        members = [(e.peer_id, e.addresses[0]) for e in entries]
+        values: dict[str, Any] = _settings(job, i, ports[i], roster, data_file, network_id, members)
         values.update(job.extra)
         values.update(scenario.attackers.get(i, {}))
-        if i not in scenario.attackers:
-            values["output.linger"] = 2.0
-        else:
-            values["output.linger"] = 3600.0  # attackers keep at it until stopped
+        # attackers keep at it until they are stopped
+        values["output.linger"] = 3600.0 if i in scenario.attackers else job.linger
         for key, value in values.items():
             config.set(key, value)
         config.validate()
@@ -321,4 +395,4 @@ def run_job(
     return JobResult(scenario.name, wall, outcomes)
 
 
-__all__ = ["JobResult", "JobSettings", "PeerOutcome", "Scenario", "run_job"]
+__all__ = ["ATTACKER", "SUITE", "JobResult", "JobSettings", "PeerOutcome", "Scenario", "run_job"]

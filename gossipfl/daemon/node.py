@@ -36,7 +36,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import trio
@@ -184,6 +184,7 @@ class Node:
         self._attack_kit: Any = None
         self._insider: Any = None
         self._transport: Any = None
+        self._reported_traces: dict[str, Any] = {}
         self._first_round = 0
         self._last_round = -1
         if self.roster is not None and identity.peer_id not in self.roster.ids:
@@ -230,7 +231,12 @@ class Node:
                 reason = self._stop_reason or "finished"
                 crafted = self._attack_kit.outgoing.crafted if self._attack_kit else None
                 self._metrics.write(
-                    "stop", reason=reason, last_round=self._last_round, crafted=crafted
+                    "stop",
+                    reason=reason,
+                    last_round=self._last_round,
+                    crafted=crafted,
+                    counters=asdict(self.peer.counters) if self.peer is not None else None,
+                    **self._traces(),
                 )
                 self._metrics.close()
                 if self._recorder is not None:
@@ -329,6 +335,21 @@ class Node:
         penalize = getattr(self._transport, "penalize", None)
         if penalize is not None:
             penalize(peer, kind, detail)
+
+    def _traces(self) -> dict[str, Any]:
+        """What this peer counted against the others: the runtime's counters, the
+        transport's violations by peer and kind, the membership exchange's."""
+        out: dict[str, Any] = {}
+        if self.peer is not None:
+            counters = asdict(self.peer.counters)
+            out["runtime"] = {k: counters[k] for k in _MISBEHAVIOUR if counters.get(k)}
+        transport = self._transport
+        if transport is not None and hasattr(transport, "violations"):
+            out["violations"] = transport.violations
+            out["banned"] = sorted(getattr(transport, "banned_peers", {}))
+        if self.exchange is not None:
+            out["membership"] = dict(self.exchange.violations)
+        return out
 
     def _insider_context(self, transport: Any) -> Any:
         from gossipfl.attacks.insider import InsiderContext
@@ -619,6 +640,12 @@ class Node:
             expected=report.stats.expected,
             members=len(members),
         )
+        traces = self._traces()
+        if traces != self._reported_traces:
+            # Something new was counted against another peer: say so in the metrics at
+            # once (the stop row has the totals too).
+            self._reported_traces = traces
+            self._metrics.write("violations", round=report.round, **traces)
         self._maybe_apply_membership(report.round + 1)
 
     def _maybe_apply_membership(self, next_round: int) -> None:
@@ -663,6 +690,17 @@ class Node:
 
 
 _RESERVED = frozenset({"name", "roster", "min_peers", "settle", "start_timeout"})
+_MISBEHAVIOUR = (
+    "bad_frames",
+    "unverified",
+    "refused",
+    "wrong_shape",
+    "spoofed",
+    "replayed",
+    "slow_neighbours",
+    "implausible_claims",
+)
+"""The runtime's counters of what other peers did wrong (``metrics.jsonl``)."""
 
 
 __all__ = [

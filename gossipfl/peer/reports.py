@@ -29,6 +29,10 @@ class PeerCounters:
     refused: int = 0
     """Handshakes we refused (wrong network, layout, version, ...)."""
     wrong_shape: int = 0
+    spoofed: int = 0
+    """Models whose ``sender`` is not the peer that sent them (dropped)."""
+    replayed: int = 0
+    """Sync: models of a round older than one the same peer already sent (dropped)."""
     send_failures: int = 0
     outbox_drops: int = 0
     inbox_drops: int = 0

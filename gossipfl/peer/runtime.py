@@ -211,6 +211,7 @@ class Peer:
         self._verified: set[PeerId] = set()
         self._reported_down: set[PeerId] = set()
         self._last_heard: dict[PeerId, float] = {}
+        self._newest: dict[PeerId, int] = {}  # newest round received per connection
         self._connectivity = trio.Event()
         self._changed = trio.Event()  # set (and replaced) when verified peers or outboxes change
         self._outbox = Outboxes(
@@ -722,6 +723,7 @@ class Peer:
             elif isinstance(event, Disconnected):
                 self._connected.discard(event.peer)
                 self._decoders.pop(event.peer, None)
+                self._newest.pop(event.peer, None)
                 self._outbox.forget(event.peer)
                 self._verified.discard(event.peer)
                 self._mark_down(event.peer)
@@ -741,6 +743,7 @@ class Peer:
             self.counters.bad_frames += 1
             del self._decoders[peer]  # resynchronize on the next message
             self._warnings.warn(logger, peer, "%s: bad frame from %s: %s", self.name, peer, exc)
+            self._penalize(peer, "bad_frame", str(exc))
             return
         if message is None:
             return  # a chunk of an update still being assembled
@@ -751,6 +754,13 @@ class Peer:
             self._warnings.warn(
                 logger, peer, "%s: unusable message from %s: %s", self.name, peer, exc
             )
+            self._penalize(peer, "bad_frame", str(exc))
+
+    def _penalize(self, peer: PeerId, kind: str, detail: str) -> None:
+        """Tell the transport's peer score (transports that keep one: libp2p's)."""
+        penalize = getattr(self.transport, "penalize", None)
+        if penalize is not None:
+            penalize(peer, kind, detail)
 
     async def _on_message(self, peer: PeerId, message: object) -> None:
         self._last_heard[peer] = trio.current_time()
@@ -779,6 +789,20 @@ class Peer:
         if peer in self._reported_down:
             self._mark_up(peer)  # a silent peer spoke again
         if isinstance(message, wire.Update):
+            if message.sender != peer:
+                # The sender is whoever the transport authenticated; a message that says
+                # otherwise is a lie (or a relay we never asked for): drop it.
+                self.counters.spoofed += 1
+                self._warnings.warn(
+                    logger,
+                    peer,
+                    "%s: %s sent a model labelled as from %s; dropped",
+                    self.name,
+                    peer,
+                    message.sender,
+                )
+                self._penalize(peer, "bad_frame", f"a model claiming sender {message.sender}")
+                return
             if message.vector.size != self._num_params:
                 self.counters.wrong_shape += 1
                 self._warnings.warn(
@@ -790,7 +814,25 @@ class Peer:
                     message.vector.size,
                     self._num_params,
                 )
+                self._penalize(peer, "bad_frame", "a model of the wrong size")
                 return
+            newest = self._newest.get(peer, -1)
+            if message.round < newest and self.config.protocol != "async":
+                # Links are ordered and a synchronous peer sends each round once, forward:
+                # a round older than one it already sent us on this connection is a replay.
+                self.counters.replayed += 1
+                self._warnings.warn(
+                    logger,
+                    peer,
+                    "%s: %s sent round %d after round %d (a replay); dropped",
+                    self.name,
+                    peer,
+                    message.round,
+                    newest,
+                )
+                self._penalize(peer, "replay", f"round {message.round} after round {newest}")
+                return
+            self._newest[peer] = max(newest, message.round)
             if self._queued_models >= self.config.inbox_size:
                 self.counters.inbox_drops += 1
                 return

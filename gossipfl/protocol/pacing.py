@@ -35,11 +35,14 @@ learns, per in-neighbour, how long after its own model that neighbour's model ar
 skips ahead to where its neighbours are. Neighbours' round numbers are claims, and two
 colluding in-neighbours that claimed round 2**63 - 1 once made a peer skip to its last
 round after 10 real ones. Besides the quorum (see :class:`~gossipfl.protocol.sync.
-SyncGossip`), a skip is bounded by the elapsed time: since its anchor (where the run
-started, or where the checkpoint it resumed from was written), a peer can plausibly be
-behind by no more than the rounds that time holds at ``speedup`` times its own pace (the
-median duration of its recent rounds). Running steadily, that leaves colluders a quarter
-of a round per round at most; after a downtime of D seconds, D/pace rounds and more.
+SyncGossip`), a skip is bounded by the elapsed time. Since its anchor (where the run
+started, or where the checkpoint it resumed from was written), the neighbours can have
+done ``speedup`` rounds for each round of ours, and ``speedup`` rounds for each ``pace``
+seconds (the median duration of our recent rounds) that we spent outside a completed
+round: down, frozen, or in the round now under way. Running steadily, that leaves
+colluders a quarter of a round per round at most; after a downtime of D seconds, D/pace
+rounds and more. Counting our rounds one by one (not the elapsed time over today's pace)
+keeps the bound right when our pace changes, e.g. when the machine gets busy.
 """
 
 from __future__ import annotations
@@ -223,10 +226,20 @@ class SkipBudget:
         self.anchor_time = anchor_time
         self.speedup = speedup
         self._durations: deque[float] = deque(maxlen=window)
+        self._rounds = 0
+        self._busy = 0.0  # seconds spent in the rounds we completed since the anchor
 
     def round_took(self, seconds: float) -> None:
-        """A round (not skipped to) took ``seconds`` from its training to its merge."""
-        self._durations.append(max(seconds, 0.0))
+        """A round of ours took ``seconds`` from its start to its merge."""
+        seconds = max(seconds, 0.0)
+        self._durations.append(seconds)
+        self._rounds += 1
+        self._busy += seconds
+
+    def seed_pace(self, seconds: float) -> None:
+        """Our pace before a restart (from the checkpoint), until rounds measure it."""
+        if seconds > 0:
+            self._durations.append(seconds)
 
     @property
     def pace(self) -> float | None:
@@ -239,8 +252,8 @@ class SkipBudget:
         pace = self.pace
         if not pace:
             return None
-        elapsed = max(0.0, now - self.anchor_time)
-        return self.anchor_round + math.floor(self.speedup * elapsed / pace)
+        idle = max(0.0, now - self.anchor_time - self._busy)
+        return self.anchor_round + math.floor(self.speedup * (self._rounds + idle / pace))
 
 
 __all__ = ["Arrivals", "SkipBudget", "WaitPolicy"]

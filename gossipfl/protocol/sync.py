@@ -149,8 +149,8 @@ class SyncGossip(RoundCore):
                 anchor_time=clock() if anchor_time is None else anchor_time,
                 speedup=speedup,
             )
-            if pace is not None and pace > 0:
-                self._budget.round_took(pace)
+            if pace is not None:
+                self._budget.seed_pace(pace)
         self._last: dict[PeerId, tuple[int, Vector]] = {}  # newest model of each neighbour
         self._slow: frozenset[PeerId] = frozenset()
         self._round_deadline: float | None = None

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,10 @@ from gossipfl.simulation.collector import MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.simulation.runner import SimulationResult, _gap_or_none, consensus_fit
 from gossipfl.transport import NetworkStats
+
+if TYPE_CHECKING:
+    from gossipfl.daemon.roster import RosterEntry
+    from gossipfl.identity import Identity
 
 logger = logging.getLogger(__name__)
 
@@ -288,9 +292,9 @@ def _churn_schedule(config: SimulationConfig) -> _Churn | None:
 def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
     from gossipfl.daemon.config import DaemonConfig
     from gossipfl.daemon.metrics import MODELS_FILE, ModelRecordReader
-    from gossipfl.daemon.roster import RosterEntry, roster_toml
+    from gossipfl.daemon.roster import roster_toml
     from gossipfl.daemon.workload import save_dataset_file
-    from gossipfl.identity import generate_identity, save_identity
+    from gossipfl.identity import save_identity
     from gossipfl.simulation.byzantine import place_byzantine
     from gossipfl.simulation.runner import build_topology_for, check_rule_fits
 
@@ -305,15 +309,8 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
         )
     workdir.mkdir(parents=True, exist_ok=True)
     n = topology.n
-    identities = [generate_identity() for _ in range(n)]
-    ports = free_ports(n)
     names = [f"peer-{i:04d}" for i in range(n)]
-    entries = [
-        RosterEntry(
-            names[i], ident.peer_id, (f"/ip4/127.0.0.1/tcp/{ports[i]}/p2p/{ident.peer_id}",)
-        )
-        for i, ident in enumerate(identities)
-    ]
+    identities, ports, entries = loopback_peers(names)
     roster_topology: dict[str, Any]
     if placement is not None:
         edges = workdir / "topology.edges"
@@ -394,6 +391,22 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
         readers,
         churn,
     )
+
+
+def loopback_peers(names: list[str]) -> tuple[list[Identity], list[int], list[RosterEntry]]:
+    """Fresh identities, free ports on 127.0.0.1 and roster entries for peers called
+    ``names``: a job of daemons on this machine (simulations over libp2p, adversarial
+    jobs, tests)."""
+    from gossipfl.daemon.roster import RosterEntry
+    from gossipfl.identity import generate_identity
+
+    identities = [generate_identity() for _ in names]
+    ports = free_ports(len(names))
+    entries = [
+        RosterEntry(name, ident.peer_id, (f"/ip4/127.0.0.1/tcp/{port}/p2p/{ident.peer_id}",))
+        for name, ident, port in zip(names, identities, ports, strict=True)
+    ]
+    return identities, ports, entries
 
 
 def _daemon_settings(

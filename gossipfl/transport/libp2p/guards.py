@@ -21,6 +21,15 @@ So every connection we hold gets a :class:`ConnectionGuard`, which enforces:
 ``buffered``
     at most ``max_buffered`` bytes across all the connection's stream buffers; the frame
     that would go beyond is dropped, and its stream reset.
+``window`` (again)
+    data on streams that are gone: reset (by either side), closed by the peer, or unknown.
+    A sender may have a window's worth in flight when a reset crosses it, so up to
+    :data:`IGNORED_GRACE` bytes per connection pass silently; every further
+    :data:`IGNORED_GRACE` bytes is a violation. Without this, a peer whose flood got its
+    stream reset could keep writing into the dead stream, and we would read, decrypt and
+    discard it for as long as it likes. Data for unknown streams never reaches a buffer
+    (py-libp2p drops it), so it is measured as the difference between the DATA bytes the
+    connection read (:meth:`ConnectionGuard.watch_reads`) and the bytes offered to buffers.
 
 Each violation is reported (``report(peer, kind, detail)``, the transport's
 ``penalize``), which counts it, logs it and may ban the peer. Resets need I/O and happen
@@ -67,6 +76,9 @@ is closed instead."""
 RESET_TIMEOUT = 1.0
 """How long sending one RST may take (the peer may not be reading its socket)."""
 CLOSE_TIMEOUT = 2.0
+IGNORED_GRACE = _yamux.MAX_WINDOW_SIZE
+"""Bytes a peer may send on streams that are gone (per connection) before each further
+as many is a violation: the most an honest sender can have in flight on one stream."""
 _MAX_PEERS_IN_STATS = 4096
 
 _YAMUX_FIELDS = ("streams", "streams_lock", "stream_buffers", "peer_id", "close")
@@ -219,6 +231,14 @@ class ConnectionGuard:
         on a stream after it was condemned."""
         self.refused_streams = 0
         self.violations = 0
+        self.read = 0
+        """DATA bytes the connection read (once :meth:`watch_reads` is in place)."""
+        self.offered = 0
+        """DATA bytes offered to a stream buffer (admitted or dropped)."""
+        self.ignored = 0
+        """Bytes that came on streams already reset or closed (still known to py-libp2p)."""
+        self._read_offset = 0  # offered bytes before watch_reads started
+        self._ignored_strikes = 0
         self._doomed: set[int] = set()
         self._pending_resets = 0
         self._closing = False
@@ -229,8 +249,10 @@ class ConnectionGuard:
         """May ``size`` more bytes go into stream ``sid``'s buffer? If not, the frame is
         dropped (and py-libp2p's window accounting compensated) and the stream reset."""
         stream = self.muxed.streams.get(sid)
+        self.offered += size
         if sid in self._doomed:
             self._drop(stream, size)
+            self._ignore(size)
             return False
         if stream is None:  # py-libp2p checks first; count it anyway
             self.grow(size)
@@ -240,6 +262,7 @@ class ConnectionGuard:
             # py-libp2p would buffer it until its 60 s sweep. No one will read it. (The
             # data of the frame that carries a FIN is checked before the flag is.)
             self._drop(stream, size)
+            self._ignore(size)
             if stream.reset_received and buffer:
                 self._discard(buffer)
             return False
@@ -295,6 +318,47 @@ class ConnectionGuard:
             f"opened more than {cap} streams at once on one connection; stream {sid} reset",
         )
         self._schedule_reset(stream)
+
+    def watch_reads(self) -> bool:
+        """Count the DATA bytes the connection reads from now on (see the module doc), by
+        wrapping its ``_read_data_body`` (after ``fastpath`` replaced it, if it did).
+        Idempotent; False if the connection has no such method."""
+        read_body = getattr(self.muxed, "_read_data_body", None)
+        if read_body is None:
+            return False
+        if getattr(read_body, "_gossipfl_counted", False):
+            return True
+        self._read_offset = self.offered
+
+        async def counted(length: int) -> Any:
+            self._check_unknown()
+            data = await read_body(length)
+            self.read += length
+            return data
+
+        counted._gossipfl_counted = True  # type: ignore[attr-defined]
+        self.muxed._read_data_body = counted  # type: ignore[method-assign]
+        return True
+
+    def _check_unknown(self) -> None:
+        """Before the next DATA body: what the previous ones offered to no buffer went to
+        streams py-libp2p no longer knows."""
+        unknown = self.read - (self.offered - self._read_offset)
+        if unknown > 0:
+            self._read_offset -= unknown  # counted once
+            self._ignore(unknown)
+
+    def _ignore(self, size: int) -> None:
+        self.ignored += size
+        if self.ignored > IGNORED_GRACE * (self._ignored_strikes + 1):
+            self._ignored_strikes += 1
+            self.violations += 1
+            self._report(
+                self.peer,
+                "window",
+                f"kept sending on streams that were reset or closed ({self.ignored} bytes "
+                "so far): it ignores the stream's end",
+            )
 
     def released(self, size: int) -> None:
         self.buffered = max(0, self.buffered - size)

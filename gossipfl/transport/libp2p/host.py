@@ -560,9 +560,11 @@ class Libp2pTransport:
             await self._host.disconnect(ID.from_base58(peer))
 
     def _on_connection(self, conn: INetConn) -> None:
-        self._guard_connection(conn.muxed_conn)  # already done at the upgrade, normally
+        guard = self._guard_connection(conn.muxed_conn)  # done at the upgrade, normally
         if self.config.batch_noise:
             install_direct_yamux_reads(conn.muxed_conn)
+        if guard is not None:
+            guard.watch_reads()  # after the fast path replaced the body reader
         peer = str(conn.muxed_conn.peer_id)
         if not self.allowlist.allows(peer):  # the handshake gate makes this unreachable
             self._warnings.warn(
