@@ -63,8 +63,12 @@ def membership_change(home: Path, *, joined: str = "", left: str = "") -> bool:
     )
 
 
-def skipped_ahead(home: Path) -> bool:
-    return any(r["kind"] == "round" and r["skipped_to"] is not None for r in metrics(home))
+def caught_up(home: Path) -> bool:
+    """Joined at the members' round, or skipped ahead to it."""
+    rounds = [r for r in metrics(home) if r["kind"] == "round"]
+    return bool(rounds) and (
+        rounds[0]["round"] > 0 or any(r["skipped_to"] is not None for r in rounds)
+    )
 
 
 def final_model(home: Path) -> np.ndarray:
@@ -128,7 +132,7 @@ def test_two_peers_join_train_refuse_an_intruder_stop_fast_and_resume(
                 failed=d.died,
             )
         wait_for(
-            functools.partial(skipped_ahead, homes["c"]),
+            functools.partial(caught_up, homes["c"]),
             timeout=30,
             what="the newcomer catching up",
             failed=c.died,

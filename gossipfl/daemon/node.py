@@ -567,7 +567,7 @@ class Node:
         from gossipfl.merge import make_rule
 
         checkpoint = store.load()
-        first = checkpoint.round + 1 if checkpoint is not None else 0
+        first = checkpoint.round + 1 if checkpoint is not None else self._join_round(members)
         self._first_round, self._last_round = first, first - 1
         async with Peer(
             transport=peer_transport,
@@ -588,11 +588,34 @@ class Node:
                 # most a round deadline) to complete, so round 0 is heard by everyone.
                 await peer.wait_for_neighbours(timeout=tc.deadline)
             self.reporter.start(tc.rounds, first)
-            summary = await peer.run(tc.rounds)
+            summary = await peer.run(tc.rounds, start_round=first)
             self._first_round, self._last_round = summary.first_round, summary.last_round
             if cfg.output.linger > 0:
                 with trio.move_on_after(cfg.output.linger):
                     await peer.serve()
+
+    def _join_round(self, members: list[str]) -> int:
+        """Where a new peer joins a job already under way (dynamic membership): the median
+        of the rounds the other live members are at. Each member signs its own round, so
+        a liar can only misstate its own, and fewer than half of them cannot move the
+        median outside the honest ones'. Without this a newcomer would start at round 0
+        and could catch up only as fast as its skips may go (a quarter of a round per
+        round beyond its own pace)."""
+        if self.roster is not None or self.view is None:
+            return 0
+        me = self.identity.peer_id
+        rounds = sorted(
+            rec.round
+            for p in members
+            if p != me and (rec := self.view.record(p)) is not None and not rec.left
+        )
+        if not rounds:
+            return 0
+        start = min(rounds[(len(rounds) - 1) // 2], max(0, self.config.training.rounds - 1))
+        if start > 0:
+            self.reporter.say(f"joining a job in progress at round {start} (the members' median)")
+            logger.info("joining at round %d; the members are at rounds %s", start, rounds)
+        return start
 
     def _name(self) -> str:
         if self.roster is not None:
