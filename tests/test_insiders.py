@@ -69,6 +69,10 @@ def test_the_runtime_withstands_an_insider(
     if name == "stall":
         assert result.wall_s < 3 * base.wall_s  # 2x over the 150 recorded rounds
     if name == "kill-restart":
+        killed = scenario.kill[0] if scenario.kill is not None else 0
+        said = (tmp_path / f"n{killed}" / "stderr.log").read_text()
+        assert "resuming this peer's job from its checkpoint" in said
+        assert "caught up with the neighbours: skipped from round" in said
         return  # a fault, not an attack: nothing to blame anyone for
     attackers = {p.peer_id for p in result.peers if not p.honest}
     counted = 0

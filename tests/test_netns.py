@@ -137,3 +137,49 @@ def test_three_hosts_in_network_namespaces_train_together(
             if d is not None and d.process.poll() is None:
                 stop_daemon(d, signal.SIGTERM)
         kill_all(daemons)
+
+
+def test_mdns_finds_the_others_with_inits_wildcard_listen_address(
+    namespaces: list[tuple[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No bootstrap address at all: mDNS on the bridge, with `gossipfl init`'s default
+    `/ip4/0.0.0.0/tcp/4141`. (Once, every peer advertised 0.0.0.0, dialled it, reached
+    its own listener, and waited for ever, blaming the allowlist.)"""
+    homes = [tmp_path / f"host{i}" for i in range(HOSTS)]
+    ids = []
+    for home in homes:
+        assert main(["init", "--home", str(home), "--quiet"]) == 0
+        ids.append(capsys.readouterr().out.strip())
+    common = (
+        "--rule", "mean",
+        "--rounds", "10",
+        "--min-peers", str(HOSTS),
+        "--set", "network.mdns=true",
+        "--set", "training.deadline=2.0",
+        "--set", "output.eval_every=10",
+        "--set", "network.exchange_interval=0.3",
+        "--set", "topology.settle=0.5",
+    )  # fmt: skip
+    daemons: list[Daemon | None] = []
+    try:
+        for i, (ns, _) in enumerate(namespaces):
+            others = [a for j, p in enumerate(ids) if j != i for a in ("--allow", p)]
+            daemons.append(
+                start_daemon(homes[i], *common, *others, prefix=("ip", "netns", "exec", ns))
+            )
+        for d in daemons:
+            assert d is not None
+            wait_for(functools.partial(finished, d), timeout=90, what=f"{d.home.name} done")
+        for d in daemons:
+            assert d is not None
+            assert d.process.returncode == 0, d.stderr()
+            rows = metrics(d.home)
+            assert rows[0]["members"] == HOSTS
+            rounds = [r for r in rows if r["kind"] == "round"]
+            assert sum(r["received"] for r in rounds) >= 0.9 * 10 * (HOSTS - 1)
+            assert "0.0.0.0" not in d.stderr()
+    finally:
+        for d in daemons:
+            if d is not None and d.process.poll() is None:
+                stop_daemon(d, signal.SIGTERM)
+        kill_all(daemons)

@@ -10,7 +10,12 @@ the encrypted handshake) and be on the same network id before it is a member.
   interface did not find peers on loopback in our tests), under a service name derived
   from the network id so that two jobs on one LAN do not see each other. Zeroconf calls
   back on its own thread; the callback only hands the peer over to trio with
-  ``TrioToken.run_sync_soon``, never touching trio state from that thread.
+  ``TrioToken.run_sync_soon``, never touching trio state from that thread. We advertise
+  the addresses other peers can dial: a wildcard listen address (``/ip4/0.0.0.0``, the
+  default of ``gossipfl init``) is advertised as this machine's interface addresses.
+  py-libp2p's broadcaster, given the host, would advertise ``0.0.0.0`` itself, and every
+  peer that found us would dial 0.0.0.0, reach its *own* listener, and fail the
+  handshake; addresses found that are wildcards are dropped for the same reason.
 - **DHT** (``[network] dht = true``): every member runs py-libp2p's ``KadDHT`` in server
   mode over its connections, advertises itself as a provider of the job's key
   (``sha256("gossipfl/<network id>")``) and looks the key's providers up every
@@ -42,6 +47,13 @@ def job_key(network_id: str) -> str:
     """The DHT key of a job: hex of a sha2-256 multihash of its network id."""
     digest = hashlib.sha256(f"gossipfl/{network_id}".encode()).hexdigest()
     return "1220" + digest
+
+
+def is_wildcard(address: str) -> bool:
+    """Whether a multiaddr names the unspecified address (``0.0.0.0``, ``::``): fine to
+    listen on, useless to dial (it reaches the dialer's own machine)."""
+    parts = address.split("/")
+    return len(parts) > 2 and parts[1] in ("ip4", "ip6") and parts[2] in ("0.0.0.0", "::")
 
 
 def _full(addr: object, peer: str) -> str:
@@ -96,19 +108,22 @@ async def run_mdns(transport: Any, candidates: Candidates, network_id: str) -> N
             found = self._extract_peer_info(info) if info else None
             if found is not None and str(found.peer_id) != me:
                 peer = str(found.peer_id)
-                addrs = [_full(a, peer) for a in found.addrs]
-                token.run_sync_soon(hand_over, peer, addrs)
+                addrs = [_full(a, peer) for a in found.addrs if not is_wildcard(str(a))]
+                if addrs:
+                    token.run_sync_soon(hand_over, peer, addrs)
 
         def update_service(self, zc: Any, type_: str, name: str) -> None:
             self.add_service(zc, type_, name)
 
-    listen = [a.split("/p2p/")[0] for a in transport.listen_addrs]
+    # transport.listen_addrs lists a wildcard listen address as the interfaces' addresses
+    listen = [a.split("/p2p/")[0] for a in transport.listen_addrs if not is_wildcard(a)]
     port = next((int(a.split("/tcp/")[1].split("/")[0]) for a in listen if "/tcp/" in a), 0)
 
     def start() -> tuple[Any, Any, Any]:
         zc = Zeroconf(interfaces=_interfaces(listen))
         name = f"{stringGen(32)}.{service_type}"
-        broadcaster = PeerBroadcaster(zc, service_type, name, me, port, listen, host=host)
+        # host=None: with the host, py-libp2p advertises its raw (wildcard) addresses
+        broadcaster = PeerBroadcaster(zc, service_type, name, me, port, listen, host=None)
         broadcaster.register()
         listener = Listener(host.get_peerstore(), zc, service_type, name)
         return zc, broadcaster, listener
@@ -189,4 +204,4 @@ async def run_dht(
             await trio.sleep(interval)
 
 
-__all__ = ["DHT_INTERVAL", "job_key", "run_dht", "run_mdns"]
+__all__ = ["DHT_INTERVAL", "is_wildcard", "job_key", "run_dht", "run_mdns"]

@@ -150,11 +150,18 @@ class Node:
     """
 
     def __init__(
-        self, config: DaemonConfig, identity: Identity, *, reporter: Reporter | None = None
+        self,
+        config: DaemonConfig,
+        identity: Identity,
+        *,
+        reporter: Reporter | None = None,
+        fresh: bool = False,
     ) -> None:
         config.validate()
         self.config = config
         self.identity = identity
+        self.fresh = fresh
+        """Start a new job: the state of a previous one is moved aside, not resumed."""
         self.reporter = reporter or Reporter(quiet=True)
         self.state_dir = config.path(config.output.dir)
         self.roster: Roster | None = (
@@ -216,6 +223,8 @@ class Node:
             self._transport = transport
             self.listen_addrs = sorted(transport.listen_addrs, key=_is_loopback)
             self._announce(allow)
+            if self.fresh:
+                self._set_aside_previous_job()
             self._metrics = MetricsLog(self.state_dir / METRICS_FILE, peer=self.identity.peer_id)
             if cfg.output.record_models:
                 self._recorder = ModelRecorder(self.state_dir / MODELS_FILE)
@@ -246,6 +255,21 @@ class Node:
             self.identity.peer_id, self._first_round, self._last_round, reason, self._accuracy
         )
 
+    def _set_aside_previous_job(self) -> None:
+        """``--fresh``: move a previous job's state directory aside (never delete it: it
+        holds checkpoints and metrics someone may still want)."""
+        state = self.state_dir
+        if not state.exists() or not any(state.iterdir()):
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = state.with_name(f"{state.name}.{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = state.with_name(f"{state.name}.{stamp}-{n}")
+        state.rename(aside)
+        self.reporter.say(f"a new job: the previous job's {state.name}/ is now {aside}")
+
     def _announce(self, allow: list[str] | None) -> None:
         addrs = self.listen_addrs
         dialable = next((a for a in addrs if not _is_loopback(a)), addrs[0] if addrs else "")
@@ -255,8 +279,8 @@ class Node:
         self.reporter.banner(lines)
         if allow is not None and self.roster is None:
             self.reporter.say(
-                f"allowlist: {len(allow)} peers; a new peer must be on it (its ID: "
-                "`gossipfl init --quiet`), and this peer on the new peer's"
+                f"allowlist: {len(allow)} peers. A new peer must be on it (a peer prints its ID "
+                "with `gossipfl init --quiet`), and this peer must be on the new peer's"
             )
         if allow is None:
             exposed = open_exposure(self.config.network.listen)
@@ -427,17 +451,51 @@ class Node:
             await trio.sleep(min(0.1, self.config.network.exchange_interval / 4))
 
     def _rule_problem(self, members: list[str]) -> str:
-        from gossipfl.merge import make_rule
+        """Why the merge rule cannot work with this many members, and what would: how
+        many members it needs on this topology, and which rules work with the peers
+        present (an empty string when it works)."""
+        from gossipfl.merge import RULES, make_rule
 
         hood, _ = membership_neighbourhood(self.rule, self.identity.peer_id, members)
         degree = in_degree(hood)
+        rule = make_rule(self.config.rule.name, **self.config.rule.params)
         try:
-            make_rule(self.config.rule.name, **self.config.rule.params).check(degree)
+            rule.check(degree)
         except ConfigError as exc:
-            return (
-                f"waiting for more peers: with {len(members)} members the merge rule fails: {exc}"
+            return f"waiting for more peers: with {len(members)} members, {exc}. " + (
+                self._what_would_work(rule, len(members), degree, RULES)
             )
         return ""
+
+    def _what_would_work(self, rule: Any, members: int, degree: int, rules: Any) -> str:
+        """A hint: the smallest job this rule works in, and the rules that fit now."""
+        from gossipfl.merge import make_rule
+
+        needed = None
+        for n in range(members + 1, 257):
+            try:
+                topology = self.rule.build(n)
+            except ConfigError:
+                continue
+            if min(len(topology.in_neighbours(i)) for i in range(n)) >= rule.min_degree:
+                needed = n
+                break
+        fits = []
+        for name in rules:
+            try:
+                make_rule(name).check(degree)
+            except ConfigError:
+                continue
+            fits.append(name)
+        hints = []
+        if needed is not None:
+            hints.append(f"start {needed - members} more peer(s) ({needed} in all)")
+        robust = [n for n in fits if make_rule(n).byzantine_tolerance > 0]
+        if robust:
+            hints.append(f"or use a rule that works with {degree} neighbours: " + ", ".join(robust))
+        elif fits:
+            hints.append(f"or use {', '.join(fits)} (no Byzantine tolerance)")
+        return "To start: " + " ".join(hints) if hints else ""
 
     def _neighbourhood(self, members: list[str]) -> Neighbourhood:
         if self.roster is not None:
@@ -492,6 +550,8 @@ class Node:
         cfg = self.config
         store = CheckpointStore(self.state_dir / CHECKPOINT_DIR)
         resuming = store.path.exists()
+        if resuming and self._already_finished(store):
+            return
         async with trio.open_nursery() as loading:
             holder: list[Any] = []
 
@@ -560,13 +620,18 @@ class Node:
             insider=self._insider.describe() if self._insider is not None else None,
             resuming=resuming,
         )
+        from gossipfl.merge import make_rule
+
+        checkpoint = store.load()
+        if checkpoint is not None:
+            self.reporter.say(
+                f"resuming this peer's job from its checkpoint of round {checkpoint.round + 1} "
+                f"({store.path}); `gossipfl start --fresh` starts a new job instead"
+            )
         self.reporter.say(
             f"{'resuming' if resuming else 'starting'}: {len(members)} members, "
             f"{in_degree(neighbourhood)} neighbours, {workload.describe()}"
         )
-        from gossipfl.merge import make_rule
-
-        checkpoint = store.load()
         first = checkpoint.round + 1 if checkpoint is not None else self._join_round(members)
         self._first_round, self._last_round = first, first - 1
         async with Peer(
@@ -593,6 +658,22 @@ class Node:
             if cfg.output.linger > 0:
                 with trio.move_on_after(cfg.output.linger):
                     await peer.serve()
+
+    def _already_finished(self, store: Any) -> bool:
+        """A peer restarted after its job ended says so and stops, instead of training
+        nothing (or failing) while it waits for peers that have all gone."""
+        checkpoint = store.load()
+        rounds = self.config.training.rounds
+        if checkpoint is None or checkpoint.round < rounds - 1:
+            return False
+        self._first_round, self._last_round = checkpoint.round + 1, checkpoint.round
+        self._stop_reason = "already finished"
+        self.reporter.say(
+            f"this peer's job is finished: its checkpoint ({store.path}) is of round "
+            f"{checkpoint.round + 1}, the last of training.rounds = {rounds}. "
+            "`gossipfl start --fresh` starts a new job; raise training.rounds to train on"
+        )
+        return True
 
     def _join_round(self, members: list[str]) -> int:
         """Where a new peer joins a job already under way (dynamic membership): the median
@@ -628,6 +709,7 @@ class Node:
         """After each round: evaluate, log, report, and apply membership changes."""
         cfg = self.config
         rounds = cfg.training.rounds
+        previous = self._last_round
         self._last_round = max(self._last_round, report.round)
         accuracy = loss = None
         every = cfg.output.eval_every
@@ -655,6 +737,12 @@ class Node:
         )
         if self._recorder is not None:
             self._recorder.record(report)
+        if report.stats.skipped_to is not None:
+            self.reporter.say(
+                f"caught up with the neighbours: skipped from round {previous + 2} to round "
+                f"{report.round + 1} of {rounds} (they were ahead; the rounds between were "
+                "not trained here)"
+            )
         self.reporter.round(
             report.round,
             accuracy=accuracy,

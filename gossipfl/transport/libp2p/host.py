@@ -114,6 +114,15 @@ def describe_failure(exc: BaseException) -> str:
     return " <- ".join(seen[-3:]) if len(seen) > 3 else " <- ".join(seen)
 
 
+def _host_and_port(addr: multiaddr.Multiaddr) -> tuple[str | None, int | None]:
+    """The IP and TCP port of ``addr`` (None where it has none)."""
+    names = {p.name for p in addr.protocols()}
+    family = "ip4" if "ip4" in names else "ip6" if "ip6" in names else None
+    host = str(addr.value_for_protocol(family)) if family else None
+    port = int(addr.value_for_protocol("tcp")) if "tcp" in names else None
+    return host, port
+
+
 def _expand_wildcard(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
     names = {p.name for p in addr.protocols()}
     family = "ip4" if "ip4" in names else "ip6" if "ip6" in names else None
@@ -470,10 +479,30 @@ class Libp2pTransport:
         addr = multiaddr.Multiaddr(normalized)
         if named is not None:
             addr = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{named}"))
+        if _host_and_port(addr)[0] in ("0.0.0.0", "::"):
+            raise ConfigError(
+                f"address {address!r} of peer {peer} is the wildcard address: fine to listen "
+                "on, but it names no machine to dial (it would reach this one); use the "
+                "address that peer's `gossipfl start` banner prints"
+            )
         known = self._addresses.setdefault(peer, [])
         if addr not in known:
             known.append(addr)
         self._host.get_peerstore().add_addrs(ID.from_base58(peer), [addr], 0)
+
+    def _is_own_address(self, addr: multiaddr.Multiaddr) -> bool:
+        """Whether dialing ``addr`` reaches this host: one of our listen addresses, or
+        loopback on one of our ports."""
+        host, port = _host_and_port(addr)
+        if port is None:
+            return False
+        for text in self.listen_addrs:
+            mine_host, mine_port = _host_and_port(multiaddr.Multiaddr(text.split("/p2p/")[0]))
+            if port == mine_port and (
+                host == mine_host or host in ("127.0.0.1", "::1", "0.0.0.0", "::")
+            ):
+                return True
+        return False
 
     def known_addresses(self, peer: PeerId) -> list[str]:
         return [str(a) for a in self._addresses.get(peer, [])]
@@ -540,7 +569,13 @@ class Libp2pTransport:
             ) from None
         except Exception as exc:
             reason = describe_failure(exc)
-            if "multiselect" in reason or "handshake" in reason:
+            own = [str(a) for a in addrs if self._is_own_address(a)]
+            if own:
+                reason += (
+                    f" ({', '.join(own)} is this peer's own address: the dial reached "
+                    "ourselves, not the peer)"
+                )
+            elif "multiselect" in reason or "handshake" in reason:
                 reason += (
                     " (the peer hung up during the handshake, as a peer does when we are "
                     "not on its allowlist)"

@@ -1,0 +1,86 @@
+"""Starting a peer: what it says when it cannot start yet, when it resumes, when its job is
+already finished, and ``fresh`` jobs. Real daemons (``Node``) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import trio
+
+from gossipfl.daemon.config import DaemonConfig
+from gossipfl.daemon.node import Node
+from gossipfl.daemon.progress import Reporter
+from gossipfl.identity import generate_identity
+
+
+def test_a_rule_that_does_not_fit_yet_says_what_would() -> None:
+    """Three hosts with the defaults (exponential graph, CS+ with b = 1): degree 2, where
+    CS+ needs 3 neighbours. The wait says how many peers would do, and which rules fit."""
+    ids = [generate_identity() for _ in range(3)]
+    node = Node(DaemonConfig(), ids[0])
+    problem = node._rule_problem([i.peer_id for i in ids])
+    assert "cs-plus with b=1 needs" in problem
+    assert "start 2 more peer(s) (5 in all)" in problem
+    assert "clipped-gossip" in problem  # robust, and works with 2 neighbours
+    offered = problem.split("neighbours: ")[-1].split(", ")
+    assert "mean" not in offered  # plain averaging tolerates no Byzantine neighbour
+    assert (
+        node._rule_problem([i.peer_id for i in [*ids, *(generate_identity() for _ in range(2))]])
+        == ""
+    )
+
+
+def config(home: Path, rounds: int) -> DaemonConfig:
+    return DaemonConfig(base_dir=home).with_overrides(
+        [
+            "network.listen=['/ip4/127.0.0.1/tcp/0']",
+            f"training.rounds={rounds}",
+            "topology.min_peers=1",
+            "rule.name='mean'",
+            "output.eval_every=0",
+            "output.linger=0.0",
+        ]
+    )
+
+
+async def run_node(home: Path, rounds: int, *, fresh: bool = False) -> tuple[str, str]:
+    err = io.StringIO()
+    identity = generate_identity() if not (home / "id").exists() else None
+    if identity is None:
+        from gossipfl.identity import load_identity
+
+        identity = load_identity(home / "id" / "identity.key")
+    else:
+        from gossipfl.identity import save_identity
+
+        save_identity(identity, home / "id" / "identity.key")
+    node = Node(
+        config(home, rounds), identity, reporter=Reporter(out=io.StringIO(), err=err), fresh=fresh
+    )
+    with trio.fail_after(60):
+        result = await node.run()
+    return result.reason, err.getvalue()
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+async def test_resume_finish_and_fresh_are_each_said(tmp_path: Path) -> None:
+    reason, said = await run_node(tmp_path, 2)
+    assert reason == "finished"
+    # The same home again: its job is over, and it says so (no traceback, no waiting).
+    reason, said = await run_node(tmp_path, 2)
+    assert reason == "already finished"
+    assert "this peer's job is finished" in said
+    assert "--fresh" in said
+    # More rounds: it resumes, and says from where.
+    reason, said = await run_node(tmp_path, 4)
+    assert reason == "finished"
+    assert "resuming this peer's job from its checkpoint of round 2" in said
+    # --fresh: a new job; the old state is kept aside, not deleted.
+    reason, said = await run_node(tmp_path, 2, fresh=True)
+    assert reason == "finished"
+    assert "a new job: the previous job's state/ is now" in said
+    assert "resuming" not in said
+    assert len(list(tmp_path.glob("state.*"))) == 1
