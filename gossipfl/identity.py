@@ -167,7 +167,8 @@ def load_identity(path: str | os.PathLike[str]) -> Identity:
             data = fh.read(MAX_KEY_FILE_SIZE + 1)
     except FileNotFoundError as exc:
         raise IdentityError(
-            f"no key file at {path}; run `gossipfl init` to create an identity"
+            f"no key file at {path}; run `gossipfl init --home {path.parent}` to create an "
+            "identity there, or point [identity] key_file at the peer's key file"
         ) from exc
     except IsADirectoryError as exc:
         raise IdentityError(f"key file {path} is a directory") from exc
@@ -182,8 +183,17 @@ def load_identity(path: str | os.PathLike[str]) -> Identity:
 
 def _ensure_directory(directory: Path) -> None:
     if directory.exists() and not directory.is_dir():
-        raise IdentityError(f"cannot create a key file in {directory}: it is not a directory")
-    directory.mkdir(mode=KEY_DIR_MODE, parents=True, exist_ok=True)
+        raise IdentityError(
+            f"cannot create a key file in {directory}: it is not a directory; choose another "
+            "home directory (--home)"
+        )
+    try:
+        directory.mkdir(mode=KEY_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IdentityError(
+            f"cannot create the directory {directory} for the key file: "
+            f"{exc.strerror or exc}; choose a home directory you can write to (--home)"
+        ) from None
 
 
 def save_identity(
@@ -207,6 +217,11 @@ def save_identity(
                 f"key file {path} already exists; it is this peer's identity. Use --force "
                 "to replace it (the peer ID will change)"
             ) from exc
+        except OSError as exc:
+            raise IdentityError(
+                f"cannot create key file {path}: {exc.strerror or exc}; choose a home "
+                "directory you can write to (--home)"
+            ) from None
         _write_all(fd, data, path)
     else:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -88,12 +88,12 @@ def test_options_land_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixtur
         capsys,
         *("--home", str(tmp_path)),
         *("--listen", "/ip4/0.0.0.0/tcp/5000", "--listen", "/ip6/::/tcp/5000"),
-        *("--bootstrap", boot, "--allow", friend, "--network-id", 'job "7"'),
+        *("--bootstrap", boot, "--allow", friend, "--network-id", "job-7.b_c"),
     )
     assert status == 0
     network = tomllib.loads((tmp_path / "config.toml").read_text())["network"]
     assert network == {
-        "network_id": 'job "7"',
+        "network_id": "job-7.b_c",
         "listen": ["/ip4/0.0.0.0/tcp/5000", "/ip6/::/tcp/5000"],
         "bootstrap": [boot],
         "allow": [friend],

@@ -67,7 +67,7 @@ def test_overrides_parse_like_toml_and_are_validated(tmp_path: Path) -> None:
     config = DaemonConfig(base_dir=tmp_path).with_overrides(
         [
             "training.lr=0.05",
-            "topology.name=ring",
+            "topology.name=base-k",
             "topology.k=3",
             "network.listen=['/ip4/127.0.0.1/tcp/0']",
             "data.shard=2",
@@ -77,7 +77,7 @@ def test_overrides_parse_like_toml_and_are_validated(tmp_path: Path) -> None:
         ]
     )
     assert config.training.lr == 0.05
-    assert config.topology.name == "ring"
+    assert config.topology.name == "base-k"
     assert config.topology.params == {"k": 3}
     assert config.network.listen == ["/ip4/127.0.0.1/tcp/0"]
     assert (config.data.shard, config.data.shards) == (2, 4)
@@ -91,7 +91,7 @@ def test_overrides_parse_like_toml_and_are_validated(tmp_path: Path) -> None:
     ("assignment", "complaint"),
     [
         ("training.protocol=gossip", "training.protocol must be one of"),
-        ("training.lr=fast", "training.lr must be a float"),
+        ("training.lr=fast", "training.lr must be a number, got 'fast'; e.g. training.lr=0.1"),
         ("training.rounds=-1", "cannot be negative"),
         ("training.step_time=-0.5", "training.step_time must be >= 0 seconds"),
         ("network.heartbeat_timeout=0.5", "heartbeat_interval must be shorter"),
@@ -210,7 +210,7 @@ def test_flags_land_in_the_config(tmp_path: Path) -> None:
             "--rule", "trimmed-mean",
             "--rounds", "7",
             "--min-peers", "3",
-            "--shard", "1/4",
+            "--shard", "2/4",
             "--attack", "sign-flip",
             "--dht",
             "--set", "training.deadline=0.5",
@@ -227,7 +227,7 @@ def test_flags_land_in_the_config(tmp_path: Path) -> None:
         7,
         3,
     )
-    assert (config.data.shard, config.data.shards) == (1, 4)
+    assert (config.data.shard, config.data.shards) == (1, 4)  # --shard counts from 1
     assert config.attack.name == "sign-flip"
     assert config.network.dht
     assert config.training.deadline == 0.5

@@ -6,9 +6,12 @@ free. Hostile input comes from a raw endpoint on the same network.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,10 +21,11 @@ import trio.testing
 from gossipfl import wire
 from gossipfl.errors import GossipflError
 from gossipfl.model import NumpyAdapter
-from gossipfl.peer import CheckpointStore, Peer, PeerConfig
+from gossipfl.peer import CheckpointError, CheckpointStore, Peer, PeerConfig
 from gossipfl.peerlog import BURST as PEER_WARNING_BURST
 from gossipfl.protocol import StaticNeighbourhood
 from gossipfl.transport import MemoryNetwork
+from gossipfl.transport.wrapping import TransportWrapper
 
 SIM = PeerConfig(heartbeat_interval=None, threads=False, deadline=1.0)
 
@@ -287,7 +291,8 @@ def test_merge_drops_non_finite_neighbours_as_a_last_line_of_defence(
     with caplog.at_level(logging.WARNING, logger="gossipfl.peer.runtime"):
         merged = peer._merge(action, total_rounds=1)
     np.testing.assert_allclose(merged, [1.0, 1.0])  # 0.75 * 0 + 0.25 * 4
-    assert "dropping non-finite models from bad" in caplog.text
+    assert "left the model from bad out of the merge: it holds NaN or inf" in caplog.text
+    assert peer.counters.bad_frames == 1
 
 
 async def test_models_larger_than_a_frame_travel_in_chunks(clock: trio.testing.MockClock) -> None:
@@ -308,14 +313,12 @@ async def test_models_larger_than_a_frame_travel_in_chunks(clock: trio.testing.M
 class SlowFirstSave(CheckpointStore):
     """Round 0's save takes long (a slow disk); later saves are quick."""
 
-    def save(
-        self, round: int, vector: np.ndarray, fingerprint: bytes, *, pace: float | None = None
-    ) -> None:
+    def save(self, round: int, vector: np.ndarray, fingerprint: bytes, **binding: Any) -> None:
         if round == 0:
             import time
 
             time.sleep(0.3)  # real time in a worker thread: the race the lock must prevent
-        super().save(round, vector, fingerprint, pace=pace)
+        super().save(round, vector, fingerprint, **binding)
 
 
 async def test_a_slow_early_checkpoint_never_overwrites_a_later_one(tmp_path: Path) -> None:
@@ -480,3 +483,231 @@ async def test_worker_threads_on_a_real_clock() -> None:
     with trio.fail_after(10):
         assert await _training_threads(None) == {False}
         assert await _training_threads(False) == {True}
+
+
+# ------------------------------------------------------------ extreme neighbours
+
+
+class Scored(TransportWrapper):
+    """A memory transport that records the runtime's penalties, as libp2p's scores them."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.penalties: list[tuple[str, str, str]] = []
+
+    def penalize(self, peer: str, kind: str, detail: str = "") -> None:
+        self.penalties.append((peer, kind, detail))
+
+
+def least_squares(model: dict[str, np.ndarray], seed: int):  # type: ignore[no-untyped-def]
+    """A local step that overflows on a model holding huge values (A @ x sums them), as
+    real training does: the trap that made a neighbour's values look like our divergence."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(16, 4)).astype(np.float32)
+    y = a @ np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+
+    def step(_round: int) -> dict[str, float]:
+        x = model["x"]
+        with np.errstate(over="ignore", invalid="ignore"):
+            x -= np.float32(0.01) * (a.T @ (a @ x - y))
+            return {"loss": float(np.mean((a @ x - y) ** 2))}
+
+    return step
+
+
+async def test_a_neighbour_sending_float_max_is_left_out_named_and_penalized(
+    clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rule mean, a neighbour sending ±3e38: its models are left out of every merge, the
+    peer keeps training with the honest neighbour, and the log names the sender (it used
+    to stop with "local training diverged; try a smaller learning rate")."""
+    net = MemoryNetwork()
+    names = ("victim", "honest", "mallory")
+    hoods = {n: StaticNeighbourhood({m: 1 / 3 for m in names if m != n}) for n in names}
+    models = {n: {"x": np.zeros(4, np.float32)} for n in names}
+    extreme = np.float32(3e38) * np.array([1, -1, 1, -1], np.float32)
+    victim_end = Scored(net.endpoint("victim"))
+    ends: dict[str, Any] = {"victim": victim_end}
+    ends |= {n: net.endpoint(n) for n in names[1:]}
+    summaries: dict[str, Any] = {}
+    with caplog.at_level(logging.WARNING, logger="gossipfl.peer.runtime"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            async with contextlib.AsyncExitStack() as stack:
+                peers = {
+                    n: await stack.enter_async_context(
+                        Peer(
+                            transport=ends[n],
+                            model=models[n],
+                            neighbourhood=hoods[n],
+                            train=least_squares(models[n], i),
+                            rule="mean",
+                            config=SIM,
+                            outgoing=(lambda _p, _r, _v: extreme) if n == "mallory" else None,
+                        )
+                    )
+                    for i, n in enumerate(names)
+                }
+
+                async def run(name: str) -> None:
+                    summaries[name] = await peers[name].run(6)
+
+                async with trio.open_nursery() as runs:
+                    for n in names:
+                        runs.start_soon(run, n)
+            nursery.cancel_scope.cancel()
+    victim = peers["victim"]
+    assert summaries["victim"].last_round == summaries["honest"].last_round == 5
+    assert np.isfinite(victim.vector).all()
+    assert float(np.abs(victim.vector).max()) < 10.0  # nothing of mallory's got in
+    assert victim.counters.bad_frames == 6  # one model per round
+    assert "left the model from mallory out of the merge: it holds values up to 3e+38" in (
+        caplog.text
+    )
+    assert "diverged" not in caplog.text
+    assert {(p, k) for p, k, _ in victim_end.penalties} == {("mallory", "bad_frame")}
+
+
+def merge_action(own: list[float], **neighbours: list[float]) -> Any:
+    from gossipfl.protocol import Merge
+
+    weight = 1 / (len(neighbours) + 1)
+    return Merge(
+        round=3,
+        own=np.array(own, np.float32),
+        peers=tuple(neighbours),
+        vectors=tuple(np.array(v, np.float32) for v in neighbours.values()),
+        weights=(weight,) * len(neighbours),
+    )
+
+
+def lone_peer(rule: Any = "mean") -> Peer:
+    return Peer(
+        transport=MemoryNetwork().endpoint("p"),
+        model={"x": np.zeros(2, np.float32)},
+        neighbourhood=StaticNeighbourhood({}),
+        rule=rule,
+        config=SIM,
+    )
+
+
+def test_values_beyond_the_extreme_bound_are_left_out_and_the_rest_merged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    peer = lone_peer()
+    action = merge_action([0.0, 0.0], good=[3.0, 3.0], big=[1e20, -1.0])
+    with caplog.at_level(logging.WARNING, logger="gossipfl.peer.runtime"):
+        merged = peer._merge(action, total_rounds=10)
+    np.testing.assert_allclose(merged, [1.0, 1.0])  # (0 + 3) / 3: big's weight stays ours
+    np.testing.assert_array_equal(peer.vector, merged)
+    assert "left the model from big out of the merge: it holds values up to 1e+20" in caplog.text
+    assert peer.counters.bad_frames == 1
+
+
+def test_a_large_own_model_is_not_blamed_on_the_neighbours() -> None:
+    """Our own model beyond the bound is our training's doing: a neighbour no larger is
+    merged as usual (and if our training diverges next, that error is ours)."""
+    peer = lone_peer()
+    merged = peer._merge(merge_action([4e19, 0.0], near=[2e19, 0.0]), total_rounds=10)
+    np.testing.assert_allclose(merged, [3e19, 0.0], rtol=1e-6)
+    assert peer.counters.bad_frames == 0
+
+
+def test_a_merge_that_overflows_with_no_culprit_keeps_our_model(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gossipfl.merge import Mean
+
+    class Overflowing(Mean):
+        def _merge(self, own: Any, rows: Any, weights: Any, context: Any) -> Any:
+            return np.full_like(own, np.inf)
+
+    peer = lone_peer(Overflowing())
+    with caplog.at_level(logging.WARNING, logger="gossipfl.peer.runtime"):
+        merged = peer._merge(merge_action([1.0, 2.0], q=[1.0, 1.0]), total_rounds=10)
+    np.testing.assert_array_equal(merged, [1.0, 2.0])
+    assert "merge overflowed" in caplog.text
+    assert "kept our own model" in caplog.text
+    assert peer.counters.bad_frames == 0  # nobody to blame
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+async def run_alone(
+    store: CheckpointStore,
+    rounds: int,
+    *,
+    name: str = "p",
+    network: str = "gossipfl",
+    compute_time: float | None = None,
+) -> Any:
+    """Run a peer alone with ``store``; return its summary, or the CheckpointError that
+    refused the store."""
+    model = {"x": np.zeros(2, np.float32)}
+
+    def step(_round: int) -> None:
+        model["x"] += 1.0
+
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.run)
+        async with Peer(
+            transport=net.endpoint(name),
+            model=model,
+            neighbourhood=StaticNeighbourhood({}),
+            train=step,
+            config=PeerConfig(
+                heartbeat_interval=None, threads=False, deadline=1.0, network_id=network
+            ),
+            checkpoints=store,
+            compute_time=compute_time,
+        ) as peer:
+            try:
+                summary: Any = await peer.run(rounds)
+            except CheckpointError as exc:
+                summary = exc
+        nursery.cancel_scope.cancel()
+    return summary
+
+
+async def test_a_checkpoint_is_bound_to_its_peer_and_network(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    store = CheckpointStore(tmp_path)
+    await run_alone(store, 2, name="alice")
+    saved = store.load()
+    assert saved is not None
+    assert (saved.peer, saved.network, saved.round) == ("alice", "gossipfl", 1)
+    refused = await run_alone(store, 4, name="bob")
+    assert isinstance(refused, CheckpointError)
+    assert str(refused).startswith(f"checkpoint {store.path} belongs to peer alice, not to ")
+    assert "this peer (bob)" in str(refused)
+    assert "give this peer its own" in str(refused)
+    refused = await run_alone(store, 4, name="alice", network="other")
+    assert isinstance(refused, CheckpointError)
+    assert "network 'gossipfl', and this peer is on 'other'" in str(refused)
+    summary = await run_alone(store, 4, name="alice")  # its own peer resumes as before
+    assert (summary.first_round, summary.last_round) == (2, 3)
+
+
+async def test_a_full_disk_fails_checkpoints_with_one_warning_and_training_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every round's save fails (real time, a little compute per round, so that each save
+    is attempted rather than skipped while the previous one runs): one warning."""
+
+    class FullDisk(CheckpointStore):
+        def save(self, *args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = FullDisk(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        summary = await run_alone(store, 20, compute_time=0.02)
+    assert summary.last_round == 19
+    warnings = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert warnings[0].levelno == logging.WARNING
+    assert str(store.path) in warnings[0].getMessage()
+    assert "No space left on device (free some space on that disk)" in warnings[0].getMessage()
+    assert store.failures.failures >= 15  # each round's, bar a few skipped while one ran

@@ -56,7 +56,7 @@ def test_ints_are_accepted_for_floats_and_strings_need_no_quotes() -> None:
     [
         ("nonsense=1", "unknown config key 'nonsense'"),
         ("data.nonsense=1", "unknown config key data.nonsense"),
-        ("peers=many", "peers must be a int"),
+        ("peers=many", "peers must be a whole number"),
         ("peers=0", "peers must be at least 1"),
         ("mode=dream", "mode must be 'train' or 'consensus'"),
         ("rounds", "--set expects key=value"),

@@ -27,8 +27,13 @@ INTRO = """\
 
 Generated from the `gossipfl` command's own argument parser when this site was built, so
 it matches the installed version exactly. Every command also takes `-h`/`--help`, which
-prints the same text in a terminal. Errors print one line, `gossipfl: error: ...`, and
-exit with status 2; Ctrl+C exits with status 130.
+prints the same text in a terminal.
+
+Exit statuses: 0 done; 1 the command ran but some of its work failed (`experiment run`
+with failed runs); 2 a mistake in what was typed or configured, said in one line,
+`gossipfl COMMAND: error: what happened; what to do` (with a "did you mean" where one
+fits); 70 an internal error, a bug in gossipfl (its traceback is printed, please report
+it); 130 interrupted by Ctrl+C; 143 stopped by SIGTERM (`experiment run`).
 
 | command | what it does |
 |---|---|

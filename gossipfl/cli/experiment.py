@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gossipfl.experiments import ExperimentResult, ExperimentSpec
 
 
 def register(subparsers: Any) -> None:
@@ -31,53 +41,151 @@ def register(subparsers: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """Run the sweep with a live progress bar on a terminal, one plain line per finished
+    run otherwise; SIGTERM and SIGINT stop the workers (and their peers) and leave the
+    sweep resumable (exit status 128 + the signal number)."""
+    import sys
+    import time
+
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from gossipfl.errors import ConfigError
-    from gossipfl.experiments import ExperimentSpec, plot_directory, run_experiment
+    from gossipfl.experiments import ExperimentInterrupted, ExperimentSpec, plot_directory
+    from gossipfl.experiments.progress import format_seconds
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     spec = ExperimentSpec.from_toml(args.file)
-    total = len(spec.points())
     console = Console(stderr=True)
-    with Progress(
+    start = time.monotonic()
+    with _signals_interrupt() as received:
+        try:
+            result = _run_with_progress(spec, args, console)
+        except ExperimentInterrupted as exc:
+            partial = exc.result
+            name = signal.Signals(received[0]).name if received else "SIGINT"
+            running = f" (stopped: {', '.join(partial.interrupted)})" if partial.interrupted else ""
+            print(
+                f"gossipfl: interrupted by {name}: {len(partial.rows)} of {partial.total} runs "
+                f"finished and kept, {partial.left} to do{running}; run the same command "
+                "again to resume",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 128 + (received[0] if received else signal.SIGINT)
+    elapsed = format_seconds(time.monotonic() - start)
+    print(
+        f"{spec.name}: {result.ran} ran, {result.skipped} already done, "
+        f"{len(result.failed)} failed in {elapsed} → {result.directory}",
+        flush=True,
+    )
+    for run_id, error in result.failed.items():
+        print(f"failed {run_id}: {error.strip().splitlines()[-1]}", flush=True)
+    if not args.no_plot and result.rows:
+        for path in plot_directory(result.directory, formats=("png", "svg")):
+            if path.suffix == ".png":
+                print(f"plot: {path}", flush=True)
+    return 1 if result.failed else 0
+
+
+def _run_with_progress(
+    spec: ExperimentSpec, args: argparse.Namespace, console: Console
+) -> ExperimentResult:
+    """``run_experiment`` with progress output: a live bar when stderr is a terminal; one
+    plain line per finished run (status, runs finished/total, run id, headline numbers,
+    elapsed, estimate of what is left) on stdout -- or above the bar when stdout is the
+    terminal too."""
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gossipfl.experiments import run_experiment
+    from gossipfl.experiments.progress import RunEvent, SweepProgress, format_seconds
+
+    live = console.is_terminal
+    lines_on_bar = live and sys.stdout.isatty()
+    sweep: list[SweepProgress] = []
+    skipped: list[str] = []
+
+    def left() -> str:
+        if not sweep:
+            return ""
+        estimate = sweep[0].describe()
+        elapsed = f"elapsed {format_seconds(sweep[0].elapsed())}"
+        return f"{elapsed}, {estimate}" if estimate else elapsed
+
+    progress = Progress(
         TextColumn(f"[bold]{spec.name}[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("runs"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        _text_column(left),
         console=console,
-    ) as progress:
-        task = progress.add_task("runs", total=total)
-
-        def on_run(run_id: str, status: str) -> None:
-            progress.advance(task)
-            if status == "failed":
-                progress.console.print(f"[red]failed[/red] {run_id}")
-
-        result = run_experiment(spec, out=args.out, workers=args.workers, progress=on_run)
-    out = Console()
-    out.print(
-        f"{spec.name}: {result.ran} ran, {result.skipped} already done, "
-        f"{len(result.failed)} failed → {result.directory}"
+        disable=not live,
     )
-    for run_id, error in result.failed.items():
-        out.print(f"[red]{run_id}[/red]: {error.strip().splitlines()[-1]}")
-    if not args.no_plot and result.rows:
-        for path in plot_directory(result.directory, formats=("png", "svg")):
-            if path.suffix == ".png":
-                out.print(f"plot: {path}")
-    return 1 if result.failed else 0
+
+    def emit(line: str) -> None:
+        if lines_on_bar:
+            progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, flush=True)
+
+    def on_event(event: RunEvent) -> None:
+        if not sweep:
+            sweep.append(event.sweep)
+            progress.update(task, total=event.sweep.total)
+        if event.kind == "skipped":
+            skipped.append(event.run_id)
+            progress.update(task, completed=event.sweep.finished)
+            return
+        if skipped:  # once, before the first run of this invocation
+            emit(f"kept {len(skipped)} of {event.sweep.total} runs finished earlier")
+            skipped.clear()
+        if event.kind in ("done", "failed"):
+            progress.update(task, completed=event.sweep.finished)
+            emit(event.line())
+
+    with progress:
+        task = progress.add_task("runs", total=None)
+        result = run_experiment(spec, out=args.out, workers=args.workers, on_event=on_event)
+    if skipped:
+        emit(f"kept {len(skipped)} of {sweep[0].total} runs finished earlier: nothing to do")
+    return result
+
+
+def _text_column(text: Callable[[], str]) -> Any:
+    """A progress column showing ``text()`` (elapsed time and the honest estimate)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class TextOf(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(text(), style="progress.remaining", no_wrap=True, overflow="ellipsis")
+
+    return TextOf()
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[list[int]]:
+    """SIGTERM and SIGINT both raise ``KeyboardInterrupt`` for the duration, so the sweep's
+    cleanup runs (the default SIGTERM would kill this process on the spot and leave its
+    workers running); the list receives the signals seen. Outside the main thread,
+    signals are left alone."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def show_command(args: argparse.Namespace) -> int:

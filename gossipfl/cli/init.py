@@ -79,7 +79,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--network-id",
         default=DEFAULT_NETWORK_ID,
-        help="peers with different network ids refuse each other (default: %(default)s)",
+        help="peers with different network ids refuse each other: letters, digits, '.', '_' "
+        "and '-' (default: %(default)s)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the peer ID")
     p.set_defaults(handler=run)
@@ -90,30 +91,42 @@ def resolve_home(flag: str | None, environ: dict[str, str] | None = None) -> Pat
     environ = dict(os.environ) if environ is None else environ
     raw = flag or environ.get(HOME_ENV) or str(DEFAULT_HOME)
     if not raw.strip():
-        raise ConfigError("the home directory must not be empty")
+        raise ConfigError(
+            f"the home directory must not be empty; give --home DIR or unset ${HOME_ENV}"
+        )
     home = Path(raw).expanduser()
     if home.exists() and not home.is_dir():
-        raise ConfigError(f"home {home} exists and is not a directory")
+        raise ConfigError(
+            f"home {home} exists and is not a directory; choose another --home (a directory, "
+            "or a path that does not exist yet)"
+        )
     return home
 
 
 def _validated(args: argparse.Namespace) -> tuple[list[str], list[str], list[str], str]:
-    from gossipfl.transport.libp2p.allowlist import parse_multiaddr, parse_peer_id
+    """The addresses, peer IDs and network id of the flags, each checked before anything
+    is written, so that a mistake leaves no half-made home behind."""
+    from gossipfl.daemon.config import check_network_id
+    from gossipfl.transport.libp2p.allowlist import (
+        parse_listen_address,
+        parse_multiaddr,
+        parse_peer_id,
+    )
 
-    listen = []
-    for text in args.listen or DEFAULT_LISTEN:
-        address, peer = parse_multiaddr(text)
-        if peer is not None:
-            raise ConfigError(f"--listen {text!r}: a listen address must not end in /p2p/...")
-        listen.append(address)
+    listen = [parse_listen_address(text) for text in args.listen or DEFAULT_LISTEN]
     bootstrap = [parse_multiaddr(text, need_peer_id=True)[0] for text in args.bootstrap]
     allow = [parse_peer_id(text) for text in args.allow]
-    network_id = args.network_id.strip()
-    if not network_id or not network_id.isprintable():
-        raise ConfigError(
-            f"--network-id must be a non-empty printable name, got {args.network_id!r}"
-        )
+    network_id = check_network_id(args.network_id, what="--network-id")
     return listen, bootstrap, allow, network_id
+
+
+def _write_config(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path}: {exc.strerror or exc}; choose a --home you can write to"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             kept = " (kept the existing file)"
     if not config_path.exists():
-        config_path.write_text(
+        _write_config(
+            config_path,
             config_template(
                 peer_id=identity.peer_id,
                 listen=listen,
@@ -150,7 +164,6 @@ def run(args: argparse.Namespace) -> int:
                 allow=allow,
                 network_id=network_id,
             ),
-            encoding="utf-8",
         )
     if args.quiet:
         print(identity.peer_id)

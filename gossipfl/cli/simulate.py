@@ -3,6 +3,14 @@
 With no arguments it runs the default experiment (see ``SimulationConfig``'s defaults).
 Settings come, in increasing priority, from the defaults, ``--config FILE``, the named
 flags, and ``--set key=value`` overrides.
+
+Every name (rule, attack, codec, topology, ...) and the output directory are checked
+before the run starts, so a mistake is one line and exit status 2, never a traceback
+after minutes of simulation (see :mod:`gossipfl.cli`). ``--attack NAME`` without
+``--byzantine N`` is refused: with no Byzantine peer, nobody would send the attack, and a
+run that silently does not do what it was asked is worse than no run. (``--byzantine N``
+with no attack adds no one either; that prints a note, because the count alone is also
+the setting of an experiment's "no attack" baseline.)
 """
 
 from __future__ import annotations
@@ -90,9 +98,59 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def name_choices() -> dict[str, tuple[str, ...]]:
+    """The valid names of every setting that takes a name, by config key."""
+    from gossipfl.attacks import ATTACKS, NO_ATTACK
+    from gossipfl.data import DATASETS, PARTITIONS
+    from gossipfl.learning.learner import MODELS
+    from gossipfl.merge import RULES
+    from gossipfl.protocol import PROTOCOLS
+    from gossipfl.wire.codecs import DEFAULT_CODECS
+
+    return {
+        "rule.name": tuple(RULES),
+        "byzantine.attack": (NO_ATTACK, *ATTACKS),
+        "network.codec": DEFAULT_CODECS.names,
+        "protocol": tuple(PROTOCOLS),
+        "mode": ("train", "consensus"),
+        "transport": ("memory", "libp2p"),
+        "data.name": tuple(DATASETS),
+        "data.partition": tuple(PARTITIONS),
+        "training.model": tuple(MODELS),
+        "training.backend": tuple(dict.fromkeys(b for bs in MODELS.values() for b in bs)),
+    }
+
+
+def _canonical(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def check_names(values: dict[str, str]) -> None:
+    """Refuse a name that is not one of its setting's choices, with a "did you mean".
+
+    Checked twice: on the flags' values before the config is built (its own checks of
+    ``mode`` and ``transport`` have no suggestion), and on the built config (names from
+    ``--set`` and ``--config``, most of which it leaves to the run to find).
+    """
+    from gossipfl.errors import ConfigError, did_you_mean
+
+    flags = {key: flag for flag, key in FLAG_KEYS.items()}
+    for key, choices in name_choices().items():
+        value = values.get(key)
+        if value is None or _canonical(str(value)) in choices:
+            continue
+        given = f"--{flags[key].replace('_', '-')}" if key in flags else key
+        raise ConfigError(
+            f"{given} {value!r} is not one of: {', '.join(choices)}{did_you_mean(value, choices)}"
+        )
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     from gossipfl.simulation import SimulationConfig
 
+    check_names(
+        {key: value for flag, key in FLAG_KEYS.items() if (value := getattr(args, flag, None))}
+    )
     config = SimulationConfig.from_toml(args.config) if args.config else SimulationConfig()
     assignments = [
         f"{key}={json.dumps(value) if isinstance(value, str) else value}"
@@ -125,8 +183,11 @@ def run(args: argparse.Namespace) -> int:
     if is_showcase(args):
         from gossipfl.cli.showcase import run_showcase
 
+        if args.out is not None:
+            _check_out(args.out)
         return run_showcase(args, _run_with_progress, err, Console())
     config = config_from_args(args)
+    preflight(config, args)
     _report_placement(config, err)
     if config.transport == "libp2p":
         from gossipfl.simulation.processes import run_processes
@@ -150,6 +211,117 @@ def run(args: argparse.Namespace) -> int:
         _print_table(result, Console())
         Console().print(f"\nrun directory: [bold]{run_dir}[/bold]")
     return 0
+
+
+def preflight(config: Any, args: argparse.Namespace) -> None:
+    """Every check that needs the built config but not the run: names from any source,
+    an attack with no one to send it, a topology that cannot have this many peers, and
+    the output directory."""
+    from gossipfl.errors import ConfigError
+
+    by = config.byzantine
+    check_names(
+        {
+            "rule.name": config.rule.name,
+            "byzantine.attack": by.attack,
+            "network.codec": config.network.codec,
+            "protocol": config.protocol,
+            "data.name": config.data.name,
+            "data.partition": config.data.partition,
+            "training.model": config.training.model,
+            "training.backend": config.training.backend,
+        }
+    )
+    if _canonical(by.attack) != "none" and by.count == 0:
+        raise ConfigError(
+            f"--attack {by.attack} needs Byzantine peers to send it, and there are none: add "
+            "--byzantine N (e.g. --byzantine 2), or drop --attack"
+        )
+    default = type(config)().topology.name
+    named = args.topology is not None or config.topology.name != default
+    topology = check_topology_size(config, named=named)
+    check_roles(config, topology)
+    _check_out(config.output.dir)
+
+
+def check_roles(config: Any, topology: Any) -> None:
+    """Build what the run builds first (the rule, the attack, the learner settings) and
+    check that the rule fits every honest node, as the run would a moment later, but
+    before the progress bar and the placement report are printed."""
+    from gossipfl.attacks import make_attack
+    from gossipfl.merge import make_rule
+    from gossipfl.simulation.byzantine import place_byzantine
+    from gossipfl.simulation.runner import check_rule_fits
+
+    if config.mode == "train":
+        config.learner_config().validate()
+    make_rule(config.rule.name, **config.rule.params)
+    if _canonical(config.byzantine.attack) != "none":
+        make_attack(config.byzantine.attack, **config.byzantine.params)
+    placement = place_byzantine(config, topology)
+    check_rule_fits(config, placement.topology if placement else topology, config.peers)
+
+
+def _check_out(directory: str) -> None:
+    from pathlib import Path
+
+    from gossipfl.daemon.config import check_writable_directory
+
+    check_writable_directory(Path(directory).expanduser(), what="--out (output.dir)")
+
+
+FITS_MOST = ("ring", "exponential", "complete")
+"""Families to suggest when a topology cannot have the requested number of peers."""
+
+
+def check_topology_size(config: Any, *, named: bool) -> Any:
+    """Build the run's topology now (and return it). If it cannot have ``config.peers``
+    peers but could have a few more, say which topology it is, the smallest count that
+    works, and a family that fits the count as it is: the default torus needs 9 peers,
+    and ``--peers 8`` alone does not say that a torus is involved."""
+    from gossipfl.errors import ConfigError
+    from gossipfl.simulation.runner import build_topology_for
+    from gossipfl.topology.families import get_family
+
+    try:
+        return build_topology_for(config)
+    except ConfigError as exc:
+        name = config.topology.name if config.protocol != "epidemic" else "epidemic"
+        if get_family(name) is None:  # a misspelt name, a file: nothing to count
+            raise
+        bigger = _smallest_size(config, build_topology_for)
+        if bigger is None:
+            raise
+        which = f"the {name} topology" + ("" if named else " (the default)")
+        fits = [
+            family
+            for family in FITS_MOST
+            if _builds(config.with_overrides([f"topology.name={family}"]), build_topology_for)
+        ]
+        other = f", or --topology {fits[0]} (fits {config.peers} peers)" if fits else ""
+        raise ConfigError(
+            f"{which} cannot have {config.peers} peers ({exc}): use --peers {bigger} (the next "
+            f"count it accepts){other}"
+        ) from None
+
+
+def _builds(config: Any, build: Any) -> bool:
+    from gossipfl.errors import ConfigError
+
+    try:
+        build(config)
+    except ConfigError:
+        return False
+    return True
+
+
+def _smallest_size(config: Any, build: Any) -> int | None:
+    """The smallest peer count above ``config.peers`` the run's topology accepts."""
+    from gossipfl.cli.topology import smallest_size
+
+    return smallest_size(
+        lambda peers: build(config.with_overrides([f"peers={peers}"])), config.peers
+    )
 
 
 def _report_placement(config: Any, console: Any) -> None:
@@ -191,7 +363,15 @@ def _run_with_progress(
                 status = f"acc {100 * summary.mean_acc:5.1f}%"
             progress.update(task, completed=summary.round + 1, status=status)
 
-        return run_simulation(config, progress=on_round)
+        try:
+            return run_simulation(config, progress=on_round)
+        except BaseException:
+            # The error gets its one line; a half-drawn bar above it would be a second.
+            # (On a terminal the bar stays: silencing the console there would also
+            # swallow the escape that shows the cursor again.)
+            if not progress.console.is_terminal:
+                progress.console.quiet = True
+            raise
 
 
 def _fmt(x: float | None, pct: bool = True) -> str:

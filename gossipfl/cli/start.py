@@ -3,8 +3,16 @@
 Settings come, in increasing priority, from the defaults, the config file (``--config``,
 else ``<home>/config.toml`` if it exists), the flags, and ``--set key=value``. ``--listen``
 replaces the configured listen addresses; ``--bootstrap`` and ``--allow`` add to the
-configured lists. The identity is ``<home>/identity.key`` (or ``[identity] key_file``),
-created on first start if missing.
+configured lists. The identity is ``<home>/identity.key`` (or ``[identity] key_file``).
+It is created on the first start of a bare home (no config file, no state) and nowhere
+else: a key file missing from a peer that has a config or a past is refused, with the
+``gossipfl init`` command that creates one, because a new key is a new peer ID that the
+other peers' allowlists and bootstrap lists do not know.
+
+Every mistake in the flags, the config file or the paths is found before the peer binds
+its port or writes its key: one line on stderr, exit status 2 (see :mod:`gossipfl.cli`).
+Rounds and shards are counted from 1 in what this command prints and in ``--shard``;
+``metrics.jsonl``, checkpoints and ``[data] shard`` count from 0.
 
 The peer ID, the full listen addresses and a ready-to-paste join command go to stdout;
 progress goes to stderr. SIGINT and SIGTERM stop the peer cleanly (checkpoint kept,
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -74,7 +83,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rule", help="merge rule (mean, trimmed-mean, cs-plus, ...)")
     p.add_argument("--rounds", type=int, metavar="T", help="rounds to train")
     p.add_argument("--min-peers", type=int, metavar="N", help="members to wait for before round 0")
-    p.add_argument("--shard", metavar="I/N", help="train on shard I (0-based) of N")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="train on shard I of N, counted from 1: 1/4 is the first of four "
+        "([data] shard in config.toml counts from 0)",
+    )
     p.add_argument("--mdns", action="store_true", help="also find peers by mDNS (LAN)")
     p.add_argument("--dht", action="store_true", help="also find peers through a Kademlia DHT")
     p.add_argument(
@@ -98,7 +112,6 @@ def load_config(args: argparse.Namespace) -> tuple[Any, Path]:
     """The daemon config the flags describe, and the home directory."""
     from gossipfl.cli.init import CONFIG_FILE, resolve_home
     from gossipfl.daemon.config import DaemonConfig
-    from gossipfl.daemon.roster import is_roster_file
 
     home = resolve_home(args.home)
     path = Path(args.config).expanduser() if args.config else home / CONFIG_FILE
@@ -106,6 +119,14 @@ def load_config(args: argparse.Namespace) -> tuple[Any, Path]:
         config = DaemonConfig.from_toml(path)
     else:
         config = DaemonConfig(base_dir=home.resolve())
+    return config.with_overrides(flag_overrides(args, config)), home
+
+
+def flag_overrides(args: argparse.Namespace, config: Any) -> list[str]:
+    """Apply the flags that replace or extend lists to ``config`` in place, and return
+    the rest as ``key=value`` assignments, followed by ``--set``'s (which win)."""
+    from gossipfl.daemon.roster import is_roster_file
+
     sets: list[str] = []
     if args.topology:
         if is_roster_file(args.topology):
@@ -130,13 +151,27 @@ def load_config(args: argparse.Namespace) -> tuple[Any, Path]:
     if args.min_peers is not None:
         sets.append(f"topology.min_peers={args.min_peers}")
     if args.shard:
-        index, sep, count = args.shard.partition("/")
-        if not sep or not index.isdigit() or not count.isdigit():
-            raise ConfigError(f"--shard expects I/N (e.g. 0/8), got {args.shard!r}")
+        index, count = parse_shard(args.shard)
         sets += [f"data.shard={index}", f"data.shards={count}"]
     if args.attack:
         sets.append(f"attack.name={args.attack}")
-    return config.with_overrides([*sets, *args.overrides]), home
+    return [*sets, *args.overrides]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` (I counted from 1, as people count) as ``(data.shard, data.shards)``
+    (counted from 0, as the config file and the metrics do)."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise ConfigError(f"--shard expects I/N, e.g. 1/8 for the first of 8, got {text!r}")
+    i, n = int(index), int(count)
+    if n < 1 or not 1 <= i <= n:
+        first = f"--shard 1/{n}" if n >= 1 else "--shard 1/8"
+        raise ConfigError(
+            f"--shard {text}: I must be between 1 and N (shards count from 1 here: the "
+            f"first is {first})"
+        )
+    return i - 1, n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,35 +179,121 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from gossipfl.cli import configure_logging
+    from gossipfl.cli.init import CONFIG_FILE
     from gossipfl.daemon.node import Node
     from gossipfl.daemon.progress import Reporter
-    from gossipfl.identity import load_or_create_identity
 
     configure_logging(getattr(args, "verbose", 0))  # so apply the CLI's choice again
     config, home = load_config(args)
-    if config.topology.roster:  # refuse a bad roster before creating anything
-        from gossipfl.daemon.roster import load_roster
-
-        load_roster(config.path(config.topology.roster))
-    if not (args.config or (home / "config.toml").exists()):
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    identity, created = load_or_create_identity(config.path(config.identity.key_file))
+    bare = is_bare_home(config, has_config_file=bool(args.config) or (home / CONFIG_FILE).exists())
+    if bare:
+        make_home(home)
+    preflight(config)
+    identity, created = start_identity(config, may_create=bare)
     reporter = Reporter(quiet=args.quiet)
     if created:
         reporter.say(f"created a new identity in {identity.path}")
     node = Node(config, identity, reporter=reporter)
     result = trio.run(serve_until_signal, node)
-    if not args.quiet:
-        accuracy = f", test accuracy {100 * result.accuracy:.1f}%" if result.accuracy else ""
-        done = (
-            f"rounds {result.first_round}..{result.last_round}"
-            if result.last_round >= result.first_round
-            else "no round completed"
-        )
-        print(f"{result.reason}: {done}{accuracy}", file=sys.stderr)
+    reporter.finished(
+        result.reason,
+        first_round=result.first_round,
+        last_round=result.last_round,
+        accuracy=result.accuracy,
+    )
     status = EXIT_INTERRUPTED if result.reason == "SIGINT" else 0
     exit_now_if_command(status)
     return status
+
+
+def preflight(config: Any) -> None:
+    """Find every mistake that can be found before the peer starts: the roster, the
+    listen ports, the data file and the output directory. After this, what fails is the
+    network (reported by the running peer) or a bug."""
+    if config.topology.roster:  # refuse a bad roster before creating anything
+        from gossipfl.daemon.roster import load_roster
+
+        load_roster(config.path(config.topology.roster))
+    check_listen_ports(config.network.listen)
+    config.check_files()
+
+
+def check_listen_ports(listen: list[str]) -> None:
+    """Refuse a listen port that is taken (or an address this host does not have) now,
+    with what to do, rather than from inside the starting peer."""
+    import multiaddr
+
+    from gossipfl.transport.libp2p.workarounds import check_ports_free
+
+    try:
+        check_ports_free([multiaddr.Multiaddr(text) for text in listen])
+    except ConfigError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            fix = (
+                "stop the other peer, or choose another port with --listen (/tcp/0 picks a "
+                "free one)"
+            )
+        elif isinstance(cause, OSError) and cause.errno == errno.EADDRNOTAVAIL:
+            fix = "listen on an address of this host, or on /ip4/0.0.0.0 (every interface)"
+        elif isinstance(cause, OSError) and cause.errno == errno.EACCES:
+            fix = "ports below 1024 need privileges: choose another port above 1023"
+        else:
+            raise
+        raise ConfigError(f"{exc}; {fix}") from None
+
+
+def is_bare_home(config: Any, *, has_config_file: bool) -> bool:
+    """Whether this is the first start of a peer nobody knows yet: no config file, the
+    default key file, and no output directory from an earlier run."""
+    from gossipfl.cli.init import KEY_FILE
+
+    return (
+        not has_config_file
+        and config.identity.key_file == KEY_FILE
+        and not config.path(config.output.dir).exists()
+    )
+
+
+def make_home(home: Path) -> None:
+    """Create a bare home (mode 0700: it will hold the private key)."""
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the home directory {home}: {exc.strerror or exc}; choose a "
+            "--home you can write to"
+        ) from None
+
+
+def start_identity(config: Any, *, may_create: bool) -> tuple[Any, bool]:
+    """This peer's identity, and whether it was just created.
+
+    A missing key file is created only when ``may_create`` (a bare home, see
+    :func:`is_bare_home`). Anywhere else it is refused: the peer would come back under a
+    new peer ID that nobody's allowlist or bootstrap list knows, and that must never
+    happen silently.
+    """
+    from gossipfl.cli.init import KEY_FILE
+    from gossipfl.identity import IdentityError, load_identity, load_or_create_identity
+
+    path = config.path(config.identity.key_file)
+    if path.exists() or path.is_symlink():
+        return load_identity(path), False
+    if not may_create:
+        if path.name == KEY_FILE:
+            fix = f"or run `gossipfl init --home {path.parent}` to create a new one there"
+        else:
+            fix = (
+                "or create a new one with `gossipfl init --home DIR` and set key_file to "
+                "DIR/identity.key"
+            )
+        raise IdentityError(
+            f"no key file at {path}, and this peer has a configuration: refusing to create "
+            "a new identity silently (the peer ID would change, and the other peers' "
+            f"allowlists and bootstrap lists would not know it). Restore the key file, {fix}"
+        )
+    return load_or_create_identity(path)
 
 
 def exit_now_if_command(status: int) -> None:

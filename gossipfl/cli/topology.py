@@ -11,19 +11,73 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+from collections.abc import Callable
 from typing import Any
 
 from gossipfl.errors import ConfigError
 
-__all__ = ["parse_param", "register"]
+__all__ = ["parse_param", "register", "smallest_size"]
 
 
 def parse_param(text: str) -> tuple[str, str]:
     """``"k=4"`` → ``("k", "4")``; values stay strings and are validated by the family."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--param expects key=value, got {text!r}")
+        raise ConfigError(f"--param expects key=value, got {text!r}; e.g. --param k=2")
     return key.strip(), value.strip()
+
+
+def smallest_size(build: Callable[[int], object], peers: int, *, tries: int = 256) -> int | None:
+    """The smallest peer count above ``peers`` for which ``build(count)`` succeeds (None
+    if none does within ``tries``): what to suggest when a family cannot have ``peers``
+    nodes (a torus needs 9, a hypercube a power of two). Trying beats parsing the
+    family's message, and costs little: small graphs build in microseconds."""
+    for count in range(peers + 1, peers + 1 + tries):
+        try:
+            build(count)
+        except ConfigError:
+            continue
+        return count
+    return None
+
+
+def _build(args: argparse.Namespace, params: dict[str, str]) -> Any:
+    """The topology of ``topology show``; a family that cannot have ``--peers`` nodes is
+    refused with the smallest count that works."""
+    from gossipfl.topology import build_topology
+    from gossipfl.topology.families import get_family
+
+    def build(peers: int | None) -> Any:
+        return build_topology(args.spec, peers=peers, seed=args.seed, params=params)
+
+    try:
+        return build(args.peers)
+    except ConfigError as exc:
+        if args.peers is None or get_family(args.spec) is None:
+            raise
+        bigger = smallest_size(build, args.peers)
+        if bigger is None:
+            raise
+        raise ConfigError(
+            f"{args.spec} cannot have {args.peers} peers ({exc}): use --peers {bigger} (the "
+            "next count it accepts), or another family (`gossipfl topology list --families`)"
+        ) from None
+
+
+def _plot(topology: Any, target: str) -> str:
+    """Draw ``topology`` to ``target``; an unwritable path is the user's to fix."""
+    from pathlib import Path
+
+    from gossipfl.topology.plot import draw_topology
+
+    directory = Path(target).expanduser().parent
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise ConfigError(
+            f"--plot {target}: cannot write there ({directory} is not a directory you can "
+            "write to); choose a directory you can write to"
+        )
+    return str(draw_topology(topology, target))
 
 
 def register(subparsers: Any) -> None:
@@ -152,17 +206,15 @@ def _format(value: Any) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from gossipfl.topology import build_topology, describe_topology
+    from gossipfl.topology import describe_topology
 
     if not 0.0 < args.tolerance < 1.0:
-        raise ConfigError(f"--tolerance must be in (0, 1), got {args.tolerance}")
+        raise ConfigError(f"--tolerance must be in (0, 1), got {args.tolerance}; e.g. 1e-6")
     params = dict(parse_param(item) for item in args.param)
-    topology = build_topology(args.spec, peers=args.peers, seed=args.seed, params=params)
+    topology = _build(args, params)
     summary = describe_topology(topology, tolerance=args.tolerance)
     if args.plot:
-        from gossipfl.topology.plot import draw_topology
-
-        summary["plot"] = str(draw_topology(topology, args.plot))
+        summary["plot"] = _plot(topology, args.plot)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return 0

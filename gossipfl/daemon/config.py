@@ -17,12 +17,15 @@ to the config file's directory, or to the home directory when there is no file.
 from __future__ import annotations
 
 import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gossipfl.configfile import Scalar, TomlConfig, parse_value, read_toml
-from gossipfl.errors import ConfigError
+from gossipfl.errors import ConfigError, did_you_mean, unknown_name
 from gossipfl.learning.learner import LearnerConfig, TrainingSettings
 
 if TYPE_CHECKING:
@@ -36,7 +39,9 @@ MODES = ("train", "consensus")
 @dataclass
 class IdentitySection:
     key_file: str = "identity.key"
-    """This peer's Ed25519 private key; created on first start if missing."""
+    """This peer's Ed25519 private key. ``gossipfl start`` creates it only in a bare home
+    (no config file, no state); anywhere else a missing key file is refused, since a new
+    key would silently give the peer a new peer ID."""
 
 
 @dataclass
@@ -181,12 +186,32 @@ class DaemonConfig(TomlConfig):
     # ------------------------------------------------------------- validation
 
     def validate(self) -> None:
-        """Check every setting that can be checked without the network or the data."""
-        net, top, tr, data, out = self.network, self.topology, self.training, self.data, self.output
-        if not net.network_id.strip() or not net.network_id.isprintable():
-            raise ConfigError(
-                f"network.network_id must be a printable name, got {net.network_id!r}"
-            )
+        """Check every setting that can be checked without the network or the data.
+
+        Names (rule, attack, codec, topology, ...) are checked here, with a "did you
+        mean", so that a typo in a flag or a file stops ``gossipfl start`` before it binds
+        a port, not minutes later inside the running peer.
+        """
+        self._validate_network()
+        self._validate_topology()
+        self._validate_training()
+        self._validate_data()
+        out = self.output
+        if out.checkpoint_every < 1 or out.eval_every < 0:
+            raise ConfigError("output.checkpoint_every must be >= 1 and output.eval_every >= 0")
+        if out.linger < 0:
+            raise ConfigError(f"output.linger cannot be negative, got {out.linger}")
+        self._validate_roles()
+
+    def _validate_network(self) -> None:
+        from gossipfl.transport.libp2p.allowlist import (
+            parse_listen_address,
+            parse_multiaddr,
+            parse_peer_id,
+        )
+
+        net = self.network
+        check_network_id(net.network_id, what="network.network_id")
         for name in (
             "dial_timeout",
             "heartbeat_interval",
@@ -201,38 +226,64 @@ class DaemonConfig(TomlConfig):
             )
         if net.exchange_interval >= net.member_timeout:
             raise ConfigError("network.exchange_interval must be shorter than member_timeout")
+        for text in net.listen:
+            _in("network.listen (--listen)", text, parse_listen_address)
+        for text in net.bootstrap:
+            _in(
+                "network.bootstrap (--bootstrap)",
+                text,
+                lambda t: parse_multiaddr(t, need_peer_id=True),
+            )
+        for text in net.allow:
+            _in("network.allow (--allow)", text, parse_peer_id)
+
+    def _validate_topology(self) -> None:
+        top = self.topology
         if top.min_peers < 0 or top.settle < 0 or top.start_timeout < 0:
             raise ConfigError("topology.min_peers, settle and start_timeout cannot be negative")
+        if not top.roster:
+            check_topology_name(top.name, base_dir=self.base_dir)
+            check_topology_params(top.name, top.params)
+
+    def _validate_training(self) -> None:
+        tr = self.training
         if tr.rounds < 0:
-            raise ConfigError(f"training.rounds cannot be negative, got {tr.rounds}")
-        if tr.protocol not in PROTOCOLS:
             raise ConfigError(
-                f"training.protocol must be one of {', '.join(PROTOCOLS)}, got {tr.protocol!r}"
+                f"training.rounds cannot be negative, got {tr.rounds}; e.g. training.rounds=100"
             )
-        if tr.codec not in CODECS:
-            raise ConfigError(
-                f"training.codec must be one of {', '.join(CODECS)}, got {tr.codec!r}"
-            )
-        if tr.mode not in MODES:
-            raise ConfigError(f"training.mode must be one of {', '.join(MODES)}, got {tr.mode!r}")
+        _one_of("training.protocol", tr.protocol, PROTOCOLS)
+        _one_of("training.codec", tr.codec, CODECS)
+        _one_of("training.mode", tr.mode, MODES)
         _positive("training.deadline", tr.deadline)
         if not 0 <= tr.step_time < math.inf:
             raise ConfigError(f"training.step_time must be >= 0 seconds, got {tr.step_time}")
         if tr.dimension < 1:
             raise ConfigError(f"training.dimension must be at least 1, got {tr.dimension}")
+        defaults = TrainingSection()
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(tr, name)
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"training.{name} must be a finite number, got {value}; "
+                    f"e.g. training.{name}={getattr(defaults, name)}"
+                )
         if tr.mode == "train":
+            from gossipfl.learning.learner import MODELS
+
+            _one_of("training.model", tr.model, tuple(MODELS))
+            _one_of("training.backend", tr.backend, MODELS[tr.model])
             self.learner_config().validate()
+
+    def _validate_data(self) -> None:
+        data = self.data
+        if self.training.mode == "train":
             from gossipfl.data import DATASETS, PARTITIONS
 
             if not data.file and data.name not in DATASETS:
-                raise ConfigError(
-                    f"unknown data set {data.name!r}; choose one of: {', '.join(sorted(DATASETS))} "
-                    "(or give data.file)"
+                raise unknown_name(
+                    "data set", data.name, sorted(DATASETS), extra="; or give data.file"
                 )
-            if data.partition not in PARTITIONS:
-                raise ConfigError(
-                    f"data.partition must be one of {', '.join(PARTITIONS)}, got {data.partition!r}"
-                )
+            _one_of("data.partition", data.partition, tuple(PARTITIONS))
             if data.partition == "dirichlet":
                 _positive("data.alpha", data.alpha)
         if data.shards is not None and data.shards < 1:
@@ -241,22 +292,47 @@ class DaemonConfig(TomlConfig):
             data.shard < 0 or (data.shards is not None and data.shard >= data.shards)
         ):
             raise ConfigError(
-                f"data.shard must be in 0..shards-1, got shard {data.shard} of {data.shards}"
+                f"data.shard must be in 0..shards-1, got shard {data.shard} of {data.shards} "
+                "(data.shard counts from 0; --shard I/N counts from 1)"
             )
-        if out.checkpoint_every < 1 or out.eval_every < 0:
-            raise ConfigError("output.checkpoint_every must be >= 1 and output.eval_every >= 0")
-        if out.linger < 0:
-            raise ConfigError(f"output.linger cannot be negative, got {out.linger}")
-        from gossipfl.attacks import NO_ATTACK, attack_class
+
+    def _validate_roles(self) -> None:
+        from gossipfl.attacks import ATTACKS, NO_ATTACK
+        from gossipfl.attacks.registry import canonical_name
         from gossipfl.merge import RULES
 
         if self.rule.name not in RULES:
-            raise ConfigError(
-                f"unknown merge rule {self.rule.name!r}; choose one of: {', '.join(RULES)}"
+            raise unknown_name("merge rule", self.rule.name, RULES)
+        if canonical_name(self.attack.name) not in (NO_ATTACK, *ATTACKS):
+            raise unknown_name(
+                "attack", self.attack.name, ATTACKS, extra=f"; or {NO_ATTACK!r} for an honest peer"
             )
-        if self.attack.name.strip().lower() != NO_ATTACK:
-            attack_class(self.attack.name)
+        # Built once here for their parameters' sake: the peer builds them only once it
+        # runs, and an unused [attack] parameter would otherwise pass in silence.
+        from gossipfl.attacks import make_attack
+        from gossipfl.merge import make_rule
+
+        make_rule(self.rule.name, **self.rule.params)
+        if self.is_byzantine:
+            make_attack(self.attack.name, **self.attack.params)
         self.insider_behaviour()
+
+    def check_files(self) -> None:
+        """Check the paths the peer will use, before it starts: the data file is a file,
+        and the output directory exists or can be created, and can be written to.
+
+        Not part of :meth:`validate`: a config file may be written on one machine for
+        another, where these paths exist.
+        """
+        if self.data.file:
+            path = self.path(self.data.file)
+            if not path.is_file():
+                what = "is not a file" if path.exists() else "does not exist"
+                raise ConfigError(
+                    f"data.file {path} {what}; give an .npz with x_train, y_train, x_test "
+                    "and y_test, or leave data.file empty to use data.name"
+                )
+        check_writable_directory(self.path(self.output.dir), what="output.dir")
 
     def learner_config(self) -> LearnerConfig:
         """The :class:`~gossipfl.learning.LearnerConfig` of ``[training]``."""
@@ -282,6 +358,95 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be a positive number, got {value!r}")
 
 
+def _one_of(key: str, value: str, choices: Sequence[str]) -> None:
+    """Refuse a value that is not one of ``choices``, suggesting the closest."""
+    if value not in choices:
+        raise ConfigError(
+            f"{key} must be one of {', '.join(choices)}, got {value!r}"
+            f"{did_you_mean(value, choices)}"
+        )
+
+
+def _in(what: str, text: str, parse: Callable[[str], object]) -> None:
+    """Run ``parse`` on one entry of a list setting; its error names the list too."""
+    try:
+        parse(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+NETWORK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A network id: a word that survives a shell, a TOML file, a log line and a protocol path
+unquoted, within the wire's limit (a token of at most 128 characters, no spaces)."""
+
+
+def check_network_id(value: str, *, what: str) -> str:
+    """``value`` if it is a valid network id (see :data:`NETWORK_ID`), else a ConfigError.
+
+    Peers compare network ids at the handshake, and the id travels in the join command a
+    peer prints for others to paste into a shell: a space or a quote in it would split or
+    break that command, so such ids are refused where they are read (``gossipfl init`` and
+    the config file), not discovered by the peer that pastes the command.
+    """
+    if not isinstance(value, str) or not NETWORK_ID.fullmatch(value):
+        raise ConfigError(
+            f"{what} must be letters, digits, '.', '_' or '-' (at most 128, starting with "
+            f"a letter or digit), got {value!r}; e.g. job-7"
+        )
+    return value
+
+
+def check_topology_name(name: str, *, base_dir: Path) -> None:
+    """Refuse a topology that is neither a family, a shipped name nor an existing file,
+    with the topology library's own "did you mean"."""
+    from gossipfl.topology import build_topology
+    from gossipfl.topology.families import get_family
+    from gossipfl.topology.files import shipped_path
+
+    if get_family(name) is not None or shipped_path(name) is not None:
+        return
+    path = base_dir / Path(name).expanduser()
+    if path.is_file() or Path(name).expanduser().is_file():
+        return
+    build_topology(name)  # raises the library's message: unknown name, or no such file
+    raise ConfigError(f"topology.name {name!r} is neither a family, a shipped name nor a file")
+
+
+def check_topology_params(name: str, params: Mapping[str, object]) -> None:
+    """Refuse a parameter the topology family does not have (the peer would build the
+    family only once it knows its members, and a misspelt parameter must not wait that
+    long). Values are checked then, since they can depend on the number of members."""
+    from gossipfl.topology.families import get_family
+
+    family = get_family(name)
+    if family is None:
+        return
+    valid = [p.name for p in family.params]
+    for key in params:
+        if key not in valid:
+            raise ConfigError(
+                f"topology {family.name}: unknown parameter {key}{did_you_mean(key, valid)} "
+                f"(valid parameters: {', '.join(valid) or 'none'})"
+            )
+
+
+def check_writable_directory(path: Path, *, what: str) -> None:
+    """Create ``path`` if needed and make sure it can be written to; else a ConfigError
+    naming ``what`` (the setting or flag that chose it)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {path}: cannot create it ({exc.strerror or exc}); choose a directory "
+            "you can write to"
+        ) from None
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{what} {path}: not a directory this user can write to; choose a directory you "
+            "can write to"
+        )
+
+
 __all__ = [
     "AttackSection",
     "DaemonConfig",
@@ -293,5 +458,9 @@ __all__ = [
     "RuleSection",
     "TopologySection",
     "TrainingSection",
+    "check_network_id",
+    "check_topology_name",
+    "check_topology_params",
+    "check_writable_directory",
     "parse_value",
 ]

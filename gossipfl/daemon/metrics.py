@@ -17,11 +17,18 @@ little-endian float32 bytes plus the round's statistics, enough for ``gossipfl s
 --transport libp2p`` to compute the same per-round metrics (consensus distance included)
 as the in-process simulator. :func:`read_model_records` reads it back, incrementally, and
 ignores a truncated last record (a killed process).
+
+Both files are append-only logs written through :class:`~gossipfl.files.AppendOnlyFile`:
+a record is written whole or not at all, so a full disk costs rows (with a warning, once
+and then rate-limited), never the peer and never a torn line in the middle of the file.
+A torn last record (a power loss) is cut off when the daemon opens the file again, and
+the readers here skip one anyway.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,30 +38,44 @@ from typing import IO, Any
 import msgpack
 import numpy as np
 
+from gossipfl.files import AppendOnlyFile, WriteFailures, complete_lines
 from gossipfl.jsonsafe import json_safe
 from gossipfl.peer import RoundReport
 from gossipfl.protocol import RoundStats
 
+logger = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics.jsonl"
 MODELS_FILE = "models.bin"
+_MAX_RECORD = 1 << 30
+"""The largest ``models.bin`` record read back (a model of 256 M parameters)."""
 
 
 class MetricsLog:
-    """Appends JSON rows to a file, one per line, flushed at once (``tail -f`` works and a
-    crash loses nothing already written)."""
+    """Appends JSON rows to a file, one per line, unbuffered (``tail -f`` works and a
+    crash loses nothing already written). A row that cannot be written (a full disk) is
+    dropped with a warning; :meth:`write` says whether it was written."""
 
     def __init__(self, path: Path, *, peer: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.peer = peer
-        self._file: IO[str] = path.open("a", encoding="utf-8", buffering=1)
+        self._log = AppendOnlyFile(
+            path,
+            complete=complete_lines,
+            failures=WriteFailures(logger, path, "training goes on; metrics rows are lost"),
+        )
+        self._log.open()  # create it now if we can: `tail -f` wants the file
 
-    def write(self, kind: str, **fields: Any) -> None:
+    @property
+    def failures(self) -> WriteFailures:
+        return self._log.failures
+
+    def write(self, kind: str, **fields: Any) -> bool:
         row = {"kind": kind, "time": round(time.time(), 3), "peer": self.peer, **fields}
-        self._file.write(json.dumps(json_safe(row)) + "\n")
+        return self._log.append((json.dumps(json_safe(row)) + "\n").encode("utf-8"))
 
     def close(self) -> None:
-        self._file.close()
+        self._log.close()
 
     def __enter__(self) -> MetricsLog:
         return self
@@ -94,11 +115,19 @@ class ModelRecorder:
     """Appends each round's model and statistics to ``models.bin`` (see the module doc)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = path.open("ab")
+        self._log = AppendOnlyFile(
+            path,
+            complete=complete_records,
+            failures=WriteFailures(logger, path, "training goes on; recorded models are lost"),
+        )
 
-    def record(self, report: RoundReport) -> None:
+    @property
+    def failures(self) -> WriteFailures:
+        return self._log.failures
+
+    def record(self, report: RoundReport) -> bool:
+        """Append the round; ``False`` if it could not be written (a full disk)."""
         stats = report.stats
         vector = np.ascontiguousarray(report.vector, dtype="<f4")
         entry = {
@@ -125,32 +154,86 @@ class ModelRecorder:
             "bytes_sent": report.bytes_sent,
             "time": time.time(),
         }
-        self._file.write(msgpack.packb(entry))
-        self._file.flush()
+        return self._log.append(msgpack.packb(entry))
 
     def close(self) -> None:
-        self._file.close()
+        self._log.close()
+
+
+def complete_records(f: IO[bytes]) -> int:
+    """:data:`~gossipfl.files.TailRepair` for ``models.bin``: where its last whole msgpack
+    record ends (anything after it is torn or unreadable)."""
+    f.seek(0)
+    unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=_MAX_RECORD)
+    end = 0
+    while True:
+        try:
+            unpacker.skip()
+        except (msgpack.OutOfData, ValueError, msgpack.StackError):
+            return end
+        end = unpacker.tell()
 
 
 class ModelRecordReader:
     """Reads a growing ``models.bin`` incrementally: each :meth:`poll` returns the records
-    completed since the last one. ``time`` in the reports is Unix seconds."""
+    completed since the last one. ``time`` in the reports is Unix seconds.
+
+    A torn last record (the writer was killed, or its disk is full) is not returned, and
+    is read again at the next poll: the writer may since have cut it off and written a
+    whole one in its place. Bytes that are no record at all (a damaged file) end the
+    readable part: they are reported once, with the offset, and never raise.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._offset = 0
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 30)
+        """Where the first record not yet returned starts."""
+        self._damaged: int | None = None
 
     def poll(self) -> list[RoundReport]:
+        if self._damaged is not None:
+            return []
         try:
             with self.path.open("rb") as f:
                 f.seek(self._offset)
                 data = f.read()
         except FileNotFoundError:
             return []
-        self._offset += len(data)
-        self._unpacker.feed(data)
-        return [_to_report(entry) for entry in self._unpacker]
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(_MAX_RECORD, len(data)))
+        unpacker.feed(data)
+        reports: list[RoundReport] = []
+        consumed = 0
+        while True:
+            try:
+                entry = unpacker.unpack()
+            except msgpack.OutOfData:
+                break  # nothing more, or a torn record: read it again next time
+            except (ValueError, msgpack.StackError) as exc:
+                self._report_damage(self._offset + consumed, exc)
+                break
+            try:
+                reports.append(_to_report(entry))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # Whole msgpack but not a record: skip it, the stream is still in step.
+                logger.warning(
+                    "%s: skipping a record near byte %d that is not a round's (%s: %s)",
+                    self.path,
+                    self._offset + consumed,
+                    type(exc).__name__,
+                    exc,
+                )
+            consumed = unpacker.tell()
+        self._offset += consumed
+        return reports
+
+    def _report_damage(self, offset: int, exc: Exception) -> None:
+        self._damaged = offset
+        logger.warning(
+            "%s is damaged near byte %d (%s): the records after it cannot be read",
+            self.path,
+            offset,
+            exc,
+        )
 
 
 def _to_report(entry: Mapping[str, Any]) -> RoundReport:
@@ -191,14 +274,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl`` (a torn last line is skipped)."""
     rows: list[dict[str, Any]] = []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return rows
     for line in text.splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

@@ -518,8 +518,19 @@ class Node:
             except (OSError, ValueError, KeyError, TypeError):
                 logger.warning("ignoring an unreadable %s", saved)
         shard, shards = self._choose_shard(members)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps({"shard": shard, "shards": shards}), encoding="utf-8")
+        from gossipfl.files import describe, write_atomic
+
+        try:  # whole or not at all: a full disk must not leave an empty shard.json
+            write_atomic(saved, json.dumps({"shard": shard, "shards": shards}).encode())
+        except OSError as exc:
+            logger.warning(
+                "cannot write %s: %s; training goes on with shard %d of %d, but a restart "
+                "may pick another shard",
+                saved,
+                describe(exc),
+                shard,
+                shards,
+            )
         return shard, shards
 
     def _choose_shard(self, members: list[str]) -> tuple[int, int]:
@@ -622,7 +633,7 @@ class Node:
         )
         from gossipfl.merge import make_rule
 
-        checkpoint = store.load()
+        checkpoint = store.load(peer=self.identity.peer_id, network=self.config.network.network_id)
         if checkpoint is not None:
             self.reporter.say(
                 f"resuming this peer's job from its checkpoint of round {checkpoint.round + 1} "
@@ -662,7 +673,7 @@ class Node:
     def _already_finished(self, store: Any) -> bool:
         """A peer restarted after its job ended says so and stops, instead of training
         nothing (or failing) while it waits for peers that have all gone."""
-        checkpoint = store.load()
+        checkpoint = store.load(peer=self.identity.peer_id, network=self.config.network.network_id)
         rounds = self.config.training.rounds
         if checkpoint is None or checkpoint.round < rounds - 1:
             return False
@@ -694,7 +705,9 @@ class Node:
             return 0
         start = min(rounds[(len(rounds) - 1) // 2], max(0, self.config.training.rounds - 1))
         if start > 0:
-            self.reporter.say(f"joining a job in progress at round {start} (the members' median)")
+            self.reporter.say(
+                f"joining a job in progress at round {start + 1} (the members' median)"
+            )
             logger.info("joining at round %d; the members are at rounds %s", start, rounds)
         return start
 
@@ -795,7 +808,7 @@ class Node:
             neighbours=sorted(hood.receive_from(next_round)),
         )
         self.reporter.say(
-            f"round {next_round}: membership now {len(pending)} "
+            f"round {next_round + 1}: membership now {len(pending)} "
             f"(+{len(joined)} -{len(left)}), {in_degree(hood, next_round)} neighbours"
         )
 

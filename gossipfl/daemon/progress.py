@@ -4,6 +4,11 @@ The start banner (peer ID, full listen addresses, a ready-to-paste join command)
 stdout, so scripts can read it; everything else goes to stderr: a rich progress bar when
 stderr is a terminal, plain lines when it is not (a log file, ``journalctl``, a test), one
 per evaluated round and at least every twentieth of the run.
+
+Rounds are counted from 1 in everything printed for people (``round 1/30`` ...
+``finished: rounds 1..30``), as shards are (``shard 1 of 3``); ``metrics.jsonl``, the
+checkpoints and ``[data] shard`` count from 0, as code does. The methods here take the
+0-based numbers and do the conversion, so no caller has to.
 """
 
 from __future__ import annotations
@@ -127,10 +132,36 @@ class Reporter:
             self._last_line = round
             print(f"round {round + 1}/{self._rounds}  {status}", file=self.err, flush=True)
 
+    def finished(
+        self,
+        reason: str,
+        *,
+        first_round: int,
+        last_round: int,
+        accuracy: float | None = None,
+    ) -> None:
+        """The last line: why the peer stopped and which rounds it trained (0-based
+        arguments, printed from 1), on stderr unless quiet."""
+        if self.quiet:
+            return
+        done = describe_rounds(first_round, last_round)
+        tail = f", test accuracy {100 * accuracy:.1f}%" if accuracy else ""
+        print(f"{reason}: {done}{tail}", file=self.err, flush=True)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
 
-__all__ = ["Reporter"]
+def describe_rounds(first_round: int, last_round: int) -> str:
+    """``rounds 1..30`` for 0-based rounds 0..29 (``round 5`` for one round), or ``no
+    round completed``: what a person reads counts from 1, like the progress lines."""
+    if last_round < first_round:
+        return "no round completed"
+    if last_round == first_round:
+        return f"round {first_round + 1}"
+    return f"rounds {first_round + 1}..{last_round + 1}"
+
+
+__all__ = ["Reporter", "describe_rounds"]

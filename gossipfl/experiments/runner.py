@@ -2,35 +2,40 @@
 
 Each run is an ordinary simulation written to ``<out>/<run id>/`` (the same files as
 ``gossipfl simulate``). A run directory is assembled under a temporary name and renamed
-into place only when complete, so a sweep that was interrupted -- Ctrl+C, a crash, a
-reboot -- resumes by skipping exactly the runs whose directory exists. When all runs are
-done, ``summary.jsonl`` and ``summary.csv`` list one row per run: its grid values and
-its headline metrics.
+into place only when complete, so a sweep that was interrupted -- Ctrl+C, SIGTERM, a
+crash, a reboot -- resumes by skipping exactly the runs whose directory exists. When all
+runs are done (or the sweep is interrupted), ``summary.jsonl`` and ``summary.csv`` list
+one row per finished run: its grid values and its headline metrics.
 
-Runs go to separate processes (``spawn``, one per core by default): a simulation is
-single-threaded Python, so processes are what buys parallelism. Each worker pins
-BLAS/OpenMP to one thread so that the workers do not fight over the cores.
+Runs go to worker processes (:mod:`gossipfl.experiments.workers`; one per core by
+default, one at a time for libp2p runs, which already use a process per peer): a
+simulation is single-threaded Python, so processes are what buys parallelism, and a
+process can be stopped for sure. On ``KeyboardInterrupt`` (Ctrl+C; the CLI turns SIGTERM
+into one too) the workers and everything they started are stopped within a few seconds,
+and :class:`ExperimentInterrupted` reports what finished.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import shutil
 import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossipfl.childenv import SINGLE_THREADED, environment
+from gossipfl.experiments.progress import RunEvent, SweepProgress
 from gossipfl.experiments.spec import ExperimentSpec, RunPoint
+from gossipfl.experiments.workers import Task, WorkerPool
 
 ProgressFn = Callable[[str, str], None]
 """Called as ``progress(run_id, status)`` with status ``done``, ``skipped`` or ``failed``."""
+EventFn = Callable[[RunEvent], None]
+"""Called with every :class:`~gossipfl.experiments.progress.RunEvent` (runs skipped,
+started, done, failed), which carries the sweep's progress and time estimate."""
 
 
 @dataclass
@@ -42,6 +47,25 @@ class ExperimentResult:
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     """run id -> error message"""
+    total: int = 0
+    """Runs the experiment defines."""
+    interrupted: list[str] = field(default_factory=list)
+    """Runs that were running when the sweep was interrupted (they run again next time)."""
+
+    @property
+    def left(self) -> int:
+        """Runs not finished: never started, interrupted or failed."""
+        return self.total - len(self.rows)
+
+
+class ExperimentInterrupted(KeyboardInterrupt):
+    """``run_experiment`` was interrupted; its workers are stopped, the summary files list
+    the runs that finished, and :attr:`result` says what happened. A ``KeyboardInterrupt``,
+    so code that handles Ctrl+C handles this too."""
+
+    def __init__(self, result: ExperimentResult) -> None:
+        super().__init__(f"interrupted: {len(result.rows)} of {result.total} runs finished")
+        self.result = result
 
 
 def default_workers() -> int:
@@ -54,38 +78,88 @@ def run_experiment(
     out: str | Path | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    on_event: EventFn | None = None,
 ) -> ExperimentResult:
     """Run every grid point of ``spec`` not already done under ``out`` (default
-    ``runs/<name>``), then write the summary files."""
+    ``runs/<name>``), then write the summary files.
+
+    ``progress(run_id, status)`` hears of each run finished (or found finished);
+    ``on_event`` gets a :class:`~gossipfl.experiments.progress.RunEvent` for that and for
+    each run started, with the sweep's counts and time estimate. A failed run does not
+    stop the others (see :attr:`ExperimentResult.failed`). On ``KeyboardInterrupt`` the
+    workers are stopped (a few seconds at most), the summaries of the finished runs are
+    written and :class:`ExperimentInterrupted` is raised."""
     directory = Path(out) if out is not None else Path("runs") / spec.name
     directory.mkdir(parents=True, exist_ok=True)
-    if spec.source is not None:
-        shutil.copyfile(spec.source, directory / "experiment.toml")
+    _write_experiment_file(spec, directory)
     points = spec.points()
     preflight(points)
-    result = ExperimentResult(spec, directory)
-    todo: list[RunPoint] = []
-    for point in points:
-        if is_done(point, directory / point.id):
-            result.skipped += 1
-            if progress is not None:
-                progress(point.id, "skipped")
-        else:
-            todo.append(point)
+    result = ExperimentResult(spec, directory, total=len(points))
+    todo = [p for p in points if not is_done(p, directory / p.id)]
     n_workers = max(1, min(workers or default_workers(), len(todo) or 1))
     if any(p.config.transport == "libp2p" for p in todo):
         n_workers = 1  # each libp2p run already uses one process per peer
-    if todo:
-        for run_id, error in _execute(todo, directory, n_workers):
-            if error is None:
-                result.ran += 1
-            else:
-                result.failed[run_id] = error
-            if progress is not None:
-                progress(run_id, "done" if error is None else "failed")
+    sweep = SweepProgress(points, n_workers)
+    by_id = {p.id: p for p in points}
+
+    def tell(kind: str, point: RunPoint, **details: Any) -> None:
+        sweep.record(kind, point.id, details.get("seconds"))
+        if progress is not None and kind != "started":
+            progress(point.id, kind)
+        if on_event is not None:
+            on_event(RunEvent(kind, point, sweep, **details))
+
+    waiting = {p.id for p in todo}
+    for point in points:
+        if point.id not in waiting:
+            result.skipped += 1
+            summary = read_summary(directory / point.id)
+            tell("skipped", point, seconds=_wall(summary), summary=summary)
+    pool = WorkerPool(n_workers, _run_one)
+    try:
+        with pool:
+            tasks = [Task(p.id, p.config.to_dict(), str(directory / p.id)) for p in todo]
+            for outcome in pool.run(tasks, started=lambda i: tell("started", by_id[i])):
+                point = by_id[outcome.run_id]
+                if outcome.error is None:
+                    result.ran += 1
+                    summary = read_summary(directory / point.id)
+                    tell("done", point, seconds=outcome.seconds, summary=summary)
+                else:
+                    result.failed[point.id] = outcome.error
+                    tell("failed", point, seconds=outcome.seconds, error=outcome.error)
+    except KeyboardInterrupt as exc:
+        result.interrupted = pool.interrupted
+        result.rows = collect_rows(points, directory)
+        write_summaries(result.rows, directory)
+        raise ExperimentInterrupted(result) from exc
     result.rows = collect_rows(points, directory)
     write_summaries(result.rows, directory)
     return result
+
+
+def _write_experiment_file(spec: ExperimentSpec, directory: Path) -> None:
+    """``experiment.toml`` next to the runs: what they are, for a later resume or plot
+    (also of an interrupted sweep)."""
+    target = directory / "experiment.toml"
+    if spec.source is None:
+        target.write_text(spec.to_toml(), encoding="utf-8")
+    elif not (target.exists() and target.samefile(spec.source)):
+        shutil.copyfile(spec.source, target)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run's ``summary.json``, or None if it cannot be read."""
+    try:
+        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _wall(summary: dict[str, Any] | None) -> float | None:
+    wall = (summary or {}).get("wall_s")
+    return float(wall) if isinstance(wall, int | float) else None
 
 
 def is_done(point: RunPoint, run_dir: Path) -> bool:
@@ -136,32 +210,6 @@ def preflight(points: list[RunPoint]) -> None:
             raise ConfigError(f"grid point {point.id}: {exc}") from None
 
 
-def _execute(
-    todo: list[RunPoint], directory: Path, workers: int
-) -> Iterator[tuple[str, str | None]]:
-    if workers == 1:
-        for point in todo:
-            yield point.id, _run_one(point.config.to_dict(), str(directory / point.id))
-        return
-    with environment(SINGLE_THREADED):
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures: dict[Future[str | None], str] = {
-                pool.submit(_run_one, p.config.to_dict(), str(directory / p.id)): p.id for p in todo
-            }
-            try:
-                for future in as_completed(futures):
-                    try:
-                        error = future.result()
-                    except Exception as exc:  # a worker died (killed, out of memory, ...)
-                        error = f"worker failed: {exc!r}"
-                    yield futures[future], error
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-
-
 def _run_one(config: dict[str, Any], run_dir: str) -> str | None:
     """Run one simulation into ``run_dir``; return None, or the error as text."""
     from gossipfl.errors import GossipflError
@@ -187,13 +235,15 @@ def _run_one(config: dict[str, Any], run_dir: str) -> str | None:
 
 
 def collect_rows(points: list[RunPoint], directory: Path) -> list[dict[str, Any]]:
-    """One row per finished run: its id, its grid values, then its summary."""
+    """One row per finished run (:func:`is_done`): its id, its grid values, then its
+    summary."""
     rows: list[dict[str, Any]] = []
     for point in points:
-        path = directory / point.id / "summary.json"
-        if not path.exists():
+        if not is_done(point, directory / point.id):
             continue
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = read_summary(directory / point.id)
+        if summary is None:
+            continue
         row: dict[str, Any] = {"run_id": point.id, **point.values}
         row.update({k: v for k, v in summary.items() if k not in row})
         rows.append(row)

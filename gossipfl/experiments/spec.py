@@ -57,12 +57,17 @@ class ExperimentSpec:
     source: Path | None = None
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> ExperimentSpec:
+    def from_toml(cls, path: str | Path, *, check: bool = True) -> ExperimentSpec:
         path = Path(path)
-        return cls.from_dict(read_toml(path, what="experiment file"), source=path)
+        return cls.from_dict(read_toml(path, what="experiment file"), source=path, check=check)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: Path | None = None) -> ExperimentSpec:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, source: Path | None = None, check: bool = True
+    ) -> ExperimentSpec:
+        """The experiment ``data`` describes. With ``check`` (the default), every grid
+        point must be possible (:func:`~gossipfl.experiments.runner.preflight`: it builds
+        the topologies); reading back a finished experiment to plot it does not need that."""
         known = {"name", "description", "base", "grid", "exclude"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -97,10 +102,25 @@ class ExperimentSpec:
             exclude=tuple(exclude),
             source=source,
         )
-        from gossipfl.experiments.runner import preflight
+        if check:
+            from gossipfl.experiments.runner import preflight
 
-        preflight(spec.points())  # every grid point must be possible before anything runs
+            preflight(spec.points())  # every grid point must be possible before anything runs
         return spec
+
+    def to_toml(self) -> str:
+        """The experiment file of this spec (written next to its runs when it was not
+        read from a file)."""
+        import tomli_w
+
+        data: dict[str, Any] = {"name": self.name}
+        if self.description:
+            data["description"] = self.description
+        data["base"] = self.base
+        data["grid"] = self.grid
+        if self.exclude:
+            data["exclude"] = list(self.exclude)
+        return tomli_w.dumps(data)
 
     def points(self) -> list[RunPoint]:
         """Every run, in a stable order (grid order, then value order)."""

@@ -23,7 +23,8 @@ class PeerCounters:
     frames_received: int = 0
     bytes_received: int = 0
     bad_frames: int = 0
-    """Frames that failed to decode (malformed, oversized, non-finite, ...)."""
+    """Frames that failed to decode (malformed, oversized, non-finite, ...), and models
+    left out of a merge because their values were extreme (beyond ±1.8e19)."""
     unverified: int = 0
     """Updates from peers whose handshake we have not accepted."""
     refused: int = 0

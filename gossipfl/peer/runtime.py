@@ -36,7 +36,7 @@ from gossipfl import wire
 from gossipfl.errors import ConfigError, GossipflError
 from gossipfl.merge import MergeContext, MergeRule, NonFiniteInputError, make_rule
 from gossipfl.model import ModelAdapter, NumpyAdapter
-from gossipfl.peer.checkpoint import CheckpointStore
+from gossipfl.peer.checkpoint import CheckpointError, CheckpointStore
 from gossipfl.peer.config import PeerConfig
 from gossipfl.peer.outbox import Frames, Outboxes
 from gossipfl.peer.reports import PeerCounters, RoundReport, Vector
@@ -82,6 +82,29 @@ OutgoingHook = Callable[[PeerId, int, Vector], Vector | None]
 """Rewrites the model sent to a peer in a round (``None``: send nothing). Used to make a
 peer Byzantine in experiments; honest peers have none."""
 RoundHook = Callable[[RoundReport], None]
+
+
+EXTREME = float(np.sqrt(np.finfo(np.float32).max))
+"""The largest magnitude (about 1.8e19) a merge takes from a neighbour's model: the square
+of anything larger overflows float32. No honest model comes near it."""
+
+
+@dataclass(frozen=True)
+class _Dropped:
+    """A neighbour's model a merge left out (``peer`` None: the merge as a whole)."""
+
+    peer: PeerId | None
+    why: str
+
+
+def _peak(vector: Vector) -> float:
+    """The largest magnitude in ``vector`` (NaN if it holds one); two passes, no copy."""
+    if vector.size == 0:
+        return 0.0
+    low, high = float(vector.min()), float(vector.max())
+    if math.isnan(low) or math.isnan(high):
+        return math.nan
+    return max(-low, high)
 
 
 @dataclass(frozen=True)
@@ -455,11 +478,17 @@ class Peer:
     def _resume(self) -> int:
         if self._checkpoints is None:
             return self.round
-        ckpt = self._checkpoints.load(self.adapter.layout.fingerprint)
+        ckpt = self._checkpoints.load(
+            self.adapter.layout.fingerprint, peer=self.id, network=self.config.network_id
+        )
         if ckpt is None:
             return self.round
         if ckpt.vector.size != self._num_params:
-            raise ConfigError(f"checkpoint {self._checkpoints.path} has the wrong size")
+            raise CheckpointError(
+                f"checkpoint {self._checkpoints.path} holds {ckpt.vector.size} parameters and "
+                f"the model has {self._num_params}; remove it or point the peer at another "
+                "directory"
+            )
         self.adapter.set_flat(ckpt.vector)
         logger.info("%s resumes from its checkpoint of round %d", self.name, ckpt.round)
         if ckpt.saved_at is not None and not _virtual_clock():
@@ -526,14 +555,40 @@ class Peer:
         return self._core.handle(done)
 
     def _merge(self, action: Merge, total_rounds: int) -> Vector:
+        """Merge a round's models (in the event loop); see :meth:`_merged`."""
+        merged, dropped = self._merged(action, total_rounds)
+        self._blame(action.round, dropped)
+        return merged
+
+    async def _merge_in_thread(self, action: Merge, total_rounds: int) -> None:
+        merged, dropped = await trio.to_thread.run_sync(self._merged, action, total_rounds)
+        self._blame(action.round, dropped)  # back in the event loop: the transport is ours
+        self._post(MergeDone(action.round, merged))
+
+    def _merged(self, action: Merge, total_rounds: int) -> tuple[Vector, list[_Dropped]]:
+        """The merged model, set as ours, and the neighbours' models left out of it.
+
+        A neighbour's model is left out if it holds NaN or inf (the wire refuses those,
+        so that is a last line of defence) or values beyond :data:`EXTREME` that would
+        reach our model: past it, squaring a parameter overflows float32, so the next
+        local step would turn the model to inf and seem to blame our own training. The
+        rest are merged again. A merge that overflows with no such culprit (a rule's own
+        arithmetic) keeps our model for the round. None of this raises: what neighbours
+        send must never stop a peer. Only our own model holding NaN or inf is an error
+        (its local training diverged). Runs in a worker thread for large models, so it
+        reports (:meth:`_blame`) nothing itself.
+        """
         context = MergeContext(round=action.round, total_rounds=total_rounds)
         peers, vectors, weights = list(action.peers), list(action.vectors), list(action.weights)
+        dropped: list[_Dropped] = []
+        own_peak: float | None = None
         while True:
             if not vectors:
                 merged = np.array(action.own, dtype=np.float32, copy=True)
                 if not np.isfinite(merged).all():
                     raise self._diverged(action.round)
                 break
+            bad: dict[int, str] = {}
             try:
                 merged = self.rule.merge(
                     action.own,
@@ -541,42 +596,77 @@ class Peer:
                     np.asarray(weights, dtype=np.float32),
                     context=context,
                 )
-                if not np.isfinite(merged).all():
-                    # finite inputs, but the merge overflowed float32 (a non-robust rule fed
-                    # huge values): say so here, not as a wire error when we next send
-                    raise self._diverged(action.round, merged=True)
-                break
             except NonFiniteInputError as exc:
-                # The wire refuses non-finite values, so this is a last line of defence.
                 if exc.own:
                     raise self._diverged(action.round) from None
-                bad = set(exc.neighbours)
-                logger.warning(
-                    "%s: dropping non-finite models from %s",
-                    self.name,
-                    ", ".join(peers[i] for i in sorted(bad)),
-                )
-                keep = [i for i in range(len(vectors)) if i not in bad]
-                peers = [peers[i] for i in keep]
-                vectors = [vectors[i] for i in keep]
-                weights = [weights[i] for i in keep]
+                bad = dict.fromkeys(exc.neighbours, "NaN or inf")
+            else:
+                peak = _peak(merged)
+                if peak <= EXTREME:
+                    break
+                if own_peak is None:
+                    own_peak = _peak(np.asarray(action.own, dtype=np.float32))
+                # Our own model may be this large already (then its training is to blame,
+                # not the neighbours): only what exceeds both is theirs.
+                bound = max(EXTREME, own_peak)
+                if peak <= bound:
+                    break
+                for i, vector in enumerate(vectors):
+                    theirs = _peak(np.asarray(vector, dtype=np.float32))
+                    if not theirs <= bound:
+                        bad[i] = (
+                            f"values up to {theirs:.3g}, beyond the {EXTREME:.2g} that no "
+                            "honest model reaches"
+                        )
+                if not bad:
+                    if math.isfinite(peak):
+                        break  # rounding, or the rule's own extrapolation: nobody to blame
+                    dropped.append(_Dropped(None, f"values up to {peak:.3g}"))
+                    merged = np.array(action.own, dtype=np.float32, copy=True)
+                    break
+            dropped += [_Dropped(peers[i], why) for i, why in sorted(bad.items())]
+            keep = [i for i in range(len(vectors)) if i not in bad]
+            peers = [peers[i] for i in keep]
+            vectors = [vectors[i] for i in keep]
+            weights = [weights[i] for i in keep]
         self.adapter.set_flat(merged)
-        return merged
+        return merged, dropped
 
-    def _diverged(self, round: int, *, merged: bool = False) -> GossipflError:
-        if merged:
-            return GossipflError(
-                f"{self.name}: merging round {round} with rule {self.rule.name!r} overflowed "
-                "to inf (the neighbours sent huge values and the rule let them through)"
+    def _blame(self, round: int, dropped: list[_Dropped]) -> None:
+        """Say whose models a merge left out (rate-limited per peer), count them as bad
+        frames and tell the transport's peer score."""
+        for item in dropped:
+            if item.peer is None:
+                self._warnings.warn(
+                    logger,
+                    "merge",
+                    "%s: round %d: the %r merge overflowed (%s) though no neighbour's model "
+                    "was extreme on its own; kept our own model for this round",
+                    self.name,
+                    round,
+                    self.rule.name,
+                    item.why,
+                )
+                continue
+            self.counters.bad_frames += 1
+            self._warnings.warn(
+                logger,
+                item.peer,
+                "%s: round %d: left the model from %s out of the merge: it holds %s",
+                self.name,
+                round,
+                item.peer,
+                item.why,
             )
+            self._penalize(item.peer, "bad_frame", f"a model holding {item.why}")
+
+    def _diverged(self, round: int) -> GossipflError:
+        """Our own model holds NaN or inf: its local training diverged (:meth:`_merged`
+        leaves out the neighbours' models that would make it do so)."""
         return GossipflError(
             f"{self.name}: the local model holds NaN or inf after round {round}'s training "
             "(local training diverged; try a smaller learning rate)"
         )
-
-    async def _merge_in_thread(self, action: Merge, total_rounds: int) -> None:
-        merged = await trio.to_thread.run_sync(self._merge, action, total_rounds)
-        self._post(MergeDone(action.round, merged))
 
     def _send_model(self, action: Send) -> None:
         vector = action.vector
@@ -666,18 +756,24 @@ class Peer:
 
     async def _save(self, store: CheckpointStore, round: int, vector: Vector) -> None:
         """Saves are serialized and never go back in rounds: a slow background save of an
-        early round must not land after, and over, a later one."""
+        early round must not land after, and over, a later one. A save that fails (a full
+        disk) is reported by the store, rate-limited, and training goes on."""
         async with self._save_lock:
             if round <= self._saved_round:
                 return
+            save = functools.partial(
+                store.save,
+                pace=self._core.pace if isinstance(self._core, SyncGossip) else None,
+                peer=self.id,
+                network=self.config.network_id,
+            )
             try:
-                fingerprint = self.adapter.layout.fingerprint
-                pace = self._core.pace if isinstance(self._core, SyncGossip) else None
-                save = functools.partial(store.save, pace=pace)
-                await trio.to_thread.run_sync(save, round, vector, fingerprint)
-                self._saved_round = round
+                await trio.to_thread.run_sync(save, round, vector, self.adapter.layout.fingerprint)
             except OSError as exc:
-                logger.error("%s could not write its checkpoint: %s", self.name, exc)
+                store.failures.failed(exc)
+            else:
+                store.failures.succeeded()
+                self._saved_round = round
 
     # -------------------------------------------------------------------- sending
 

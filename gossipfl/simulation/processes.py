@@ -241,7 +241,9 @@ def run_processes(
     roster; it is kept for inspection. ``timeout`` bounds the whole run (default: none).
     """
     config.validate()
-    plan = _plan(config, workdir)
+    # Absolute, because every path written into a peer's config.toml (roster, data file,
+    # topology edges) is read relative to that peer's home, not to our working directory.
+    plan = _plan(config, workdir.resolve())
     launcher = PeerLauncher()
     wall_start = time.time()
     try:
