@@ -84,3 +84,22 @@ async def test_resume_finish_and_fresh_are_each_said(tmp_path: Path) -> None:
     assert "a new job: the previous job's state/ is now" in said
     assert "resuming" not in said
     assert len(list(tmp_path.glob("state.*"))) == 1
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+def test_start_fresh_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gossipfl.cli import main
+
+    home = tmp_path / "peer"
+    assert main(["init", "--home", str(home), "--quiet", "--listen", "/ip4/127.0.0.1/tcp/0"]) == 0
+    common = ["start", "--home", str(home), "--rounds", "2", "--min-peers", "1", "--rule", "mean"]
+    assert main(common) == 0
+    assert main(common) == 0
+    assert "this peer's job is finished" in capsys.readouterr().err
+    assert main([*common, "--fresh"]) == 0
+    said = capsys.readouterr().err
+    assert "a new job: the previous job's state/ is now" in said
+    assert "finished: rounds 1..2" in said

@@ -104,6 +104,12 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set training.lr=0.05 (repeatable)",
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new job: move the state of a previous one (checkpoint, metrics) aside "
+        "to state.<date>/ instead of resuming it",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print the banner only")
     p.set_defaults(handler=run)
 
@@ -193,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     reporter = Reporter(quiet=args.quiet)
     if created:
         reporter.say(f"created a new identity in {identity.path}")
-    node = Node(config, identity, reporter=reporter)
+    node = Node(config, identity, reporter=reporter, fresh=bool(getattr(args, "fresh", False)))
     result = trio.run(serve_until_signal, node)
     reporter.finished(
         result.reason,
