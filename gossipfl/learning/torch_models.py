@@ -28,15 +28,25 @@ def build_model(name: str, features: int, classes: int, hidden: int) -> nn.Modul
 
 
 class TorchLearner:
-    """Mini-batch SGD on a torch module; the same ``init_seed`` gives the same initial
-    weights on every peer."""
+    """Mini-batch SGD with cross-entropy on a torch module: one of the named ones (built
+    from ``config.model`` under ``config.init_seed``, so every peer starts alike), or
+    ``module``, built by the caller (a task) under that seed."""
 
     def __init__(
-        self, config: LearnerConfig, x: FloatArray, y: IntArray, n_classes: int, *, seed: int
+        self,
+        config: LearnerConfig,
+        x: FloatArray,
+        y: IntArray,
+        n_classes: int,
+        *,
+        seed: int,
+        module: nn.Module | None = None,
     ) -> None:
         self._config = config
-        torch.manual_seed(config.init_seed)
-        self.module = build_model(config.model, x.shape[1], n_classes, config.hidden)
+        if module is None:
+            torch.manual_seed(config.init_seed)
+            module = build_model(config.model, x.shape[1], n_classes, config.hidden)
+        self.module = module
         self._adapter = TorchAdapter(self.module)
         self._x = torch.from_numpy(np.ascontiguousarray(x))
         self._y = torch.from_numpy(np.ascontiguousarray(y))
