@@ -10,8 +10,10 @@ dataclass of such sections (and of top-level settings) that behaviour once:
   and a wrong value is refused with the setting's default as an example; an unknown key
   is refused with the closest valid one suggested (``trainig`` → ``training``, ``rounds``
   → ``training.rounds``) and the valid ones listed;
-- a section with a ``params`` table (``[topology]``, ``[rule]``, ...) takes any other key
-  as a free-form parameter, checked later by whatever builds the topology or rule;
+- a section with a ``params`` table (``[topology]``, ``[rule]``, ``[task]``, ...) takes any
+  other key as a free-form parameter, checked later by whatever builds the topology, rule
+  or task; the parameters may also be written as a ``[section.params]`` table or as
+  ``section.params.KEY`` (``--set task.params.lr=0.05``);
 - ``--set`` values are parsed as TOML would parse them, falling back to plain strings, so
   ``--set topology.name=ring`` needs no quotes;
 - ``to_toml`` writes a file that reads back to the same configuration;
@@ -273,9 +275,16 @@ def _set_in_section(section_name: str, section: Any, key: str, value: Any) -> No
         example = _default(settings[key])
         setattr(section, key, coerce(f"{section_name}.{key}", value, hint, example))
     elif hasattr(section, "params"):
+        if key == "params" and isinstance(value, Mapping):  # a [section.params] table
+            for name, item in value.items():
+                _set_in_section(section_name, section, f"params.{name}", item)
+            return
+        name = key.removeprefix("params.")  # section.params.lr is section.lr
+        if not name or "." in name:
+            raise ConfigError(f"{section_name}.{key} is not a parameter name")
         if not isinstance(value, str | int | float | bool):
             raise ConfigError(f"{section_name}.{key} must be a number, string or boolean")
-        section.params[key] = value
+        section.params[name] = value
     else:
         close = close_matches(key, settings)
         hint = f"; did you mean {' or '.join(repr(f'{section_name}.{c}') for c in close)}?"

@@ -45,6 +45,7 @@ START = (
     "start", "--home", "{home}", "--listen", "/ip4/127.0.0.1/tcp/0", "--rounds", "1",
     "--min-peers", "1", "--rule", "mean", "--set", "output.linger=0", "--quiet",
 )  # fmt: skip
+SHAPES = Path(__file__).resolve().parents[1] / "examples" / "tasks" / "shapes_cnn.py"
 SIMULATE = ("simulate", "--rounds", "1", "--no-plot", "--out", "{tmp}/runs")
 
 MISTAKES = [
@@ -228,6 +229,24 @@ MISTAKES = [
         (*SIMULATE, "--set", "training.lrr=0.1"),
         "did you mean 'training.lr'",
         id="simulate-key-typo",
+    ),
+    pytest.param((*SIMULATE, "--task", "mnist-1d"), "did you mean 'mnist1d'", id="task-typo"),
+    pytest.param(
+        (*SIMULATE, "--task", "{tmp}/nowhere.py:MyTask"), "does not exist", id="task-no-file"
+    ),
+    pytest.param(
+        (*SIMULATE, "--task", "mnist1d", "--set", "task.params.depth=3"),
+        "has no parameter",
+        id="task-unknown-param",
+    ),
+    pytest.param(
+        (*SIMULATE, "--task", "mnist1d", "--set", "task.params.lr=-1"), "lr", id="task-bad-value"
+    ),
+    pytest.param(("task", "show", f"{SHAPES}:Shape"), "its tasks: Shapes", id="task-class-typo"),
+    pytest.param(
+        (*START, "--task", "digits-mlp", "--data-file", "{tmp}/mine.csv"),
+        "does not exist",
+        id="start-data-file-missing",
     ),
     pytest.param((*SIMULATE, "--set", "rounds=ten"), "e.g. rounds=100", id="simulate-set-int-text"),
     pytest.param(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from gossipfl.cli import build_parser
 from gossipfl.cli.init import config_template
 from gossipfl.cli.start import load_config
 from gossipfl.daemon.config import DaemonConfig, parse_value
-from gossipfl.daemon.node import join_command, open_exposure, resolve_allowlist
+from gossipfl.daemon.job import job_manifest, join_command
+from gossipfl.daemon.node import open_exposure, resolve_allowlist
 from gossipfl.daemon.roster import is_roster_file, load_roster, parse_roster, roster_toml
 from gossipfl.errors import ConfigError
 from gossipfl.identity import generate_identity
+from gossipfl.wire import job_differences
 
 IDS = [generate_identity().peer_id for _ in range(3)]
 
@@ -280,3 +283,65 @@ def test_start_refuses_a_missing_roster_with_status_2(
     assert status == 2
     err = capsys.readouterr().err
     assert err.startswith("gossipfl: error: cannot read roster")
+
+
+ADDRESS = f"/ip4/10.0.0.1/tcp/4141/p2p/{IDS[0]}"
+CLINIC_CSV = "examples/tasks/data/clinic.csv"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rule", "trimmed-mean", "--rounds", "30"],
+        ["--rule", "trimmed-mean", "--set", "rule.params.b=1", "--set", "training.seed=7"],
+        ["--task", "examples/tasks/shapes_cnn.py:Shapes", "--set", "task.params.lr=0.02"],
+        [
+            "--topology",
+            "random-regular",
+            "--set",
+            "topology.degree=3",
+            "--set",
+            "training.codec=int8",
+        ],
+        ["--task", "mnist1d", "--set", "data.partition=iid", "--set", "training.protocol=async"],
+        [
+            "--task",
+            "examples/tasks/clinic_table.py:Clinic",
+            "--data-file",
+            "examples/tasks/data/clinic.csv",
+        ],
+    ],
+)
+def test_the_printed_join_command_starts_a_peer_of_the_same_job(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    host, _ = load_config(start_args("--home", str(tmp_path / "host"), *argv))
+    command = join_command(ADDRESS, host)
+    words = shlex.split(command)
+    assert words[:4] == ["gossipfl", "start", "--bootstrap", ADDRESS]
+    if "--data-file" in argv:  # each peer brings its own data: the command says where
+        assert words[-2:] == ["--data-file", "YOUR_DATA_FILE"]
+        words[-1] = argv[-1]
+    joiner, _ = load_config(start_args("--home", str(tmp_path / "joiner"), *words[2:]))
+    assert job_manifest(joiner) == job_manifest(host)
+    # Without those flags it would be another job.
+    plain, _ = load_config(start_args("--home", str(tmp_path / "plain"), "--bootstrap", ADDRESS))
+    assert job_differences(job_manifest(plain), job_manifest(host))
+
+
+def test_the_manifest_names_the_job_not_the_host() -> None:
+    manifest = job_manifest(DaemonConfig())
+    assert manifest["rule.name"] == "cs-plus"
+    assert manifest["training.rounds"] == "100"
+    assert manifest["topology.name"] == "exponential"
+    assert manifest["data.name"] == "digits"
+    assert not any(k.startswith(("network.", "output.", "identity.")) for k in manifest)
+    # A task counts by its label and all of its parameters, defaults included.
+    task = DaemonConfig().with_overrides(["task.name=examples/tasks/shapes_cnn.py:Shapes"])
+    explicit = task.with_overrides([f"task.params.lr={task.task.build().settings()['lr']}"])
+    assert job_manifest(task) == job_manifest(explicit)
+    assert job_manifest(task)["task.name"] == "Shapes"
+    assert "data.name" not in job_manifest(task)
+    # Timings and addresses are each peer's own business.
+    mine = task.with_overrides(["training.deadline=9", "network.listen=['/ip4/127.0.0.1/tcp/0']"])
+    assert job_manifest(mine) == job_manifest(task)

@@ -460,9 +460,11 @@ def test_signing_and_verifying_cost_far_less_than_an_interval() -> None:
 
 def test_the_wire_format_round_trips() -> None:
     heard = [Heard(record("a", 3, 4), 1.5), Heard(record("b", 1, 0, left=True), 0.0)]
-    network, back = decode_view(encode_view("job", heard))
+    network, back, job = decode_view(encode_view("job", heard, {"rule.name": "mean"}))
     assert network == "job"
     assert back == heard
+    assert job == {"rule.name": "mean"}
+    assert decode_view(encode_view("job", heard)).job == {}  # no job: no key at all
     assert all(h.record.verify(NET) for h in back)
     assert MEMBERS_PROTOCOL == "/gossipfl/members/2.0.0"
 
@@ -581,6 +583,60 @@ async def test_the_exchange_counts_blames_and_logs_violations(
     assert len(logged) <= 5
 
 
+class LinkedTransport(StubTransport):
+    """Requests reach the handler another LinkedTransport registered (no network)."""
+
+    def __init__(self, local_id: str, handlers: dict[str, Any]) -> None:
+        super().__init__(local_id)
+        self.handlers = handlers
+
+    def set_request_handler(
+        self, protocol: str, handler: Callable[[str, bytes], Awaitable[bytes | None]], **_: float
+    ) -> None:
+        self.handlers[self.local_id] = handler
+
+    async def request(self, peer: str, protocol: str, payload: bytes, **_: float) -> bytes:
+        reply = await self.handlers[peer](self.local_id, payload)
+        if reply is None:
+            raise TransportError(f"{peer} did not answer")
+        return bytes(reply)
+
+
+async def test_a_partner_of_another_job_is_told_why_and_never_merged() -> None:
+    handlers: dict[str, Any] = {}
+    told: list[tuple[str, str, str, bool]] = []
+    exchanges = {}
+    for name, rule in (("a", "trimmed-mean"), ("b", "cs-plus"), ("p0", "trimmed-mean")):
+
+        def on_other_job(peer: str, differences: str, asked: bool, me: str = name) -> None:
+            told.append((me, peer, differences, asked))
+
+        exchanges[name] = MembershipExchange(
+            LinkedTransport(ID[name], handlers),
+            new_view(name),
+            network_id=NET,
+            interval=1.0,
+            wall_clock=lambda: WALL,
+            job={"rule.name": rule, "training.rounds": "30"},
+            on_other_job=on_other_job,
+        )
+        exchanges[name].install()
+    a, b, p0 = exchanges["a"], exchanges["b"], exchanges["p0"]
+    assert not await b.exchange(ID["a"])
+    difference = "rule.name: it runs 'trimmed-mean', this peer runs 'cs-plus'"
+    assert b.other_jobs == {ID["a"]: difference}
+    assert a.other_jobs == {ID["b"]: "rule.name: it runs 'cs-plus', this peer runs 'trimmed-mean'"}
+    # The asker hears it as the answer to its own request; the asked as a request.
+    assert sorted((me, asked) for me, _, _, asked in told) == [("a", False), ("b", True)]
+    now = trio.current_time()
+    assert a.view.live(now) == [ID["a"]]
+    assert b.view.live(now) == [ID["b"]]
+    # Peers of the same job merge as always, and what they pass on is only their own job.
+    assert await p0.exchange(ID["a"])
+    assert sorted(a.view.live(now)) == sorted([ID["a"], ID["p0"]])
+    assert ID["b"] not in p0.view.known()
+
+
 async def test_a_heartbeat_per_interval_however_often_candidates_wake_us(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -654,7 +710,7 @@ class ForgingExchange(MembershipExchange):
                 lie = replace(rec, incarnation=MAX_COUNTER, heartbeat=MAX_COUNTER, left=True)
                 rec = lie.signed(self.network_id, self.sign) if i % 2 else lie
             heard.append(Heard(rec, h.age))
-        return encode_view(self.network_id, heard)
+        return encode_view(self.network_id, heard, self.job)
 
 
 @pytest.mark.network

@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from gossipfl import wire
-from gossipfl.errors import GossipflError
+from gossipfl.errors import ConfigError, GossipflError
 from gossipfl.model import NumpyAdapter
 from gossipfl.peer import CheckpointError, CheckpointStore, Peer, PeerConfig
 from gossipfl.peerlog import BURST as PEER_WARNING_BURST
@@ -85,6 +85,34 @@ async def test_different_networks_refuse_each_other_and_merge_nothing(
     np.testing.assert_array_equal(b.vector, np.full(3, 2.0, np.float32))
     assert a.counters.refused + b.counters.refused >= 1
     assert "is in network 'elsewhere'" in caplog.text or "is in network 'gossipfl'" in caplog.text
+
+
+async def test_peers_of_different_jobs_refuse_each_other_naming_the_setting(
+    clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = {"rule.name": "trimmed-mean", "training.rounds": "30"}
+    mine = PeerConfig(heartbeat_interval=None, threads=False, job=job)
+    theirs = PeerConfig(heartbeat_interval=None, threads=False, job={**job, "rule.name": "krum"})
+    with caplog.at_level(logging.WARNING, logger="gossipfl.peer.runtime"):
+        a, b = await run_two(
+            ({"x": np.zeros(3, np.float32)}, {"x": np.full(3, 2.0, np.float32)}), (mine, theirs)
+        )
+    np.testing.assert_array_equal(a.vector, np.zeros(3, np.float32))
+    np.testing.assert_array_equal(b.vector, np.full(3, 2.0, np.float32))
+    assert a.counters.refused + b.counters.refused >= 1
+    assert "another job: rule.name:" in caplog.text
+    assert "training.rounds" not in caplog.text  # only what differs is named
+    # The same job (given in another order) is one job.
+    same = PeerConfig(heartbeat_interval=None, threads=False, job=dict(reversed(job.items())))
+    a, b = await run_two(
+        ({"x": np.zeros(3, np.float32)}, {"x": np.full(3, 2.0, np.float32)}), (mine, same)
+    )
+    np.testing.assert_array_equal(a.vector, np.ones(3, np.float32))
+
+
+def test_a_bad_job_manifest_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"PeerConfig\.job"):
+        PeerConfig(job={"rule name": "mean"}).validate()
 
 
 async def test_layout_mismatch_names_the_first_differing_tensor(

@@ -63,6 +63,12 @@ def membership_change(home: Path, *, joined: str = "", left: str = "") -> bool:
     )
 
 
+def trained_with(home: Path, members: int) -> bool:
+    """A round has been recorded with this many members (a membership change alone is
+    recorded before the next round is, so a peer stopped right after it has none)."""
+    return any(r["kind"] == "round" and r["members"] == members for r in metrics(home))
+
+
 def caught_up(home: Path) -> bool:
     """Joined at the members' round, or skipped ahead to it."""
     rounds = [r for r in metrics(home) if r["kind"] == "round"]
@@ -92,7 +98,9 @@ def test_two_peers_join_train_refuse_an_intruder_stop_fast_and_resume(
         daemons.append(a)
         assert a.peer_id == ids["a"]
         assert a.addresses[0].endswith(f"/p2p/{ids['a']}")
-        assert a.join == f"gossipfl start --bootstrap {a.addresses[0]}"
+        # The join command carries the job's settings (not the timings: each peer's own).
+        job_flags = "--rounds 100000 --rule mean"
+        assert a.join == f"gossipfl start --bootstrap {a.addresses[0]} {job_flags}"
         # The second peer joins with the printed command (plus its own settings).
         join_args = a.join.split()[2:]
         b = start_daemon(homes["b"], *join_args, *COMMON, *allow("a", "c"))
@@ -129,6 +137,12 @@ def test_two_peers_join_train_refuse_an_intruder_stop_fast_and_resume(
                 functools.partial(membership_change, d.home, joined=ids["c"]),
                 timeout=30,
                 what=f"{d.home.name} taking in the newcomer",
+                failed=d.died,
+            )
+            wait_for(
+                functools.partial(trained_with, d.home, 3),
+                timeout=30,
+                what=f"{d.home.name} training with the newcomer",
                 failed=d.died,
             )
         wait_for(
@@ -241,3 +255,51 @@ def two_peers_train(base: Path, rounds: int = 20) -> None:
 def test_two_peers_twenty_times_in_a_row(tmp_path: Path) -> None:
     for attempt in range(20):
         two_peers_train(tmp_path / f"run{attempt}")
+
+
+def test_a_peer_pasting_a_join_command_without_the_jobs_settings_stops_and_says_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Host 1 runs trimmed-mean for a long job; a peer started with a bare bootstrap
+    address would train beside it with the defaults. It stops at once instead, exit 2,
+    naming the settings; the printed join command starts a peer that trains with it."""
+    homes = {name: tmp_path / name for name in ("host", "bare", "pasted")}
+    for home in homes.values():
+        init(home, capsys)
+    timings = [
+        arg for arg in COMMON if arg.startswith(("training.deadline", "network.", "topology."))
+    ]
+    timing_args = [x for t in timings for x in ("--set", t)]
+    job = ["--rule", "trimmed-mean", "--set", "rule.params.b=0", "--rounds", "100000"]
+    daemons: list[Daemon | None] = []
+    try:
+        host = start_daemon(homes["host"], "--listen", LOOPBACK, *job, *timing_args)
+        daemons.append(host)
+        assert "--rule trimmed-mean" in host.join
+        assert "--set rule.params.b=0" in host.join
+        address = host.addresses[0]
+        bare = start_daemon(
+            homes["bare"], "--listen", LOOPBACK, "--bootstrap", address, *timing_args
+        )
+        daemons.append(bare)
+        assert bare.process.wait(timeout=30) == 2
+        last = bare.stderr().strip().splitlines()[-1]
+        assert last.startswith("gossipfl: error: the peer you join through")
+        assert "rule.name: it runs 'trimmed-mean', this peer runs 'cs-plus'" in last
+        assert "training.rounds: it runs '100000', this peer runs '100'" in last
+        # The host saw it too, and did not take it in.
+        assert f"peer {bare.peer_id} runs another job" in host.stderr()
+        pasted = start_daemon(
+            homes["pasted"], "--listen", LOOPBACK, *host.join.split()[2:], *timing_args
+        )
+        daemons.append(pasted)
+        for d in (host, pasted):
+            wait_for(
+                functools.partial(trained_with, d.home, 2),
+                timeout=60,
+                what=f"{d.home.name} training with the other",
+                failed=d.died,
+            )
+        assert all(r["members"] <= 2 for r in metrics(homes["host"]) if r["kind"] == "round")
+    finally:
+        kill_all(daemons)

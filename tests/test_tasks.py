@@ -52,6 +52,10 @@ USER_TASK = textwrap.dedent(
 
     def small(**params):
         return Blobs(hidden=4, **params)
+
+
+    class Undecorated(Blobs):
+        width: int = 3  # meant as a parameter, but the class is not a dataclass
     '''
 )
 
@@ -108,6 +112,8 @@ def test_a_bad_reference_says_what_is_there(task_file: Path) -> None:
         load_task("gossipfl.tasks:ClassificationTask")
     with pytest.raises(TaskError, match="must look like"):
         load_task("a:b:")
+    with pytest.raises(TaskError, match=r"width look like parameters.*put @dataclass"):
+        load_task(f"{task_file}:Undecorated")
 
 
 def test_mnist1d_is_generated_offline_and_leaves_the_global_generators_alone() -> None:
@@ -159,6 +165,32 @@ def test_arrays_and_tables_become_data_sets(tmp_path: Path) -> None:
         read_table(tmp_path / "missing.parquet")
     with pytest.raises(TaskError, match="NaN"):
         from_arrays(np.full((10, 2), np.nan), np.arange(10) % 2)
+
+
+def test_declared_classes_mean_the_same_on_every_peer() -> None:
+    """Two hospitals' files: one lacks a class. With the task's classes both map every
+    label alike and build models with the same outputs; without, the sorted mapping
+    would shift (which is why tasks on peers' own files should declare them)."""
+    x = np.zeros((40, 2), np.float32)
+    full = np.array(["low", "medium", "high", "high"] * 10)
+    partial = np.array(["low", "high"] * 20)
+    classes = ("low", "medium", "high")
+    a = from_arrays(x, full, seed=0, classes=classes)
+    b = from_arrays(x, partial, seed=0, classes=classes)
+    assert a.n_classes == b.n_classes == 3
+    assert set(b.y_train.tolist()) == {0, 2}  # "high" is class 2 here too
+    assert from_arrays(x, partial, seed=0).n_classes == 2  # the shift classes prevent
+    with pytest.raises(TaskError, match=r"labels \['severe'\] are not among the classes"):
+        from_arrays(x, np.array(["low", "severe"] * 20), seed=0, classes=classes)
+    with pytest.raises(TaskError, match="distinct"):
+        from_arrays(x, full, seed=0, classes=("low", "low"))
+    # digits as text (as a CSV holds them) are class indices, in numeric order
+    text = from_arrays(np.zeros((120, 1)), np.array([str(i % 12) for i in range(120)]), seed=0)
+    assert text.n_classes == 12
+    assert sorted(set(text.y_train.tolist()) | set(text.y_test.tolist())) == list(range(12))
+    # a test split's text labels map as the training split's did, even with one missing
+    split = from_arrays(x, full, x_test=x[:4], y_test=np.array(["medium", "high"] * 2), seed=0)
+    assert split.y_test.tolist() == [2, 0, 2, 0]  # sorted: high=0, low=1, medium=2
 
 
 def test_a_torch_dataset_is_read_into_arrays() -> None:

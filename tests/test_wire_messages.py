@@ -45,6 +45,12 @@ specs = st.builds(
 layouts = st.lists(specs, max_size=12, unique_by=lambda s: s.name).map(
     lambda items: Layout(tuple(items))
 )
+job_keys = st.text(
+    st.characters(blacklist_categories=_UNPRINTABLE, blacklist_characters="="),
+    min_size=1,
+    max_size=64,
+)
+jobs = st.dictionaries(job_keys, texts(256), max_size=64)
 hellos = st.builds(
     wire.Hello,
     network_id=tokens(128),
@@ -52,6 +58,7 @@ hellos = st.builds(
     codecs=st.lists(tokens(32), min_size=1, max_size=16, unique=True).map(tuple),
     name=texts(64),
     version=st.integers(0, 0xFFFF),
+    job=jobs,
 )
 small_vectors = hnp.arrays(
     np.float32,
@@ -308,12 +315,21 @@ def test_check_hello_accepts_a_compatible_peer() -> None:
             ["extra tensor", "'extra'"],
         ),
         (make_hello(BASE, codecs=("fp16",)), wire.RefusalCode.NO_COMMON_CODEC, ["fp16", "fp32"]),
+        (
+            # Checked before the layout: a different task explains a different model.
+            make_hello(Layout(()), job={"rule.name": "trimmed-mean", "task.name": "Shapes"}),
+            wire.RefusalCode.JOB_MISMATCH,
+            [
+                "rule.name: the peer runs 'trimmed-mean', we run 'mean'",
+                "task.name: the peer runs 'Shapes', we do not set it",
+            ],
+        ),
     ],
 )
 def test_check_hello_names_what_differs(
     theirs: wire.Hello, expected_code: wire.RefusalCode, words: list[str]
 ) -> None:
-    mine = make_hello(BASE)
+    mine = make_hello(BASE, job={"rule.name": "mean"} if theirs.job else {})
     problem = wire.check_hello(mine=mine, theirs=theirs)
     assert problem is not None
     for word in words:

@@ -132,7 +132,7 @@ class MembershipPoison(Insider):
                         )
                         rec = lie.signed(self.network_id, sign)
                     heard.append(Heard(rec, h.age))
-                return encode_view(self.network_id, heard)
+                return encode_view(self.network_id, heard, self.job)
 
         return PoisoningExchange
 

@@ -44,7 +44,16 @@ from gossipfl import __version__
 from gossipfl.errors import GossipflError, did_you_mean
 
 # Subcommand modules, in the order `gossipfl --help` lists them.
-COMMANDS: tuple[str, ...] = ("simulate", "experiment", "plot", "topology", "init", "start")
+COMMANDS: tuple[str, ...] = (
+    "simulate",
+    "experiment",
+    "plot",
+    "topology",
+    "task",
+    "new",
+    "init",
+    "start",
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -296,6 +296,8 @@ seed = 0
 dimension = 100
 # Seconds added to every local step, to play a slower device in a testbed (0: none).
 step_time = 0.0
+# Leave the job after this many rounds, to play churn in a testbed (0: train to the end).
+leave_after = 0
 
 [data]
 # This peer's training data: digits (bundled with scikit-learn) or synthetic.
@@ -304,13 +306,25 @@ name = "digits"
 # or label.
 partition = "dirichlet"
 alpha = 1.0
-# A data set of your own: an .npz file with x_train, y_train, x_test, y_test.
+# A data set of your own. With a [task] below: this peer's own file, read by the task
+# (.npz, .csv or .parquet by default). Without: an .npz with x_train, y_train, x_test,
+# y_test.
 file = ""
 # Which part of the split this peer trains on (0-based) and into how many parts it is
 # cut. Unset: the peer's roster index and the roster size, or its place in the sorted
 # membership and its size when training starts. Set both for an exact partition.
 # shard = 0
 # shards = 8
+
+[task]
+# Your own model and data (docs/tasks.md): a built-in task (`gossipfl task list`),
+# package.module:Class or path/to/task.py:Class (relative to this file). Empty: the
+# built-in workload of [data] name and [training] model. With a task, [data] file is
+# this peer's own data (read by the task), all of it trained on, no sharding. Every
+# peer of a job runs the same task with the same parameters.
+name = ""
+# Its parameters go in a [task.params] table below this one, one key each (`gossipfl
+# task show NAME` lists them), or on the command line: --set task.params.lr=0.05.
 
 [output]
 # Checkpoints (a restarted peer resumes from its latest one) and metrics, relative to

@@ -143,7 +143,7 @@ def side_by_side(robust: Any, baseline: Any) -> Any:
     cfg = robust.config
     table = Table(
         title=(
-            f"{cfg.peers} honest peers · {cfg.topology.name} · {cfg.data.name} Dirichlet "
+            f"{cfg.peers} honest peers · {cfg.topology.name} · {cfg.data_label()} Dirichlet "
             f"α={cfg.data.alpha:g} · {cfg.byzantine.count} Byzantine ({cfg.byzantine.attack})"
         )
     )

@@ -39,6 +39,7 @@ FLAG_KEYS = {
     "byzantine_degree": "byzantine.degree",
     "transport": "transport",
     "out": "output.dir",
+    "task": "task.name",
 }
 
 
@@ -71,6 +72,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rule", help="merge rule (mean, median, trimmed-mean, cs-plus, ...)")
     p.add_argument("--rounds", type=int, help="rounds of local training + gossip")
     p.add_argument("--seed", type=int, help="seed of everything random in the run")
+    p.add_argument(
+        "--task",
+        metavar="REF",
+        help="your own model and data: a built-in task (`gossipfl task list`), "
+        "package.module:Class or path/to/task.py:Class; parameters with "
+        "--set task.params.KEY=VALUE",
+    )
     p.add_argument("--data", help="data set: digits (bundled) or synthetic")
     p.add_argument("--partition", help="iid, dirichlet or label")
     p.add_argument("--alpha", type=float, help="Dirichlet concentration for --partition dirichlet")
@@ -253,7 +261,7 @@ def check_roles(config: Any, topology: Any) -> None:
     from gossipfl.simulation.byzantine import place_byzantine
     from gossipfl.simulation.runner import check_rule_fits
 
-    if config.mode == "train":
+    if config.mode == "train" and not config.task.name.strip():
         config.learner_config().validate()
     make_rule(config.rule.name, **config.rule.params)
     if _canonical(config.byzantine.attack) != "none":
@@ -387,7 +395,7 @@ def _print_table(result: Any, console: Any) -> None:
     evaluated = [s for s in result.summaries if s.mean_acc is not None]
     title = (
         f"{cfg.peers} peers · {cfg.topology.name} · rule {cfg.rule.name} · {cfg.protocol} · "
-        f"{cfg.data.name}/{cfg.data.partition}"
+        f"{cfg.data_label()}/{cfg.data.partition}"
     )
     if cfg.byzantine.count:
         title += f" · {cfg.byzantine.count} Byzantine ({cfg.byzantine.attack})"

@@ -81,6 +81,19 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--roster", metavar="FILE", help="static membership: the job's roster file")
     p.add_argument("--rule", help="merge rule (mean, trimmed-mean, cs-plus, ...)")
+    p.add_argument(
+        "--task",
+        metavar="REF",
+        help="your own model and data: a built-in task (`gossipfl task list`), "
+        "package.module:Class or path/to/task.py:Class; parameters with "
+        "--set task.params.KEY=VALUE",
+    )
+    p.add_argument(
+        "--data-file",
+        metavar="FILE",
+        help="this peer's own data (.npz, .csv, .parquet, or what the task reads): all of "
+        "it is trained on, no sharding",
+    )
     p.add_argument("--rounds", type=int, metavar="T", help="rounds to train")
     p.add_argument("--min-peers", type=int, metavar="N", help="members to wait for before round 0")
     p.add_argument(
@@ -152,6 +165,12 @@ def flag_overrides(args: argparse.Namespace, config: Any) -> list[str]:
     if args.rule:
         config.rule.name = args.rule
         config.rule.params = {}
+    if getattr(args, "task", None):
+        from gossipfl.tasks.loading import absolute_reference
+
+        config.task.name = absolute_reference(args.task)  # relative to where we run
+    if getattr(args, "data_file", None):
+        config.data.file = str(Path(args.data_file).expanduser().resolve())
     if args.rounds is not None:
         sets.append(f"training.rounds={args.rounds}")
     if args.min_peers is not None:

@@ -177,6 +177,8 @@ SUITE: Mapping[str, tuple[Scenario, bool]] = {
         Scenario("wrong-network", {ATTACKER: {"network.network_id": "elsewhere"}}),
         False,
     ),
+    # Since peers state their job, this one is refused for its job (training.model and
+    # backend differ) before the layouts are compared; either way it is refused.
     "wrong-layout": (
         Scenario(
             "wrong-layout", {ATTACKER: {"training.model": "mlp", "training.backend": "torch"}}

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from gossipfl.configfile import Scalar, TomlConfig, parse_value, read_toml
 from gossipfl.errors import ConfigError, did_you_mean, unknown_name
 from gossipfl.learning.learner import LearnerConfig, TrainingSettings
+from gossipfl.tasks.section import TaskSection
 
 if TYPE_CHECKING:
     from gossipfl.attacks.insider import Insider
@@ -102,6 +103,10 @@ class TrainingSection(TrainingSettings):
     step_time: float = 0.0
     """Seconds added to every round's local step, to play a slower device in a testbed
     (``simulate --transport libp2p`` passes each peer's simulated step time here)."""
+    leave_after: int = 0
+    """Leave the job after this many rounds (0: train to the end): a testbed's churn.
+    Unlike lowering ``rounds``, which would make it another job, the peer leaves this
+    job; started again without it, it resumes from its checkpoint."""
 
 
 @dataclass
@@ -158,6 +163,9 @@ class DaemonConfig(TomlConfig):
     output: OutputSection = field(default_factory=OutputSection)
     attack: AttackSection = field(default_factory=AttackSection)
     insider: InsiderSection = field(default_factory=InsiderSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    """Your own model and data (see :mod:`gossipfl.tasks`); unset: ``[data]`` and
+    ``[training]`` choose a built-in workload."""
     base_dir: Path = field(default_factory=Path.cwd, compare=False, metadata={"setting": False})
     """Where relative paths start (the config file's directory); not a setting."""
 
@@ -255,6 +263,8 @@ class DaemonConfig(TomlConfig):
         _one_of("training.codec", tr.codec, CODECS)
         _one_of("training.mode", tr.mode, MODES)
         _positive("training.deadline", tr.deadline)
+        if tr.leave_after < 0:
+            raise ConfigError(f"training.leave_after must be >= 0 rounds, got {tr.leave_after}")
         if not 0 <= tr.step_time < math.inf:
             raise ConfigError(f"training.step_time must be >= 0 seconds, got {tr.step_time}")
         if tr.dimension < 1:
@@ -267,7 +277,9 @@ class DaemonConfig(TomlConfig):
                     f"training.{name} must be a finite number, got {value}; "
                     f"e.g. training.{name}={getattr(defaults, name)}"
                 )
-        if tr.mode == "train":
+        if tr.mode == "train" and self.task.name.strip():
+            self.task.build(base_dir=self.base_dir)  # unknown task or parameter: now
+        elif tr.mode == "train":
             from gossipfl.learning.learner import MODELS
 
             _one_of("training.model", tr.model, tuple(MODELS))

@@ -29,7 +29,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgpack
 import trio
@@ -44,6 +44,8 @@ from gossipfl.daemon.membership import (
 from gossipfl.errors import GossipflError
 from gossipfl.peerlog import PeerWarnings
 from gossipfl.transport.base import TransportError
+from gossipfl.wire.errors import SchemaError
+from gossipfl.wire.job import Job, describe_job_mismatch, job_text, parse_job
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ IMPLAUSIBLE_RECORD = "implausible_record"
 
 ViolationHandler = Callable[[str, str, str], None]
 """``on_violation(peer, kind, detail)``: ``peer`` sent something that proves it faulty."""
+
+
+_TAKEN, _UNUSABLE, _OTHER_JOB = "taken", "unusable", "other job"
 
 
 class MembershipFormatError(GossipflError):
@@ -105,7 +110,16 @@ class RequestTransport(Protocol):
 # ------------------------------------------------------------------------- codec
 
 
-def encode_view(network_id: str, heard: Iterable[Heard]) -> bytes:
+class MembersMessage(NamedTuple):
+    """A decoded membership message."""
+
+    network: str
+    heard: list[Heard]
+    job: dict[str, str]
+    """The sender's job manifest (:mod:`gossipfl.wire.job`; empty: it states none)."""
+
+
+def encode_view(network_id: str, heard: Iterable[Heard], job: Job | None = None) -> bytes:
     records = [
         [
             h.record.peer,
@@ -119,7 +133,10 @@ def encode_view(network_id: str, heard: Iterable[Heard]) -> bytes:
         ]
         for h in heard
     ]
-    data: bytes = msgpack.packb({"v": FORMAT_VERSION, "net": network_id, "recs": records})
+    message: dict[str, object] = {"v": FORMAT_VERSION, "net": network_id, "recs": records}
+    if job:  # absent when empty, as in a Hello
+        message["job"] = job_text(job)
+    data: bytes = msgpack.packb(message)
     return data
 
 
@@ -135,8 +152,8 @@ def _int(value: object, what: str) -> int:
     return value
 
 
-def decode_view(data: bytes) -> tuple[str, list[Heard]]:
-    """``(network id, records)`` of a membership message, every field checked."""
+def decode_view(data: bytes) -> MembersMessage:
+    """A membership message's network id, records and job, every field checked."""
     if len(data) > MAX_MESSAGE:
         raise MembershipFormatError(f"message of {len(data)} bytes; the limit is {MAX_MESSAGE}")
     try:
@@ -148,6 +165,10 @@ def decode_view(data: bytes) -> tuple[str, list[Heard]]:
     if not isinstance(message, dict) or message.get("v") != FORMAT_VERSION:
         raise MembershipFormatError(f"not a version-{FORMAT_VERSION} membership message")
     network = _text(message.get("net"), "net")
+    try:
+        job = parse_job(message.get("job", ""))
+    except SchemaError as exc:
+        raise MembershipFormatError(str(exc)) from None
     raw = message.get("recs")
     if not isinstance(raw, list):
         raise MembershipFormatError("recs must be a list")
@@ -178,7 +199,7 @@ def decode_view(data: bytes) -> tuple[str, list[Heard]]:
             raise MembershipFormatError(f"record {i}: a second record of {record.peer}")
         peers.add(record.peer)
         out.append(Heard(record, max(0.0, float(age))))
-    return network, out
+    return MembersMessage(network, out, job)
 
 
 # ----------------------------------------------------------------------- service
@@ -201,6 +222,14 @@ class MembershipExchange:
             relayer of someone else's implausible (but signed) record is not reported:
             by its clock the record may have looked fine.
         wall_clock: seconds since the epoch (tests inject it).
+        job: our job manifest (:mod:`gossipfl.wire.job`). A partner stating another job
+            is not merged (it is not in our job, however it got our address): we answer
+            its request with our job alone, so that it learns why, and record it in
+            :attr:`other_jobs`.
+        on_other_job: called as ``on_other_job(peer, differences, asked)`` when a
+            partner states another job: ``asked`` is True when it is the answer to our
+            request (the daemon stops if that partner is one its operator named to join
+            through), False when the partner's request said so.
     """
 
     def __init__(
@@ -215,8 +244,14 @@ class MembershipExchange:
         current_round: Callable[[], int] | None = None,
         on_violation: ViolationHandler | None = None,
         wall_clock: Callable[[], float] = time.time,
+        job: Job | None = None,
+        on_other_job: Callable[[str, str, bool], None] | None = None,
     ) -> None:
         self.transport = transport
+        self.job: dict[str, str] = dict(job or {})
+        self._on_other_job = on_other_job
+        self.other_jobs: dict[str, str] = {}
+        """Partners that state another job: peer -> the settings that differ."""
         self.view = view
         self.network_id = network_id
         self.interval = interval
@@ -272,7 +307,12 @@ class MembershipExchange:
         )
 
     async def _handle(self, peer: str, body: bytes) -> bytes | None:
-        if not self._take(peer, body):
+        taken = self._take(peer, body)
+        if taken == _OTHER_JOB:  # tell it why it is not taken in: our job, no members
+            if self._on_other_job is not None:
+                self._on_other_job(peer, self.other_jobs[peer], False)
+            return encode_view(self.network_id, [], self.job)
+        if taken != _TAKEN:
             return None
         return self._encode()
 
@@ -281,16 +321,17 @@ class MembershipExchange:
         return self._encode()
 
     def _encode(self) -> bytes:
-        return encode_view(self.network_id, self.view.shareable(trio.current_time()))
+        return encode_view(self.network_id, self.view.shareable(trio.current_time()), self.job)
 
-    def _take(self, peer: str, body: bytes) -> bool:
-        """Merge a partner's message; False if it was unusable."""
+    def _take(self, peer: str, body: bytes) -> str:
+        """Merge a partner's message: :data:`_TAKEN`, :data:`_UNUSABLE`, or
+        :data:`_OTHER_JOB` (the partner states another job; nothing merged)."""
         try:
-            network, heard = decode_view(body)
+            network, heard, job = decode_view(body)
         except MembershipFormatError as exc:
             self.rejected += 1
             self._violation(peer, BAD_MESSAGE, str(exc), blame=True)
-            return False
+            return _UNUSABLE
         if network != self.network_id:
             self.rejected += 1
             self._warnings.warn(
@@ -301,7 +342,18 @@ class MembershipExchange:
                 network,
                 self.network_id,
             )
-            return False
+            return _UNUSABLE
+        if job != self.job:
+            self.rejected += 1
+            differences = describe_job_mismatch(self.job, job, who="it", me="this peer")
+            self.other_jobs[peer] = differences
+            self._candidates.discard(peer)
+            if self._on_other_job is None:  # else the owner reports it
+                self._warnings.warn(
+                    logger, peer, "peer %s runs another job (%s): not a member", peer, differences
+                )
+            return _OTHER_JOB
+        self.other_jobs.pop(peer, None)
         now = trio.current_time()
         merged = self.view.merge(heard, now, wall=self._wall_clock(), sender=peer)
         for refusal in merged.refused:
@@ -325,7 +377,7 @@ class MembershipExchange:
                     logger.debug("member %s advertises an unusable address %s", who, address)
         self._candidates.discard(peer)
         self._check_change(now)
-        return True
+        return _TAKEN
 
     def _violation(self, peer: str, kind: str, detail: str, *, blame: bool) -> None:
         """Count a refusal, log it (rate-limited per peer and kind) and, if ``peer`` is
@@ -371,7 +423,10 @@ class MembershipExchange:
         self.exchanges += 1
         self.unreachable.pop(peer, None)
         self._retry.pop(peer, None)
-        return self._take(peer, reply)
+        taken = self._take(peer, reply)
+        if taken == _OTHER_JOB and self._on_other_job is not None:
+            self._on_other_job(peer, self.other_jobs[peer], True)
+        return taken == _TAKEN
 
     def partners(self, now: float) -> list[str]:
         """Whom to contact this interval: one random live member, and up to 8 peers that
@@ -429,6 +484,7 @@ __all__ = [
     "BAD_RECORD",
     "IMPLAUSIBLE_RECORD",
     "MEMBERS_PROTOCOL",
+    "MembersMessage",
     "MembershipExchange",
     "MembershipFormatError",
     "ViolationHandler",

@@ -43,6 +43,7 @@ import trio
 
 from gossipfl.daemon.config import DaemonConfig
 from gossipfl.daemon.exchange import MembershipExchange
+from gossipfl.daemon.job import job_manifest, join_command
 from gossipfl.daemon.membership import MemberRecord, MembershipView
 from gossipfl.daemon.metrics import (
     METRICS_FILE,
@@ -132,12 +133,8 @@ def _is_loopback(address: str) -> bool:
     return address.startswith(("/ip4/127.", "/ip6/::1/"))
 
 
-def join_command(address: str, config: DaemonConfig) -> str:
-    """The command that makes another peer join through ``address``."""
-    command = f"gossipfl start --bootstrap {address}"
-    if config.network.network_id != "gossipfl":
-        command += f" --set network.network_id={config.network.network_id}"
-    return command
+class JobMismatchError(ConfigError):
+    """The peer this one joins through runs another job (the text names the settings)."""
 
 
 class Node:
@@ -175,6 +172,10 @@ class Node:
         self.rule = TopologyRule(
             name, params, seed=config.training.seed, protocol=config.training.protocol
         )
+        self.job = job_manifest(config)
+        """The job manifest this peer states (:mod:`gossipfl.daemon.job`)."""
+        self._bootstrap_ids: set[str] = set()
+        self._other_jobs_told: set[str] = set()
         self.peer: Any = None
         self.view: MembershipView | None = None
         self.exchange: MembershipExchange | None = None
@@ -324,6 +325,8 @@ class Node:
             on_change=self._membership_changed,
             current_round=lambda: int(self.peer.round) if self.peer is not None else 0,
             on_violation=self._membership_violation,
+            job=self.job,
+            on_other_job=self._other_job,
         )
         self.exchange.install()
         from gossipfl.transport.libp2p import parse_multiaddr
@@ -331,6 +334,7 @@ class Node:
         for text in net.bootstrap:
             address, named = parse_multiaddr(text, need_peer_id=True)
             assert named is not None
+            self._bootstrap_ids.add(named)
             self.exchange.add_candidate(named, address)
         if self.roster is not None:
             for entry in self.roster.entries:
@@ -351,6 +355,19 @@ class Node:
                     services.start_soon(discovery.run_dht, transport, self.exchange, net.network_id)
             await self._train(transport)
             services.cancel_scope.cancel()
+
+    def _other_job(self, peer: str, differences: str, asked: bool) -> None:
+        """A peer states another job. The peer we were told to join through defines the
+        job we meant to join: stop, naming the settings (training beside the job, alone,
+        is worth nothing). Any other peer is only not taken in; say so once."""
+        if asked and peer in self._bootstrap_ids:
+            raise JobMismatchError(
+                f"the peer you join through ({peer}) runs another job: {differences}. "
+                "Start this peer with the join command that peer printed"
+            )
+        if peer not in self._other_jobs_told:
+            self._other_jobs_told.add(peer)
+            self.reporter.warn(f"peer {peer} runs another job ({differences}): not a member")
 
     def _membership_violation(self, peer: str, kind: str, detail: str) -> None:
         """A member broke the membership protocol (``kind``: a forged or implausible
@@ -536,6 +553,8 @@ class Node:
     def _choose_shard(self, members: list[str]) -> tuple[int, int]:
         data = self.config.data
         me = self.identity.peer_id
+        if data.file and self.config.task.name and data.shard is None and data.shards is None:
+            return 0, 1  # the operator's own data: all of it, no sharding
         if self.roster is not None:
             topology = self.rule.build(len(self.roster), fallback=False)
             ids = self.roster.node_ids(node_labels(topology))
@@ -615,6 +634,7 @@ class Node:
             dial_backoff_max=min(10.0, max(1.0, 2 * net.exchange_interval)),
             checkpoint_every=cfg.output.checkpoint_every,
             seed=tc.seed,
+            job=self.job,
         )
         name = self._name()
         assert self._metrics is not None
@@ -664,7 +684,8 @@ class Node:
                 # most a round deadline) to complete, so round 0 is heard by everyone.
                 await peer.wait_for_neighbours(timeout=tc.deadline)
             self.reporter.start(tc.rounds, first)
-            summary = await peer.run(tc.rounds, start_round=first)
+            until = min(tc.rounds, tc.leave_after) if tc.leave_after else tc.rounds
+            summary = await peer.run(until, start_round=first)
             self._first_round, self._last_round = summary.first_round, summary.last_round
             if cfg.output.linger > 0:
                 with trio.move_on_after(cfg.output.linger):
@@ -829,9 +850,9 @@ _MISBEHAVIOUR = (
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "JobMismatchError",
     "Node",
     "NodeResult",
-    "join_command",
     "open_exposure",
     "resolve_allowlist",
 ]

@@ -51,20 +51,50 @@ class Workload:
     shards: int
     samples: int
     """Training samples in this peer's shard (0 in consensus mode)."""
+    data: str = ""
+    """The data set's name (a file's name for ``data.file``)."""
+    task: str = ""
+    """The task's short name, if one is configured."""
 
     def describe(self) -> str:
         if self.train is None and self.evaluate is None:
             return "consensus: averaging a random vector"
-        return f"shard {self.shard + 1} of {self.shards} ({self.samples} samples)"
+        if self.shards == 1:
+            text = f"all {self.samples} training samples of {self.data}"
+        else:
+            text = f"shard {self.shard + 1} of {self.shards} ({self.samples} samples)"
+        return f"{text}, task {self.task}" if self.task else text
 
 
 def load_data(config: DaemonConfig) -> Dataset:
-    """The configured data set: ``[data] file`` (an ``.npz``), else ``[data] name``."""
+    """The configured data set: ``[data] file``, else the task's own data set, else the
+    built-in ``[data] name``.
+
+    With a task, ``[data] file`` is the operator's own data, read by the task's
+    ``local_dataset`` (a table by default: ``.npz``, ``.csv``, ``.parquet``); an ``.npz``
+    written by gossipfl itself (``simulate --transport libp2p``) is read as such."""
+    task = config.task.build(base_dir=config.base_dir)
     if config.data.file:
-        return load_dataset_file(config.path(config.data.file))
+        path = config.path(config.data.file)
+        if task is None or _is_dataset_file(path):
+            return load_dataset_file(path)
+        return task.local_dataset(path, seed=config.training.seed)
+    if task is not None:
+        return task.dataset(seed=config.training.seed)
     from gossipfl.data import load_dataset
 
     return load_dataset(config.data.name, seed=config.training.seed)
+
+
+def _is_dataset_file(path: Path) -> bool:
+    """An ``.npz`` in the layout :func:`save_dataset_file` writes."""
+    if path.suffix != ".npz":
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {"x_train", "y_train", "x_test", "y_test"} <= set(npz.files)
+    except (OSError, ValueError):
+        return False
 
 
 def load_dataset_file(path: Path) -> Dataset:
@@ -83,8 +113,10 @@ def load_dataset_file(path: Path) -> Dataset:
             f"data file {path} is unusable ({exc}); it must be an .npz with x_train, "
             "y_train, x_test and y_test"
         ) from exc
-    if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
-        raise ConfigError(f"data file {path}: x_train and x_test must be 2-D with equal widths")
+    if x_train.ndim < 2 or x_train.shape[1:] != x_test.shape[1:]:
+        raise ConfigError(
+            f"data file {path}: x_train and x_test must hold samples of the same shape"
+        )
     if len(x_train) != len(y_train) or len(x_test) != len(y_test) or len(y_train) == 0:
         raise ConfigError(f"data file {path}: each x needs one label per row, and some rows")
     classes = n_classes or int(max(y_train.max(), y_test.max())) + 1
@@ -134,7 +166,7 @@ def build_workload(
     if dataset is None:
         raise ConfigError("training needs a data set")
     from gossipfl.data import partition
-    from gossipfl.learning import evaluate_many, make_learner
+    from gossipfl.learning import evaluate_many, learner_factory
 
     params = {"alpha": config.data.alpha} if config.data.partition == "dirichlet" else {}
     parts = partition(dataset.y_train, shards, config.data.partition, seed=tc.seed, **params)
@@ -143,20 +175,34 @@ def build_workload(
         from gossipfl.attacks import with_flipped_labels
 
         data = with_flipped_labels(dataset)
-    if tc.backend == "torch":
-        import torch
+    task = config.task.build(base_dir=config.base_dir)
+    if task is not None:
+        from gossipfl.tasks.section import task_factory
 
-        torch.set_num_threads(1)  # small models: threads cost more than they give
-    learner = make_learner(
-        config.learner_config(), data, parts[shard], seed=tc.seed * SEED_STRIDE + shard
-    )
+        make = task_factory(task, init_seed=tc.seed)
+    else:
+        make = learner_factory(config.learner_config())
+        if tc.backend == "torch":
+            import torch
+
+            torch.set_num_threads(1)  # small models: threads cost more than they give
+    learner = make(data, parts[shard], tc.seed * SEED_STRIDE + shard)
     x_test, y_test = dataset.x_test, dataset.y_test
 
     def evaluate(vector: Vector) -> tuple[float, float]:
         acc, loss = evaluate_many(learner, np.asarray(vector, np.float32)[None, :], x_test, y_test)
         return float(acc[0]), float(loss[0])
 
-    return Workload(learner.adapter, learner.train, evaluate, shard, shards, len(parts[shard]))
+    return Workload(
+        learner.adapter,
+        learner.train,
+        evaluate,
+        shard,
+        shards,
+        len(parts[shard]),
+        data=dataset.name.split(" (")[0],
+        task=config.task.label,
+    )
 
 
 __all__ = [

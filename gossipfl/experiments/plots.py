@@ -175,8 +175,8 @@ def describe_settings(config: Any, varied: Iterable[str] = (), *, seeds: int = 1
             words.append(f"attack {byz.attack}{_params(flat, 'byzantine', standard)}")
         if words:
             parts.append(", ".join(words))
-    if config.mode == "train" and free("data"):
-        data = f"data {config.data.name}, {config.data.partition}"
+    if config.mode == "train" and free("data", "task.name"):
+        data = f"data {config.data_label()}, {config.data.partition}"
         if config.data.partition == "dirichlet":
             data += f" α={config.data.alpha:g}"
         parts.append(data)

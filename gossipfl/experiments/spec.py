@@ -58,8 +58,19 @@ class ExperimentSpec:
 
     @classmethod
     def from_toml(cls, path: str | Path, *, check: bool = True) -> ExperimentSpec:
+        from gossipfl.tasks.section import anchor_task_files, anchored
+
         path = Path(path)
-        return cls.from_dict(read_toml(path, what="experiment file"), source=path, check=check)
+        data = read_toml(path, what="experiment file")
+        folder = path.resolve().parent  # task files are relative to the experiment file
+        if isinstance(data.get("base"), dict):
+            anchor_task_files(data["base"], folder)
+        grid = data.get("grid")
+        if isinstance(grid, dict) and isinstance(grid.get("task.name"), list):
+            grid["task.name"] = [
+                anchored(v, folder) if isinstance(v, str) else v for v in grid["task.name"]
+            ]
+        return cls.from_dict(data, source=path, check=check)
 
     @classmethod
     def from_dict(

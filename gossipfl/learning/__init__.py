@@ -9,6 +9,22 @@ regression, for installs without torch and for very large simulations) and torch
 
 from __future__ import annotations
 
-from gossipfl.learning.learner import MODELS, Learner, LearnerConfig, evaluate_many, make_learner
+from gossipfl.learning.learner import (
+    MODELS,
+    Learner,
+    LearnerConfig,
+    LearnerFactory,
+    evaluate_many,
+    learner_factory,
+    make_learner,
+)
 
-__all__ = ["MODELS", "Learner", "LearnerConfig", "evaluate_many", "make_learner"]
+__all__ = [
+    "MODELS",
+    "Learner",
+    "LearnerConfig",
+    "LearnerFactory",
+    "evaluate_many",
+    "learner_factory",
+    "make_learner",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,6 +99,21 @@ class TrainingSettings:
             hidden=self.hidden,
             init_seed=init_seed,
         )
+
+
+LearnerFactory = Callable[[Dataset, IntArray, int], Learner]
+"""``make(dataset, indices, seed)``: a learner on ``dataset.x_train[indices]``, its
+mini-batches drawn with ``seed``; every learner a factory makes starts from the same
+model. A built-in configuration's (:func:`learner_factory`) or a task's."""
+
+
+def learner_factory(config: LearnerConfig) -> LearnerFactory:
+    """The factory of the built-in learners of ``config``."""
+
+    def make(dataset: Dataset, indices: IntArray, seed: int) -> Learner:
+        return make_learner(config, dataset, indices, seed=seed)
+
+    return make
 
 
 def make_learner(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gossipfl.errors import ConfigError
 from gossipfl.protocol import PROTOCOLS
 from gossipfl.protocol.pacing import WaitPolicy
+from gossipfl.wire.errors import SchemaError
+from gossipfl.wire.job import check_job
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,11 @@ class PeerConfig:
 
     network_id: str = "gossipfl"
     """Peers with different network ids refuse each other at the handshake."""
+    job: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """The job manifest (:mod:`gossipfl.wire.job`): setting names and their values as text
+    (``{"rule.name": "cs-plus", "training.rounds": "100"}``). Peers whose manifests differ
+    refuse each other at the handshake, naming the settings that differ; empty (the
+    default) states no job, which matches only peers that state none either."""
     protocol: str = "sync"
     """``sync`` (rounds with a deadline), ``async`` (push-pull), ``epidemic`` (sync rounds
     over a random s-out graph per round; the topology must be ``epidemic``)."""
@@ -74,6 +82,10 @@ class PeerConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        try:
+            check_job(self.job)
+        except SchemaError as exc:
+            raise ConfigError(f"PeerConfig.job: {exc}") from None
         if self.protocol not in PROTOCOLS:
             raise ConfigError(
                 f"unknown protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}"

@@ -221,6 +221,7 @@ class Peer:
             layout=self.adapter.layout,
             codecs=wire.DEFAULT_CODECS.names,
             name=self.name,
+            job=self.config.job,
         )
         # Nothing longer than our own model is any use to us: decode refuses it early.
         self._limits = wire.Limits.for_params(self._num_params, max_frame=self.config.max_frame)

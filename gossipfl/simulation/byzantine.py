@@ -48,7 +48,7 @@ from gossipfl.transport import Transport
 
 if TYPE_CHECKING:
     from gossipfl.data import Dataset
-    from gossipfl.learning import LearnerConfig
+    from gossipfl.learning import LearnerFactory
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def setup_byzantine(
     ids: Sequence[str],
     *,
     dataset: Dataset | None = None,
-    learner_config: LearnerConfig | None = None,
+    make: LearnerFactory | None = None,
 ) -> ByzantineSetup:
     """Build the attack, the oracle and one :class:`ByzantinePeer` per Byzantine node.
 
@@ -319,7 +319,7 @@ def setup_byzantine(
     flipped labels. In consensus mode Byzantine models are zero vectors.
     """
     attack = build_attack(config)
-    if attack.trains and (dataset is None or learner_config is None):
+    if attack.trains and (dataset is None or make is None):
         raise ConfigError(f"attack {attack.name!r} trains a model: it needs mode = 'train'")
     bz = config.byzantine
     if not 0 <= bz.lag < config.network.deadline:
@@ -332,7 +332,7 @@ def setup_byzantine(
     peers: list[ByzantinePeer] = []
     for node in placement.byzantine:
         seed = derived_seed(config.seed, _ATTACK_WORD, node)
-        model, train = _byzantine_model(config, attack, node, dataset, learner_config)
+        model, train = _byzantine_model(config, attack, node, dataset, make)
         if bz.omniscient:
             hook: OmniscientAttacker | LocalAttacker = OmniscientAttacker(
                 attack,
@@ -372,18 +372,16 @@ def _byzantine_model(
     attack: Attack,
     node: int,
     dataset: Dataset | None,
-    learner_config: LearnerConfig | None,
+    make: LearnerFactory | None,
 ) -> tuple[object, TrainFn | None]:
-    if dataset is None or learner_config is None:
+    if dataset is None or make is None:
         return {"x": np.zeros(config.dimension, np.float32)}, None
-    from gossipfl.learning import make_learner
-
     rng = np.random.default_rng(derived_seed(config.seed, _DATA_WORD, node))
     total = len(dataset.y_train)
     share = max(1, total // config.peers)
     indices = np.sort(rng.choice(total, size=min(share, total), replace=False))
     data = with_flipped_labels(dataset) if attack.trains else dataset
-    learner = make_learner(learner_config, data, indices, seed=derived_seed(config.seed, node))
+    learner = make(data, indices, derived_seed(config.seed, node))
     return learner.adapter, (learner.train if attack.trains else None)
 
 

@@ -20,8 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from gossipfl.configfile import Scalar, TomlConfig, read_toml
+from gossipfl.data import Dataset
 from gossipfl.errors import ConfigError
-from gossipfl.learning.learner import LearnerConfig, TrainingSettings
+from gossipfl.learning.learner import LearnerConfig, LearnerFactory, TrainingSettings
+from gossipfl.tasks.section import TaskSection
 
 
 @dataclass
@@ -124,15 +126,43 @@ class SimulationConfig(TomlConfig):
     byzantine: ByzantineSection = field(default_factory=ByzantineSection)
     churn: ChurnSection = field(default_factory=ChurnSection)
     output: OutputSection = field(default_factory=OutputSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    """Your own model and data (see :mod:`gossipfl.tasks`); unset: ``[data]`` and
+    ``[training]`` choose a built-in workload."""
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SimulationConfig:
-        return cls.from_dict(read_toml(path))
+        from gossipfl.tasks.section import anchor_task_files
+
+        data = read_toml(path)
+        anchor_task_files(data, Path(path).resolve().parent)  # a task file beside the config
+        return cls.from_dict(data)
 
     def learner_config(self) -> LearnerConfig:
         """The :class:`~gossipfl.learning.LearnerConfig` of ``[training]``; every peer
         starts from the model ``seed`` initializes."""
         return self.training.learner_config(init_seed=self.seed)
+
+    def data_label(self) -> str:
+        """What the peers learn, for titles: the task's short name, or the data set's."""
+        return self.task.label or self.data.name
+
+    def workload(self) -> tuple[Dataset, LearnerFactory, str]:
+        """The run's data set, the factory of its peers' learners, and what they are (for
+        summaries): the task of ``[task]``, or the built-in one of ``[data]`` and
+        ``[training]``. Every learner starts from the model ``seed`` initializes."""
+        task = self.task.build()
+        if task is not None:
+            from gossipfl.tasks.section import task_factory
+
+            dataset = task.dataset(seed=self.seed)
+            return dataset, task_factory(task, init_seed=self.seed), task.describe()
+        from gossipfl.data import load_dataset
+        from gossipfl.learning import learner_factory
+
+        dataset = load_dataset(self.data.name, seed=self.seed)
+        config = self.learner_config()
+        return dataset, learner_factory(config), f"{config.model} ({config.backend})"
 
     def step_times(self, n: int) -> npt.NDArray[np.float64]:
         """The step time of each of ``n`` peers, ``step_time × (1 ± step_time_spread)``,
@@ -168,5 +198,7 @@ class SimulationConfig(TomlConfig):
             raise ConfigError(f"churn.fraction is a share in [0, 1], got {self.churn.fraction}")
         if self.training.step_time < 0 or not 0 <= self.training.step_time_spread < 1:
             raise ConfigError("training.step_time must be >= 0 and step_time_spread in [0, 1)")
+        if self.task.name.strip():
+            self.task.build()  # an unknown task or parameter is a config error, now
         if self.byzantine.count < 0 or self.byzantine.degree < 1:
             raise ConfigError("byzantine.count must be >= 0 and byzantine.degree >= 1")

@@ -21,8 +21,9 @@ time; ``network.deadline`` and ``training.step_time`` are real seconds: each pee
 sleeps its step time after training), links are loopback TCP (no simulated
 latency, loss or bandwidth), and a Byzantine peer only knows the models it receives
 (``byzantine.omniscient`` is treated as false). Churn is played with the processes
-themselves: the chosen peers are started with ``--rounds LEAVE_ROUND``, so each stops
-cleanly after its last round before leaving, checkpoint written; once the others'
+themselves: the chosen peers are started with ``--set training.leave_after=LEAVE_ROUND``
+(not ``--rounds``, which would make them another job), so each stops cleanly after its
+last round before leaving, checkpoint written; once the others'
 round ``leave_round + away_rounds`` is final (as the parent reads it, so possibly a round
 or two later), they are started again from their home directories: the same identity,
 resuming from the checkpoint and catching up by skipping rounds. The same peers churn as
@@ -330,17 +331,11 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
     evaluate = None
     data_file = workdir / "data.npz"
     if config.mode == "train":
-        from gossipfl.data import load_dataset
-        from gossipfl.learning import evaluate_many, make_learner
+        from gossipfl.learning import evaluate_many
 
-        dataset = load_dataset(config.data.name, seed=config.seed)
+        dataset, make, _ = config.workload()
         save_dataset_file(dataset, data_file)
-        probe = make_learner(
-            config.learner_config(),
-            dataset,
-            np.arange(min(len(dataset.y_train), 16)),
-            seed=0,
-        )
+        probe = make(dataset, np.arange(min(len(dataset.y_train), 16)), 0)
         test_x, test_y = dataset.x_test, dataset.y_test
 
         def evaluate(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -465,6 +460,12 @@ def _daemon_settings(
     }
     for key, value in config.rule.params.items():
         out[f"rule.{key}"] = value
+    if config.task.name.strip():
+        from gossipfl.tasks.loading import absolute_reference
+
+        out["task.name"] = absolute_reference(config.task.name)
+        for key, value in config.task.params.items():
+            out[f"task.params.{key}"] = value
     if data_file is not None:
         out["data.file"] = str(data_file)
     if not honest:
@@ -508,7 +509,8 @@ def _first_launch(plan: _Plan, launcher: PeerLauncher, child: Child) -> None:
     """Start a peer; a churning one is told to stop after ``leave_round`` rounds."""
     churn = plan.churn
     if churn is not None and child.node in churn.nodes:
-        _launch(launcher, child, "--rounds", str(churn.leave_round))
+        # Not --rounds: a peer of fewer rounds would be another job, refused by the rest.
+        _launch(launcher, child, "--set", f"training.leave_after={churn.leave_round}")
     else:
         _launch(launcher, child)
 

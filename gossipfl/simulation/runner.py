@@ -23,7 +23,7 @@ import trio
 import trio.testing
 
 from gossipfl.errors import ConfigError
-from gossipfl.learning import Learner, evaluate_many, make_learner
+from gossipfl.learning import Learner, evaluate_many
 from gossipfl.merge import make_rule
 from gossipfl.peer import Peer, PeerConfig, RoundReport
 from gossipfl.protocol import TopologyNeighbourhood
@@ -215,25 +215,21 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     learners: list[Learner] = []
     evaluate = None
     dataset = None
-    learner_config = None
+    make = None
     if config.mode == "train":
-        from gossipfl.data import load_dataset, partition
+        from gossipfl.data import partition
 
-        dataset = load_dataset(config.data.name, seed=config.seed)
+        dataset, make, _ = config.workload()
         params = {"alpha": config.data.alpha} if config.data.partition == "dirichlet" else {}
         parts = partition(
             dataset.y_train, honest, config.data.partition, seed=config.seed, **params
         )
-        tc = config.training
-        learner_config = config.learner_config()
-        if tc.backend == "torch":
-            import torch
+        if config.training.backend == "torch" or config.task.name:
+            with contextlib.suppress(ImportError):
+                import torch
 
-            torch.set_num_threads(1)  # tiny models: threads only add overhead
-        learners = [
-            make_learner(learner_config, dataset, parts[i], seed=config.seed * 100_003 + i)
-            for i in range(honest)
-        ]
+                torch.set_num_threads(1)  # many small models in one process: no threads
+        learners = [make(dataset, parts[i], config.seed * 100_003 + i) for i in range(honest)]
         probe = learners[0]
         test_x, test_y = dataset.x_test, dataset.y_test
 
@@ -242,9 +238,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
 
     byzantine: ByzantineSetup | None = None
     if placement is not None:
-        byzantine = setup_byzantine(
-            config, placement, ids, dataset=dataset, learner_config=learner_config
-        )
+        byzantine = setup_byzantine(config, placement, ids, dataset=dataset, make=make)
 
     watch = _RoundWatch()
 

@@ -1,9 +1,11 @@
 """Tasks: your model and your data, as one object that ``simulate``, ``experiment`` and
 ``start`` all run (see :mod:`gossipfl.tasks.base`, and docs/tasks.md)::
 
+    from dataclasses import dataclass
     from torch import nn
     from gossipfl.tasks import ClassificationTask, from_arrays
 
+    @dataclass(kw_only=True, eq=False)
     class MyTask(ClassificationTask):
         hidden: int = 32                       # a parameter: --set task.params.hidden=64
 

@@ -30,19 +30,50 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
-def _labels(values: Sequence[Any] | np.ndarray, *, where: str) -> tuple[IntArray, list[str]]:
-    """Class indices for ``values``: integers kept (checked to be 0..C-1), anything else
-    mapped to indices in sorted order."""
+def _as_text(value: Any) -> str:
+    """A label as text: ``3``, ``3.0`` and ``"3"`` are all ``"3"``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _labels(
+    values: Sequence[Any] | np.ndarray,
+    *,
+    where: str,
+    classes: Sequence[Any] | None = None,
+) -> tuple[IntArray, list[str]]:
+    """Class indices for ``values``, and the class names when they were not indices.
+
+    With ``classes`` (every class, in order), label ``classes[i]`` is class ``i`` and any
+    other label is an error: the mapping is the same on every peer, whatever labels its
+    own file happens to hold. Without, integer labels (also ``"3"`` or ``3.0``) are class
+    indices and anything else is mapped to indices in sorted order, which only agrees
+    between peers that hold every class."""
     array = np.asarray(values)
+    if classes is not None:
+        names = [_as_text(c) for c in classes]
+        if len(set(names)) != len(names) or not names:
+            raise TaskError(f"{where}: classes must be distinct and not empty, got {names}")
+        index = {n: i for i, n in enumerate(names)}
+        texts = [_as_text(v) for v in array.tolist()]
+        unknown = sorted(set(texts) - set(index))
+        if unknown:
+            raise TaskError(f"{where}: labels {unknown[:5]} are not among the classes {names}")
+        return np.asarray([index[t] for t in texts], np.int64), names
+    if array.dtype.kind in "USO":
+        texts = [_as_text(v) for v in array.tolist()]
+        if texts and all(t.isdigit() for t in texts):
+            array = np.asarray([int(t) for t in texts], np.int64)
     if array.dtype.kind in "iu":
         if array.size and array.min() < 0:
             raise TaskError(f"{where}: labels must be class indices >= 0, found {array.min()}")
         return array.astype(np.int64), []
     if array.dtype.kind == "f" and np.all(array == np.round(array)) and array.min() >= 0:
         return array.astype(np.int64), []
-    names = sorted({str(v) for v in array.tolist()})
+    names = sorted({_as_text(v) for v in array.tolist()})
     index = {n: i for i, n in enumerate(names)}
-    return np.asarray([index[str(v)] for v in array.tolist()], np.int64), names
+    return np.asarray([index[_as_text(v)] for v in array.tolist()], np.int64), names
 
 
 def _split(y: IntArray, test_fraction: float, seed: int) -> tuple[IntArray, IntArray]:
@@ -66,12 +97,17 @@ def from_arrays(
     test_fraction: float = 0.2,
     seed: int = 0,
     name: str = "arrays",
+    classes: Sequence[Any] | None = None,
 ) -> Dataset:
     """A data set of numpy arrays: ``x`` of shape ``(n, ...)`` (rows of features, or
     images), ``y`` of ``n`` class labels. Without ``x_test``/``y_test``, a stratified
-    ``test_fraction`` of the samples (drawn with ``seed``) is the test split."""
+    ``test_fraction`` of the samples (drawn with ``seed``) is the test split.
+
+    ``classes`` lists every class in order (``["low", "medium", "high"]``): give it
+    whenever peers read their own files, so that a label means the same class, and the
+    model has the same number of outputs, on a peer whose file lacks a class."""
     xs = np.asarray(x, np.float32)
-    labels, names = _labels(np.asarray(y), where=name)
+    labels, names = _labels(np.asarray(y), where=name, classes=classes)
     if xs.ndim < 2 or len(xs) != len(labels) or len(xs) == 0:
         raise TaskError(
             f"{name}: x must have shape (samples, ...) and y one label per sample; got "
@@ -83,12 +119,8 @@ def from_arrays(
         raise TaskError(f"{name}: give both x_test and y_test, or neither")
     if x_test is not None and y_test is not None:
         xt = np.asarray(x_test, np.float32)
-        yt, test_names = _labels(np.asarray(y_test), where=f"{name} (test)")
-        if names and test_names and set(test_names) - set(names):
-            raise TaskError(
-                f"{name}: test labels {sorted(set(test_names) - set(names))} "
-                "never occur in training"
-            )
+        # text labels of the test split map as the training split's did
+        yt, _ = _labels(np.asarray(y_test), where=f"{name} (test)", classes=names or None)
         if xt.shape[1:] != xs.shape[1:] or len(xt) != len(yt):
             raise TaskError(f"{name}: the test split's shape {xt.shape} does not match {xs.shape}")
         x_train, y_train, x_tst, y_tst = xs, labels, xt, yt
@@ -99,9 +131,9 @@ def from_arrays(
         if len(test) == 0 or len(train) == 0:
             raise TaskError(f"{name}: too few samples ({len(labels)}) to split off a test set")
         x_train, y_train, x_tst, y_tst = xs[train], labels[train], xs[test], labels[test]
-    classes = int(max(y_train.max(initial=0), y_tst.max(initial=0))) + 1
+    seen = int(max(y_train.max(initial=0), y_tst.max(initial=0))) + 1
     label = f"{name} (labels: {', '.join(names)})" if names else name
-    return Dataset(label, x_train, y_train, x_tst, y_tst, n_classes=max(classes, len(names)))
+    return Dataset(label, x_train, y_train, x_tst, y_tst, n_classes=max(seen, len(names)))
 
 
 def _read_csv(path: Path, label: str | None) -> tuple[FloatArray, list[str]]:
@@ -147,11 +179,12 @@ def read_table(
     label: str | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
+    classes: Sequence[Any] | None = None,
 ) -> Dataset:
     """A data set from a file: ``.npz`` (arrays ``x_train``, ``y_train`` and optionally
     ``x_test``, ``y_test``; or ``x`` and ``y``), ``.csv`` (a header row; ``label`` names
     the label column, by default the last one; every other column is a feature) or
-    ``.parquet`` (the same, with pyarrow)."""
+    ``.parquet`` (the same, with pyarrow). ``classes``: see :func:`from_arrays`."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise TaskError(f"data file {file} does not exist")
@@ -169,10 +202,16 @@ def read_table(
                     test_fraction=test_fraction,
                     seed=seed,
                     name=file.name,
+                    classes=classes,
                 )
             if {"x", "y"} <= keys:
                 return from_arrays(
-                    data["x"], data["y"], test_fraction=test_fraction, seed=seed, name=file.name
+                    data["x"],
+                    data["y"],
+                    test_fraction=test_fraction,
+                    seed=seed,
+                    name=file.name,
+                    classes=classes,
                 )
         raise TaskError(f"{file} must hold arrays x_train and y_train (or x and y)")
     if suffix == ".csv":
@@ -181,7 +220,14 @@ def read_table(
         features, labels = _read_parquet(file, label)
     else:
         raise TaskError(f"{file}: give an .npz, .csv or .parquet file")
-    return from_arrays(features, labels, test_fraction=test_fraction, seed=seed, name=file.name)
+    return from_arrays(
+        features,
+        labels,
+        test_fraction=test_fraction,
+        seed=seed,
+        name=file.name,
+        classes=classes,
+    )
 
 
 def from_torch_dataset(
@@ -191,9 +237,11 @@ def from_torch_dataset(
     test_fraction: float = 0.2,
     seed: int = 0,
     name: str = "torch dataset",
+    classes: Sequence[Any] | None = None,
 ) -> Dataset:
     """A data set from torch datasets (anything that yields ``(sample, label)`` pairs),
-    read into memory once: gossipfl partitions and evaluates on arrays."""
+    read into memory once: gossipfl partitions and evaluates on arrays. ``classes``: see
+    :func:`from_arrays`."""
 
     def arrays(items: Iterable[tuple[Any, Any]]) -> tuple[FloatArray, IntArray]:
         xs, ys = [], []
@@ -206,9 +254,9 @@ def from_torch_dataset(
 
     x, y = arrays(train)
     if test is None:
-        return from_arrays(x, y, test_fraction=test_fraction, seed=seed, name=name)
+        return from_arrays(x, y, test_fraction=test_fraction, seed=seed, name=name, classes=classes)
     xt, yt = arrays(test)
-    return from_arrays(x, y, x_test=xt, y_test=yt, name=name)
+    return from_arrays(x, y, x_test=xt, y_test=yt, name=name, classes=classes)
 
 
 __all__ = ["from_arrays", "from_torch_dataset", "read_table"]

@@ -13,6 +13,7 @@ where, and what would work (the built-in names, the classes a module holds).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -48,6 +49,16 @@ def split_reference(reference: str) -> tuple[str, str | None]:
             "path/to/file.py:Class"
         )
     return where, attr
+
+
+def absolute_reference(reference: str) -> str:
+    """``reference`` with a relative task file made absolute (against the working
+    directory): a reference taken from a command line that must still work from another
+    directory (a peer's home, a worker process)."""
+    where, attr = split_reference(reference)
+    if attr is not None and where.endswith(".py"):
+        return f"{Path(where).expanduser().resolve()}:{attr}"
+    return reference
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -92,7 +103,28 @@ def _tasks_in(module: ModuleType) -> list[str]:
     )
 
 
+def _undeclared(cls: type[Task]) -> list[str]:
+    """Annotated class attributes that are not dataclass fields: parameters written in a
+    task class that was not decorated with ``@dataclass``, which would silently ignore
+    ``--set task.params.NAME=...``."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass is Task or not issubclass(klass, Task):
+            continue
+        for name, kind in vars(klass).get("__annotations__", {}).items():
+            if name not in fields and "ClassVar" not in str(kind) and not name.startswith("_"):
+                names.append(name)
+    return sorted(set(names))
+
+
 def _build(cls: type[Task], name: str, params: dict[str, object]) -> Task:
+    undeclared = _undeclared(cls)
+    if undeclared:
+        raise TaskError(
+            f"task {name}: {', '.join(undeclared)} look like parameters, but {cls.__name__} "
+            "is not a dataclass: put @dataclass(kw_only=True, eq=False) above the class"
+        )
     try:
         return build(cls, kind="task", name=name, params=params)
     except TaskError:

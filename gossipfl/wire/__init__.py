@@ -71,6 +71,14 @@ from gossipfl.wire.errors import (
 )
 from gossipfl.wire.framing import FrameReader, frame, frame_parts
 from gossipfl.wire.handshake import check_hello, common_codecs, refuse_hello
+from gossipfl.wire.job import (
+    Job,
+    check_job,
+    describe_job_mismatch,
+    job_differences,
+    job_text,
+    parse_job,
+)
 from gossipfl.wire.limits import DEFAULT_MAX_FRAME, Limits
 from gossipfl.wire.messages import (
     PROTOCOL_VERSION,
@@ -114,6 +122,7 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "Int8",
+    "Job",
     "Limits",
     "MalformedError",
     "Message",
@@ -136,8 +145,10 @@ __all__ = [
     "WireError",
     "announce_topic",
     "check_hello",
+    "check_job",
     "common_codecs",
     "decode",
+    "describe_job_mismatch",
     "encode",
     "encode_parts",
     "frame",
@@ -147,6 +158,9 @@ __all__ = [
     "iter_frame_parts",
     "iter_frames",
     "iter_message_parts",
+    "job_differences",
+    "job_text",
+    "parse_job",
     "payload_digest",
     "refuse_hello",
     "with_digest",

@@ -37,6 +37,8 @@ class RefusalCode(IntEnum):
     BUSY = 10
     #: We are shutting down.
     SHUTTING_DOWN = 11
+    #: The Hello states another job (the text names the differing settings).
+    JOB_MISMATCH = 12
 
 
 #: Every code value this version knows.

@@ -22,7 +22,14 @@ from gossipfl.wire.arrays import ArraySpec, view_array
 from gossipfl.wire.codecs import DEFAULT_CODECS, CodecRegistry
 from gossipfl.wire.codes import KNOWN_CODES, RefusalCode
 from gossipfl.wire.digest import payload_digest
-from gossipfl.wire.envelope import ALIGN, DEFAULT_LIMITS, KEYS, PREFIX, WIRE_VERSION
+from gossipfl.wire.envelope import (
+    ALIGN,
+    DEFAULT_LIMITS,
+    KEYS,
+    OPTIONAL_KEYS,
+    PREFIX,
+    WIRE_VERSION,
+)
 from gossipfl.wire.errors import (
     ArrayError,
     DigestMismatchError,
@@ -35,6 +42,7 @@ from gossipfl.wire.errors import (
     UnknownVersionError,
     WireError,
 )
+from gossipfl.wire.job import parse_job
 from gossipfl.wire.limits import Limits
 from gossipfl.wire.messages import (
     MAX_CODEC_NAME,
@@ -102,7 +110,7 @@ def _unpack_header(view: memoryview, limits: Limits) -> dict[str, Any]:
 
 def _check_keys(kind: str, header: dict[str, Any]) -> None:
     expected = KEYS[kind]
-    keys = header.keys()
+    keys = header.keys() - OPTIONAL_KEYS.get(kind, frozenset())
     if keys != expected:
         missing = sorted(expected - keys)
         extra = sorted(repr(k)[:40] for k in keys - expected)
@@ -191,6 +199,7 @@ def _decode_hello(h: dict[str, Any], payload: memoryview, limits: Limits, *_: An
         name=h["name"],
         codecs=tuple(codecs),
         layout=layout,
+        job=parse_job(h.get("job", ""), "Hello.job"),
     )
 
 

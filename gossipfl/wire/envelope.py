@@ -27,6 +27,7 @@ from gossipfl.wire.arrays import spec_of, wire_bytes
 from gossipfl.wire.codecs import DEFAULT_CODECS, CodecRegistry, check_encodable
 from gossipfl.wire.digest import PayloadHasher, payload_digest
 from gossipfl.wire.errors import ArrayError, SchemaError
+from gossipfl.wire.job import job_text
 from gossipfl.wire.limits import Limits
 from gossipfl.wire.messages import (
     Announce,
@@ -66,6 +67,8 @@ KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
         "refusal": frozenset({"v", "kind", "code", "text"}),
     }
 )
+#: Keys a header may leave out (added after the kind, so that older peers interoperate).
+OPTIONAL_KEYS: Mapping[str, frozenset[str]] = MappingProxyType({"hello": frozenset({"job"})})
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -151,6 +154,8 @@ def encode_parts(
             "layout": message.layout.text,
             "fingerprint": message.layout.fingerprint,
         }
+        if message.job:  # absent when empty, so that peers stating no job still interoperate
+            header["job"] = job_text(message.job)
     elif isinstance(message, UpdateHead):
         fields = {name: getattr(message, name) for name in _HEAD_FIELDS}
         return [update_header(fields, "update-head")]
@@ -205,6 +210,7 @@ __all__ = [
     "ALIGN",
     "DEFAULT_LIMITS",
     "KEYS",
+    "OPTIONAL_KEYS",
     "PREFIX",
     "WIRE_VERSION",
     "encode",

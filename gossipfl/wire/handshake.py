@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from gossipfl.model.layout import compare_layouts
 from gossipfl.wire.codes import RefusalCode
+from gossipfl.wire.job import describe_job_mismatch
 from gossipfl.wire.messages import Hello, Refusal
 
 
 def check_hello(*, mine: Hello, theirs: Hello) -> str | None:
     """``None`` if we can talk to the sender of ``theirs``, else one sentence saying
-    what differs: the protocol version, the network id, the first differing tensor of
-    the model layouts, or the absence of a common codec (checked in that order)."""
+    what differs: the protocol version, the network id, the job's settings, the first
+    differing tensor of the model layouts, or the absence of a common codec (checked in
+    that order: a different job often explains a different layout, and says it better)."""
     refusal = refuse_hello(mine=mine, theirs=theirs)
     return None if refusal is None else refusal.text
 
@@ -27,6 +29,11 @@ def refuse_hello(*, mine: Hello, theirs: Hello) -> Refusal | None:
         return Refusal(
             code=RefusalCode.NETWORK_MISMATCH,
             text=f"{who} is in network {theirs.network_id!r}, we are in {mine.network_id!r}",
+        )
+    if theirs.job != mine.job:
+        return Refusal(
+            code=RefusalCode.JOB_MISMATCH,
+            text=f"another job: {describe_job_mismatch(mine.job, theirs.job, who=who)}",
         )
     problem = compare_layouts(mine.layout, theirs.layout)
     if problem is not None:

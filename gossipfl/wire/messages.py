@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TypeAlias
 
 import numpy as np
@@ -26,6 +27,7 @@ from gossipfl.wire.arrays import ArraySpec
 from gossipfl.wire.codes import KNOWN_CODES, RefusalCode
 from gossipfl.wire.digest import DIGEST_SIZE
 from gossipfl.wire.errors import SchemaError
+from gossipfl.wire.job import check_job
 
 #: Version of the gossip protocol's semantics, carried in Hello (the byte format has its
 #: own version, :data:`gossipfl.wire.envelope.WIRE_VERSION`).
@@ -117,7 +119,8 @@ class Hello:
     ``version`` is the protocol version the sender speaks, ``network_id`` names the
     training network (peers of different networks never mix models), ``layout`` is the
     model layout (its fingerprint travels with it), ``codecs`` the codecs the sender can
-    decode, in order of preference, ``name`` a display name for logs.
+    decode, in order of preference, ``name`` a display name for logs, ``job`` the job
+    manifest (:mod:`gossipfl.wire.job`; empty: the sender states no job).
     """
 
     network_id: str
@@ -125,9 +128,11 @@ class Hello:
     codecs: tuple[str, ...]
     name: str = ""
     version: int = PROTOCOL_VERSION
+    job: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         check_uint(self.version, "Hello.version", 0xFFFF)
+        object.__setattr__(self, "job", MappingProxyType(check_job(self.job, "Hello.job")))
         check_token(self.network_id, "Hello.network_id", MAX_NETWORK_ID)
         check_str(self.name, "Hello.name", MAX_DISPLAY_NAME, empty=True)
         if not isinstance(self.layout, Layout):
