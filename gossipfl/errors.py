@@ -12,7 +12,7 @@ A message is written for the person who made the mistake: what happened, then wh
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class GossipflError(Exception):
@@ -77,3 +77,13 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], *, extra: str = "
         f"unknown {kind} {name!r}{did_you_mean(name, options)} "
         f"(choose one of: {', '.join(options)}{extra})"
     )
+
+
+def leaf_errors(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself: what a trio
+    nursery raised, unwrapped, so that a user's mistake reads as one line."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaf_errors(inner)
+    else:
+        yield exc

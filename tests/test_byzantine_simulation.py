@@ -250,3 +250,40 @@ def test_cli_says_when_a_byzantine_count_adds_no_one(
     out, err = capsys.readouterr()
     assert "no Byzantine peers are added" in err
     assert "delta_max" not in json.loads(out)
+
+
+def test_a_torch_model_pushed_to_extreme_values_skips_steps_instead_of_crashing() -> None:
+    """Plain gossip under dissensus drives honest MNIST-1D MLPs to huge weights; their
+    local training then meets an infinite loss. That is the attack's damage (accuracy at
+    chance), not a crash of the honest peer (which it was, at round 17)."""
+    summary = attacked(
+        "mean",
+        "dissensus",
+        "rounds=30",
+        "output.eval_every=30",
+        "task.name=mnist1d",
+        "task.params.local_steps=4",
+    )
+    assert summary["rounds_completed"] == 30
+    assert summary["honest_mean_acc"] < 0.2  # ten classes: destroyed, as plain gossip is
+
+
+def test_the_torch_learner_skips_a_step_whose_loss_is_not_finite() -> None:
+    from gossipfl.tasks import load_task
+
+    task = load_task("mnist1d", {"local_steps": "3"})
+    data = task.dataset(seed=0)
+    learner = task.learner(data, np.arange(200), init_seed=0, seed=0)
+    healthy = learner.adapter.get_flat()
+    extreme = np.full_like(healthy, 3e37)  # finite, but the logits overflow
+    learner.adapter.set_flat(extreme)
+    metrics = learner.train(0)
+    assert metrics["skipped_steps"] == 3
+    np.testing.assert_array_equal(learner.adapter.get_flat(), extreme)  # untouched
+    learner.adapter.set_flat(healthy)
+    metrics = learner.train(1)
+    assert "skipped_steps" not in metrics
+    assert np.isfinite(metrics["loss"])
+    after = learner.adapter.get_flat()
+    assert np.isfinite(after).all()  # the momentum was never poisoned
+    assert not np.array_equal(after, healthy)

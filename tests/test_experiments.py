@@ -330,3 +330,16 @@ def test_a_worker_killed_mid_run_fails_that_run_and_is_replaced(tmp_path: Path) 
     assert outcomes[fast.id].error is None
     assert not (tmp_path / slow.id).exists()
     assert (tmp_path / fast.id / "summary.json").exists()
+
+
+def test_a_varied_task_parameter_is_not_named_as_a_constant() -> None:
+    from gossipfl.experiments.plots import describe_settings
+    from gossipfl.simulation import SimulationConfig
+
+    config = SimulationConfig().with_overrides(
+        ["task.name=mnist1d", "task.params.model_name=cnn", "task.params.local_steps=4"]
+    )
+    text = describe_settings(config, ["task.params.model_name", "rule.name"])
+    assert "model_name" not in text  # the legend names it
+    assert "task.local_steps=4" in text
+    assert "rule" not in text

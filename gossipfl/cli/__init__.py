@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from gossipfl import __version__
-from gossipfl.errors import GossipflError, did_you_mean
+from gossipfl.errors import GossipflError, did_you_mean, leaf_errors
 
 # Subcommand modules, in the order `gossipfl --help` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -258,15 +258,6 @@ def one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, GossipflError) or (isinstance(exc, OSError) and exc.filename is not None)
 
@@ -283,7 +274,7 @@ def _describe(exc: BaseException) -> str:
 
 def report(exc: BaseException, *, verbose: int = 0) -> int:
     """Print what went wrong and return the exit status (see the module docstring)."""
-    leaves = list(_leaves(exc))
+    leaves = list(leaf_errors(exc))
     if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         print("gossipfl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,17 +16,21 @@ See docs/operations.md for how to run it.
 from __future__ import annotations
 
 from gossipfl.daemon.config import DaemonConfig
+from gossipfl.daemon.job import job_manifest, join_command
 from gossipfl.daemon.membership import MemberRecord, MembershipView
-from gossipfl.daemon.node import Node, NodeResult
+from gossipfl.daemon.node import JobMismatchError, Node, NodeResult
 from gossipfl.daemon.roster import Roster, RosterEntry, load_roster
 
 __all__ = [
     "DaemonConfig",
+    "JobMismatchError",
     "MemberRecord",
     "MembershipView",
     "Node",
     "NodeResult",
     "Roster",
     "RosterEntry",
+    "job_manifest",
+    "join_command",
     "load_roster",
 ]

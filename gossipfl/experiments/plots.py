@@ -148,6 +148,9 @@ def describe_settings(config: Any, varied: Iterable[str] = (), *, seeds: int = 1
     from gossipfl.simulation import SimulationConfig
 
     varied = set(varied)
+    # "task.params.lr" in a grid is "task.lr" in the flattened config (and so for the
+    # rule's, topology's and attack's parameters)
+    varied |= {v.replace(".params.", ".", 1) for v in varied if ".params." in v}
 
     def free(*prefixes: str) -> bool:
         return not any(v == p or v.startswith(p + ".") for v in varied for p in prefixes)

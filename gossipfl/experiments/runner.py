@@ -212,7 +212,7 @@ def preflight(points: list[RunPoint]) -> None:
 
 def _run_one(config: dict[str, Any], run_dir: str) -> str | None:
     """Run one simulation into ``run_dir``; return None, or the error as text."""
-    from gossipfl.errors import GossipflError
+    from gossipfl.errors import GossipflError, leaf_errors
     from gossipfl.simulation import SimulationConfig, write_run
     from gossipfl.simulation.processes import simulate
 
@@ -225,9 +225,10 @@ def _run_one(config: dict[str, Any], run_dir: str) -> str | None:
         write_run(result, partial, plot=cfg.output.plot)
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
-    except GossipflError as exc:
-        return str(exc)
-    except Exception:
+    except Exception as exc:
+        leaves = list(leaf_errors(exc))
+        if all(isinstance(leaf, GossipflError) for leaf in leaves):
+            return str(leaves[0])  # a simulation error (raised inside a nursery, maybe)
         return traceback.format_exc(limit=8)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -6,6 +6,8 @@ torch. Tiny models run faster single-threaded; the caller decides the thread cou
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,6 +18,9 @@ from torch import nn
 from gossipfl.learning.learner import LearnerConfig
 from gossipfl.model import TorchAdapter
 
+logger = logging.getLogger(__name__)
+_WARNINGS_LEFT = [3]  # per process: a simulation's peers all skip alike
+
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
@@ -25,6 +30,19 @@ def build_model(name: str, features: int, classes: int, hidden: int) -> nn.Modul
     if name == "softmax":
         return nn.Linear(features, classes)
     return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+def _warn_skipped(skipped: int, steps: int, round: int) -> None:
+    if _WARNINGS_LEFT[0] > 0:
+        _WARNINGS_LEFT[0] -= 1
+        logger.warning(
+            "round %d: skipped %d of %d local steps: the loss or a gradient was not finite "
+            "(a learning rate too large, or a model pushed to extreme values by its "
+            "neighbours' models)",
+            round,
+            skipped,
+            steps,
+        )
 
 
 class TorchLearner:
@@ -58,24 +76,49 @@ class TorchLearner:
         )
         self._generator = torch.Generator().manual_seed(seed)
         self._loss = nn.CrossEntropyLoss()
+        self.skipped_steps = 0
+        """Local steps skipped so far for a non-finite loss or gradient."""
 
     @property
     def adapter(self) -> TorchAdapter:
         return self._adapter
 
     def train(self, round: int) -> Mapping[str, float]:
+        """``local_steps`` mini-batch steps. A step whose loss or gradient is not finite
+        is skipped (as mixed-precision training does), so that one bad batch, or a model
+        that neighbours' models pushed to extreme values, leaves the model and the
+        momentum finite instead of turning them to NaN for good; ``skipped_steps`` in the
+        metrics counts them."""
         n = len(self._y)
         size = min(self._config.batch_size, n)
         self.module.train()
-        loss_value = 0.0
+        loss_value = math.nan
+        skipped = 0
         for _ in range(self._config.local_steps):
             idx = torch.randperm(n, generator=self._generator)[:size]
             self._optimizer.zero_grad(set_to_none=True)
             loss = self._loss(self.module(self._x[idx]), self._y[idx])
-            loss.backward()
-            self._optimizer.step()
-            loss_value = float(loss.detach())
+            value = float(loss.detach())
+            if math.isfinite(value):
+                loss.backward()
+                if self._finite_gradients():
+                    self._optimizer.step()
+                    loss_value = value
+                    continue
+            skipped += 1
+        self._optimizer.zero_grad(set_to_none=True)
+        if skipped:
+            self.skipped_steps += skipped
+            _warn_skipped(skipped, self._config.local_steps, round)
+            return {"loss": loss_value, "skipped_steps": float(skipped)}
         return {"loss": loss_value}
+
+    def _finite_gradients(self) -> bool:
+        return all(
+            bool(torch.isfinite(p.grad).all())
+            for p in self.module.parameters()
+            if p.grad is not None
+        )
 
     def evaluate(self, x: FloatArray, y: IntArray) -> tuple[float, float]:
         self.module.eval()
