@@ -123,12 +123,34 @@ def test_label_flipping_peers_train_on_flipped_labels() -> None:
     assert 0.5 < flipped["honest_mean_acc"] < clean["honest_mean_acc"]
 
 
-def test_rules_are_checked_on_the_combined_graph_before_running() -> None:
+def test_an_undefendable_placement_is_refused_unless_a_study_asks_for_it() -> None:
     config = SimulationConfig().with_overrides(
         ["topology.name=ring", "peers=8", "byzantine.count=2", "byzantine.attack=ipm"]
     )
+    # A ring node linked to both attackers: 2 of its 4 neighbours, no honest majority.
+    with pytest.raises(
+        ConfigError, match=r"^honest node \d has 2 Byzantine neighbours among its 4"
+    ):
+        run_simulation(config.with_overrides(["rule.name=mean"]))
+    with pytest.raises(ConfigError, match=r"d >= 2b\+1 = 5.*--allow-undefended"):
+        run_simulation(config.with_overrides(["rule.name=mean"]))
+
+
+def test_rules_are_checked_on_the_combined_graph_before_running() -> None:
+    config = SimulationConfig().with_overrides(
+        [
+            "topology.name=ring",
+            "peers=8",
+            "byzantine.count=2",
+            "byzantine.attack=ipm",
+            "byzantine.allow_undefended=true",
+        ]
+    )
     with pytest.raises(ConfigError, match=r"node \d of 'ring-8\+2byz': cs-plus with b=1 needs"):
         run_simulation(config.with_overrides(["rule.name=cs-plus"]))
+    # Allowed, an undefended placement runs (and its report lists the nodes).
+    result = run_simulation(config.with_overrides(["rule.name=mean", "rounds=2"]))
+    assert result.summary()["undefended"]
 
 
 @pytest.mark.parametrize(
@@ -183,6 +205,7 @@ def test_cli_prints_the_placement_before_the_run(
             "2",
             "--attack",
             "ipm",
+            "--allow-undefended",
             "--rounds",
             "3",
             "--json",
@@ -196,6 +219,13 @@ def test_cli_prints_the_placement_before_the_run(
     summary = json.loads(out)  # exactly one object on stdout
     assert "δ_max" in err
     assert "undefended" in err
+    # Without --allow-undefended the same command is refused, in one line, before running.
+    assert main(["simulate", "--topology", "ring", "--peers", "8", "--rule", "trimmed-mean",
+                 "--byzantine", "2", "--attack", "ipm", "--rounds", "3", "--no-plot",
+                 "--out", str(tmp_path)]) == 2  # fmt: skip
+    refused = capsys.readouterr().err.strip().splitlines()
+    assert len(refused) == 1
+    assert "without a local honest majority" in refused[0]
     config = SimulationConfig().with_overrides(
         ["topology.name=ring", "peers=8", "byzantine.count=2", "byzantine.attack=ipm"]
     )
@@ -234,6 +264,7 @@ def test_rule_check_given_the_honest_topology_uses_the_combined_graph() -> None:
             "byzantine.count=4",
             "byzantine.degree=4",
             "byzantine.attack=ipm",
+            "byzantine.allow_undefended=true",
         ]
     )
     check_rule_fits(config, build_topology_for(config), 4)
@@ -287,3 +318,23 @@ def test_the_torch_learner_skips_a_step_whose_loss_is_not_finite() -> None:
     after = learner.adapter.get_flat()
     assert np.isfinite(after).all()  # the momentum was never poisoned
     assert not np.array_equal(after, healthy)
+
+
+def test_behind_the_oracle_plain_gossip_ignores_the_attack(
+    headline: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    """``byzantine.oracle``: the honest peers never merge a Byzantine model, so even plain
+    gossip under dissensus ends where it does without attackers (a little lower: the
+    attackers' weight stays on the node), the reference for every rule's drop."""
+    clean = headline[("mean", "none")]["honest_mean_acc"]
+    assert headline[("mean", "dissensus")]["honest_mean_acc"] < 0.5
+    oracle = attacked("mean", "dissensus", "byzantine.oracle=true")
+    assert oracle["honest_mean_acc"] >= clean - 0.02
+    from gossipfl.simulation.processes import simulate
+
+    live = SimulationConfig().with_overrides(
+        ["transport=libp2p", "byzantine.count=4", "byzantine.attack=ipm",
+         "byzantine.oracle=true", "rounds=1"]
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="in-process simulations"):
+        simulate(live)

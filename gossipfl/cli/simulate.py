@@ -37,6 +37,7 @@ FLAG_KEYS = {
     "byzantine": "byzantine.count",
     "attack": "byzantine.attack",
     "byzantine_degree": "byzantine.degree",
+    "allow_undefended": "byzantine.allow_undefended",
     "transport": "transport",
     "out": "output.dir",
     "task": "task.name",
@@ -94,6 +95,13 @@ def register(subparsers: Any) -> None:
         type=int,
         metavar="K",
         help="honest peers each Byzantine peer links to",
+    )
+    p.add_argument(
+        "--allow-undefended",
+        action="store_const",
+        const=True,
+        help="run even if an honest node has no local honest majority (d < 2b+1), which "
+        "is refused otherwise: no rule can defend such a node",
     )
     p.add_argument("--transport", help="memory (default) or libp2p (one OS process per peer)")
     p.add_argument("--out", metavar="DIR", help="where run directories go (default: runs)")
@@ -161,7 +169,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
     config = SimulationConfig.from_toml(args.config) if args.config else SimulationConfig()
     assignments = [
-        f"{key}={json.dumps(value) if isinstance(value, str) else value}"
+        f"{key}={json.dumps(value) if isinstance(value, str | bool) else value}"
         for flag, key in FLAG_KEYS.items()
         if (value := getattr(args, flag, None)) is not None
     ]
@@ -258,7 +266,7 @@ def check_roles(config: Any, topology: Any) -> None:
     before the progress bar and the placement report are printed."""
     from gossipfl.attacks import make_attack
     from gossipfl.merge import make_rule
-    from gossipfl.simulation.byzantine import place_byzantine
+    from gossipfl.simulation.byzantine import check_defended, place_byzantine
     from gossipfl.simulation.runner import check_rule_fits
 
     if config.mode == "train" and not config.task.name.strip():
@@ -267,6 +275,7 @@ def check_roles(config: Any, topology: Any) -> None:
     if _canonical(config.byzantine.attack) != "none":
         make_attack(config.byzantine.attack, **config.byzantine.params)
     placement = place_byzantine(config, topology)
+    check_defended(config, placement)
     check_rule_fits(config, placement.topology if placement else topology, config.peers)
 
 

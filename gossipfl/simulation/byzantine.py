@@ -22,7 +22,7 @@ attack-free baseline of an experiment grid.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,8 @@ from gossipfl.attacks import (
 )
 from gossipfl.attacks.registry import canonical_name
 from gossipfl.errors import ConfigError
+from gossipfl.protocol.events import PeerId
+from gossipfl.protocol.neighbourhood import Neighbourhood
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.topology import PlacementReport, Topology, attach_byzantine, placement_report
 from gossipfl.topology.generators import derived_seed
@@ -134,6 +136,52 @@ def place_byzantine(config: SimulationConfig, honest: Topology) -> ByzantinePlac
     )
     report = placement_report(combined, byzantine=byzantine, weighting=weighting)
     return ByzantinePlacement(honest, topology, honest.n, byzantine, report)
+
+
+def check_defended(config: SimulationConfig, placement: ByzantinePlacement | None) -> None:
+    """Refuse a placement that leaves an honest node without a local honest majority
+    (d_i ≥ 2b_i + 1), unless ``byzantine.allow_undefended`` is set.
+
+    At such a node the attackers are as many as the honest neighbours (or more): to the
+    node they are indistinguishable from a group of honest peers that disagree, so no
+    rule can be expected to defend it, and a run reporting its accuracy measures the
+    placement, not the rule. A study of exactly that (ClippedGossip's ring) opts in.
+    """
+    if placement is None or not placement.report.undefended:
+        return
+    if config.byzantine.allow_undefended:
+        return
+    rows = {row.node: row for row in placement.report.rows}
+    first = rows[placement.report.undefended[0]]
+    more = len(placement.report.undefended) - 1
+    others = f" (and {more} more honest node{'s' if more > 1 else ''})" if more else ""
+    raise ConfigError(
+        f"honest node {first.node} has {first.byzantine_neighbours} Byzantine neighbours among "
+        f"its {first.degree}{others}: without a local honest majority (d >= 2b+1 = "
+        f"{2 * first.byzantine_neighbours + 1}) no rule can tell the attackers from honest "
+        "neighbours that disagree. Lower byzantine.count or byzantine.degree, use a denser "
+        "topology, or set byzantine.allow_undefended = true (--allow-undefended) to study "
+        "it anyway"
+    )
+
+
+class DetectorNeighbourhood:
+    """An honest node's neighbourhood as a perfect detector would leave it: the Byzantine
+    neighbours are not waited for and not merged, and their weight stays with the node
+    (``byzantine.oracle = true``). Sends are unchanged. It is no defence anyone can
+    deploy -- it knows who the attackers are -- but the best any rule can do against a
+    placement, so the measure of how far a real rule falls short."""
+
+    def __init__(self, inner: Neighbourhood, byzantine: Collection[PeerId]) -> None:
+        self._inner = inner
+        self._byzantine = frozenset(byzantine)
+
+    def receive_from(self, round: int) -> Mapping[PeerId, float]:
+        heard = self._inner.receive_from(round)
+        return {peer: w for peer, w in heard.items() if peer not in self._byzantine}
+
+    def send_to(self, round: int) -> Sequence[PeerId]:
+        return self._inner.send_to(round)
 
 
 class ModelOracle:

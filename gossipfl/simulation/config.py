@@ -87,6 +87,14 @@ class ByzantineSection:
     Small, as a capable attacker would keep it: a neighbour whose models come much later
     than the others' is no longer waited for (``PeerConfig.wait``), and an attack that
     arrives after the merge only stands in, stale, in a later round."""
+    oracle: bool = False
+    """Honest peers never merge their Byzantine neighbours' models, as a perfect detector
+    would do (in-process simulations only): the best any rule can do against this
+    placement, the reference a rule's drop is measured against."""
+    allow_undefended: bool = False
+    """Run even if an honest node has no local honest majority (d_i < 2b_i + 1): refused
+    by default, since no rule can defend such a node (see
+    :func:`gossipfl.simulation.byzantine.check_defended`); set it to study one."""
     params: dict[str, Scalar] = field(default_factory=dict)
 
 

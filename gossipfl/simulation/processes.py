@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gossipfl.childenv import SINGLE_THREADED, environment
-from gossipfl.errors import GossipflError
+from gossipfl.errors import ConfigError, GossipflError
 from gossipfl.simulation.collector import MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.simulation.runner import SimulationResult, _gap_or_none, consensus_fit
@@ -298,11 +298,17 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
     from gossipfl.daemon.roster import roster_toml
     from gossipfl.daemon.workload import save_dataset_file
     from gossipfl.identity import save_identity
-    from gossipfl.simulation.byzantine import place_byzantine
+    from gossipfl.simulation.byzantine import check_defended, place_byzantine
     from gossipfl.simulation.runner import build_topology_for, check_rule_fits
 
     honest_topology = build_topology_for(config)
     placement = place_byzantine(config, honest_topology)
+    check_defended(config, placement)
+    if placement is not None and config.byzantine.oracle:
+        raise ConfigError(
+            "byzantine.oracle (honest peers that know who the attackers are) exists only in "
+            "in-process simulations: drop transport = 'libp2p', or the oracle"
+        )
     topology = placement.topology if placement is not None else honest_topology
     honest = config.peers
     check_rule_fits(config, topology, honest)

@@ -26,10 +26,12 @@ from gossipfl.errors import ConfigError
 from gossipfl.learning import Learner, evaluate_many
 from gossipfl.merge import make_rule
 from gossipfl.peer import Peer, PeerConfig, RoundReport
-from gossipfl.protocol import TopologyNeighbourhood
+from gossipfl.protocol import Neighbourhood, TopologyNeighbourhood
 from gossipfl.simulation.byzantine import (
     ByzantinePeer,
     ByzantineSetup,
+    DetectorNeighbourhood,
+    check_defended,
     place_byzantine,
     setup_byzantine,
 )
@@ -138,6 +140,7 @@ def check_rule_fits(config: SimulationConfig, topology: Topology, honest: int) -
     """
     if topology.n == honest:
         placement = place_byzantine(config, topology)
+        check_defended(config, placement)
         if placement is not None:
             topology = placement.topology
     rule = make_rule(config.rule.name, **config.rule.params)
@@ -207,6 +210,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     topology = honest_topology = build_topology_for(config)
     honest = config.peers
     placement = place_byzantine(config, honest_topology)
+    check_defended(config, placement)
     if placement is not None:
         topology = placement.topology  # honest nodes weigh their Byzantine neighbours too
     check_rule_fits(config, topology, honest)
@@ -305,6 +309,12 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
         if not remaining:
             all_done.set()
 
+    def neighbourhood(i: int) -> Neighbourhood:
+        hood = TopologyNeighbourhood(topology, i, ids)
+        if placement is not None and config.byzantine.oracle:
+            return DetectorNeighbourhood(hood, [ids[b] for b in placement.byzantine])
+        return hood
+
     async def run_peer(
         i: int,
         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -317,7 +327,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
                 async with Peer(
                     transport=transport,
                     model=models[i],
-                    neighbourhood=TopologyNeighbourhood(topology, i, ids),
+                    neighbourhood=neighbourhood(i),
                     train=learners[i].train if learners else None,
                     rule=make_rule(config.rule.name, **config.rule.params),
                     config=peer_config,
