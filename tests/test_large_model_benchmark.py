@@ -32,4 +32,5 @@ def test_quick_run_times_the_parts_the_simulation_and_the_start_peers(
     for peer in result["start"]["per_peer"]:
         assert peer["rounds"] == 4
         assert peer["received"] == [2, 2, 2, 2]  # both neighbours' models, every round
-        assert peer["mb_sent_per_round"] == pytest.approx(2 * parts["megabytes"], rel=0.1)
+        # 2 neighbours a round; the last round's sends may land after its row
+        assert peer["mb_sent_per_round"] == pytest.approx(2 * parts["megabytes"], rel=0.3)

@@ -154,16 +154,15 @@ def start_peers(width: int, rounds: int, base: Path) -> dict[str, Any]:
         rows = [r for r in metrics(d.home) if r["kind"] == "round"]
         times = [r["time"] for r in rows]
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        sent = [r["bytes_sent"] for r in rows]  # cumulative
-        per_round = [b - a for a, b in itertools.pairwise(sent)]
+        # bytes_sent is cumulative, and a round's row can be written just before or just
+        # after the next round's first send: the total over the rounds is exact.
+        total = rows[-1]["bytes_sent"] if rows else 0
         per_peer.append(
             {
                 "rounds": len(rows),
                 "received": [r["received"] for r in rows],
                 "s_per_round": round(statistics.median(gaps), 2) if gaps else None,
-                "mb_sent_per_round": (
-                    round(statistics.median(per_round) / 1e6, 1) if per_round else None
-                ),
+                "mb_sent_per_round": round(total / len(rows) / 1e6, 1) if rows else None,
             }
         )
     return {"peers": 3, "rounds": rounds, "per_peer": per_peer}
