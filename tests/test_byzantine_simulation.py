@@ -338,3 +338,22 @@ def test_behind_the_oracle_plain_gossip_ignores_the_attack(
     )  # fmt: skip
     with pytest.raises(ConfigError, match="in-process simulations"):
         simulate(live)
+
+
+def test_known_b_gives_each_node_its_own_byzantine_count() -> None:
+    """IOS as its paper runs it: node i removes exactly b_i neighbours, so with no
+    attacker it is plain gossip (to the bit), and a configured b is only an upper bound."""
+    from gossipfl.simulation.byzantine import rule_params
+
+    config = SimulationConfig().with_overrides(
+        ["rule.name=ios", "byzantine.count=4", "byzantine.attack=ipm", "byzantine.known_b=true"]
+    )
+    placement = place_byzantine(config, build_topology_for(config))
+    assert placement is not None
+    counts = {row.node: row.byzantine_neighbours for row in placement.report.rows}
+    assert {rule_params(config, placement, node)["b"] for node in counts} == set(counts.values())
+    assert rule_params(config.with_overrides(["rule.name=mean"]), placement, 0) == {}
+    quiet = ["rounds=8", "output.eval_every=8", "byzantine.attack=none", "byzantine.known_b=true"]
+    ios = run_simulation(SimulationConfig().with_overrides([*quiet, "rule.name=ios"]))
+    mean = run_simulation(SimulationConfig().with_overrides([*quiet, "rule.name=mean"]))
+    assert ios.summary()["honest_mean_acc"] == mean.summary()["honest_mean_acc"]

@@ -165,6 +165,23 @@ def check_defended(config: SimulationConfig, placement: ByzantinePlacement | Non
     )
 
 
+def rule_params(
+    config: SimulationConfig, placement: ByzantinePlacement | None, node: int
+) -> dict[str, Any]:
+    """The rule parameters of honest node ``node``: the configured ones, with ``b`` set
+    to the node's own number of Byzantine neighbours when ``byzantine.known_b`` asks for
+    it (and the rule has a ``b``): 0 in a run without Byzantine peers."""
+    from gossipfl.merge import rule_parameters
+
+    params = dict(config.rule.params)
+    if not config.byzantine.known_b:
+        return params
+    if "b" in {p.name for p in rule_parameters(config.rule.name)}:
+        rows = placement.report.rows if placement is not None else ()
+        params["b"] = next((r.byzantine_neighbours for r in rows if r.node == node), 0)
+    return params
+
+
 class DetectorNeighbourhood:
     """An honest node's neighbourhood as a perfect detector would leave it: the Byzantine
     neighbours are not waited for and not merged, and their weight stays with the node

@@ -87,6 +87,11 @@ class ByzantineSection:
     Small, as a capable attacker would keep it: a neighbour whose models come much later
     than the others' is no longer waited for (``PeerConfig.wait``), and an attack that
     arrives after the merge only stands in, stale, in a later round."""
+    known_b: bool = False
+    """Each honest peer's rule is given its own number of Byzantine neighbours b_i as its
+    ``b`` (the exact per-node value that papers such as IOS assume), instead of the
+    configured ``rule.b``, which is then an upper bound no peer needs to know. A live peer
+    cannot know b_i; rules without a ``b`` parameter are unchanged."""
     oracle: bool = False
     """Honest peers never merge their Byzantine neighbours' models, as a perfect detector
     would do (in-process simulations only): the best any rule can do against this

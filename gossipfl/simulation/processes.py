@@ -304,10 +304,11 @@ def _plan(config: SimulationConfig, workdir: Path) -> _Plan:
     honest_topology = build_topology_for(config)
     placement = place_byzantine(config, honest_topology)
     check_defended(config, placement)
-    if placement is not None and config.byzantine.oracle:
+    if placement is not None and (config.byzantine.oracle or config.byzantine.known_b):
         raise ConfigError(
-            "byzantine.oracle (honest peers that know who the attackers are) exists only in "
-            "in-process simulations: drop transport = 'libp2p', or the oracle"
+            "byzantine.oracle and byzantine.known_b (honest peers that know who, or how many, "
+            "the attackers are) exist only in in-process simulations: drop transport = "
+            "'libp2p', or those settings"
         )
     topology = placement.topology if placement is not None else honest_topology
     honest = config.peers

@@ -33,6 +33,7 @@ from gossipfl.simulation.byzantine import (
     DetectorNeighbourhood,
     check_defended,
     place_byzantine,
+    rule_params,
     setup_byzantine,
 )
 from gossipfl.simulation.collector import MetricsCollector, RoundSummary
@@ -329,7 +330,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
                     model=models[i],
                     neighbourhood=neighbourhood(i),
                     train=learners[i].train if learners else None,
-                    rule=make_rule(config.rule.name, **config.rule.params),
+                    rule=make_rule(config.rule.name, **rule_params(config, placement, i)),
                     config=peer_config,
                     on_round=on_round,
                     compute_time=float(step_times[i]) if tc.step_time else None,
