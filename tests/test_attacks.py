@@ -15,6 +15,7 @@ from gossipfl.attacks import (
     AttackInputError,
     AttackView,
     alie_z,
+    alie_z_local,
     attack_help,
     attacks_help,
     flip_labels,
@@ -180,6 +181,29 @@ def test_alie_z_follows_baruch_et_al(population: int, byzantine: int, expected_c
     # s = floor(n/2 + 1) - f supporters; z = Phi^-1((n - s) / n)
     assert alie_z(population, byzantine) == pytest.approx(NormalDist().inv_cdf(expected_cdf))
     assert alie_z(20, 4) == pytest.approx(0.3853, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("degree", "byzantine", "expected_cdf"),
+    [(7, 2, 5 / 7), (8, 2, 6 / 8), (6, 2, 5 / 6), (5, 1, 3 / 5), (4, 3, 3 / 4)],
+)
+def test_local_alie_z_is_the_ios_reference_per_node_form(
+    degree: int, byzantine: int, expected_cdf: float
+) -> None:
+    # s = floor((d + 1) / 2) - b supporters (at least 1); z = Phi^-1((d - s) / d)
+    assert alie_z_local(degree, byzantine) == pytest.approx(NormalDist().inv_cdf(expected_cdf))
+
+
+def test_local_alie_takes_z_from_the_targets_own_neighbourhood() -> None:
+    view = random_view(3, k=5, b=2)  # degree 7 with 2 attackers
+    honest = honest_stack(view)
+    sent = make_attack("alie", scope="local").craft(view, RNG(0))
+    z = alie_z_local(7, 2)
+    expected = honest.mean(axis=0) - z * honest.std(axis=0, ddof=1)
+    np.testing.assert_allclose(sent, expected, rtol=1e-5, atol=1e-5)
+    assert z > 2 * alie_z(12, 2)  # the IOS setting: 2-3 times the global z
+    with pytest.raises(ConfigError, match="scope must be"):
+        make_attack("alie", scope="nearby")
 
 
 @given(seed=seeds, k=st.integers(1, 7), z=st.one_of(st.none(), st.floats(-3, 10)))

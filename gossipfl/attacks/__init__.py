@@ -41,6 +41,7 @@ from gossipfl.attacks.statistical import (
     InnerProductManipulation,
     SignFlip,
     alie_z,
+    alie_z_local,
 )
 from gossipfl.attacks.targeted import Dissensus, Isolation, SampleDuplication
 
@@ -64,6 +65,7 @@ __all__ = [
     "SampleDuplication",
     "SignFlip",
     "alie_z",
+    "alie_z_local",
     "arm_peer",
     "attack_class",
     "attack_help",
