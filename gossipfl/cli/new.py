@@ -126,7 +126,7 @@ from gossipfl.tasks import ClassificationTask, from_arrays, read_table
 # by its parameters (task.settings()), not by dataclass equality.
 @dataclass(kw_only=True, eq=False)
 class {cls}(ClassificationTask):
-    """One line saying what this task learns (`gossipfl task show` prints it)."""
+    """One line saying what this task learns."""
 
     # Parameters: a default and a sentence each. Inherited ones: lr (0.05), momentum (0.9),
     # weight_decay (0), batch_size (32), local_steps (1 mini-batch per round).

@@ -20,6 +20,8 @@ import json
 import sys
 from typing import Any
 
+from gossipfl.cli.task import TASK_FLAG_HELP
+
 FLAG_KEYS = {
     "peers": "peers",
     "topology": "topology.name",
@@ -76,9 +78,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--task",
         metavar="REF",
-        help="your own model and data: a built-in task (`gossipfl task list`), "
-        "package.module:Class or path/to/task.py:Class; parameters with "
-        "--set task.params.KEY=VALUE",
+        help=TASK_FLAG_HELP,
     )
     p.add_argument("--data", help="data set: digits (bundled) or synthetic")
     p.add_argument("--partition", help="iid, dirichlet or label")

@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gossipfl.cli.task import TASK_FLAG_HELP
 from gossipfl.errors import ConfigError
 
 EXIT_INTERRUPTED = 130
@@ -84,9 +85,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--task",
         metavar="REF",
-        help="your own model and data: a built-in task (`gossipfl task list`), "
-        "package.module:Class or path/to/task.py:Class; parameters with "
-        "--set task.params.KEY=VALUE",
+        help=TASK_FLAG_HELP,
     )
     p.add_argument(
         "--data-file",

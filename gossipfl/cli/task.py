@@ -12,7 +12,13 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["TASK_FLAG_HELP", "register"]
+
+TASK_FLAG_HELP = (
+    "your own model and data: a built-in task (`gossipfl task list`), package.module:Class "
+    "or path/to/task.py:Class; parameters with --set task.params.KEY=VALUE"
+)
+"""The help of ``--task``, the same in every command that takes one."""
 
 
 def register(subparsers: Any) -> None:

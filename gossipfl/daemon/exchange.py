@@ -56,6 +56,8 @@ MAX_MESSAGE = 2 << 20
 MAX_ADDRS = 16
 MAX_TEXT = 256
 MAX_INT = MAX_COUNTER
+MAX_OTHER_JOBS = 256
+"""Peers of another job remembered (the oldest is forgotten first)."""
 MAX_BACKOFF = 30.0
 """Seconds between two attempts to reach a candidate that keeps failing, at most."""
 
@@ -346,6 +348,9 @@ class MembershipExchange:
         if job != self.job:
             self.rejected += 1
             differences = describe_job_mismatch(self.job, job, who="it", me="this peer")
+            self.other_jobs.pop(peer, None)
+            if len(self.other_jobs) >= MAX_OTHER_JOBS:  # bounded: peer IDs cost nothing
+                del self.other_jobs[next(iter(self.other_jobs))]
             self.other_jobs[peer] = differences
             self._candidates.discard(peer)
             if self._on_other_job is None:  # else the owner reports it

@@ -365,8 +365,8 @@ class Node:
                 f"the peer you join through ({peer}) runs another job: {differences}. "
                 "Start this peer with the join command that peer printed"
             )
-        if peer not in self._other_jobs_told:
-            self._other_jobs_told.add(peer)
+        if peer not in self._other_jobs_told and len(self._other_jobs_told) < 64:
+            self._other_jobs_told.add(peer)  # said once per peer, for the first 64
             self.reporter.warn(f"peer {peer} runs another job ({differences}): not a member")
 
     def _membership_violation(self, peer: str, kind: str, detail: str) -> None:
