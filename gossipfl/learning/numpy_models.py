@@ -80,6 +80,13 @@ class NumpySoftmaxLearner:
         acc, loss = self.evaluate_vectors(self._adapter.get_flat()[None, :], x, y)
         return float(acc[0]), float(loss[0])
 
+    def sample_losses(self, x: FloatArray, y: IntArray) -> FloatArray:
+        """The cross-entropy of each sample under the current model (membership
+        inference scores samples one by one)."""
+        logp = _log_softmax(x @ self.params["weight"] + self.params["bias"])
+        losses: FloatArray = -logp[np.arange(len(y)), y]
+        return losses
+
     def evaluate_vectors(
         self, vectors: FloatArray, x: FloatArray, y: IntArray
     ) -> tuple[FloatArray, FloatArray]:

@@ -120,6 +120,16 @@ class TorchLearner:
             if p.grad is not None
         )
 
+    def sample_losses(self, x: FloatArray, y: IntArray) -> FloatArray:
+        """The cross-entropy of each sample under the current model (membership
+        inference scores samples one by one)."""
+        self.module.eval()
+        with torch.no_grad():
+            logits = self.module(torch.from_numpy(np.ascontiguousarray(x)))
+            target = torch.from_numpy(np.ascontiguousarray(y))
+            losses = nn.functional.cross_entropy(logits, target, reduction="none")
+        return losses.numpy().astype(np.float32)
+
     def evaluate(self, x: FloatArray, y: IntArray) -> tuple[float, float]:
         self.module.eval()
         with torch.no_grad():

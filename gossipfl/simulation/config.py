@@ -119,6 +119,16 @@ class OutputSection:
 
 
 @dataclass
+class PrivacySection:
+    mia: bool = False
+    """At the end of a training run, attack every honest peer's final model with a
+    loss-threshold membership inference, as a neighbour that received it could
+    (:mod:`gossipfl.privacy.membership`): its training samples against as many test
+    samples. The summary gains ``mia_auc`` (0.5: nothing leaks), ``mia_auc_max``,
+    ``mia_tpr_at_1pct_fpr`` and ``mia_advantage``."""
+
+
+@dataclass
 class SimulationConfig(TomlConfig):
     """Everything that defines a simulated run."""
 
@@ -140,6 +150,7 @@ class SimulationConfig(TomlConfig):
     churn: ChurnSection = field(default_factory=ChurnSection)
     output: OutputSection = field(default_factory=OutputSection)
     task: TaskSection = field(default_factory=TaskSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     """Your own model and data (see :mod:`gossipfl.tasks`); unset: ``[data]`` and
     ``[training]`` choose a built-in workload."""
 

@@ -155,6 +155,39 @@ def check_rule_fits(config: SimulationConfig, topology: Topology, honest: int) -
             raise ConfigError(f"node {node} of {topology.name!r}: {exc}") from None
 
 
+def _membership_leakage(
+    config: SimulationConfig, learners: list[Learner], dataset: Any, parts: list[Any]
+) -> dict[str, float]:
+    """The loss-threshold membership inference against every honest peer's final model:
+    its own training samples (members) against test samples of the same classes in the
+    same numbers (so that a skewed shard's class mix is not mistaken for membership),
+    drawn from the seed; averaged over the peers (and the worst case, the largest AUC)."""
+    from gossipfl.privacy import loss_threshold_attack, sample_losses
+
+    rng = np.random.default_rng([config.seed, 7])
+    probe = learners[0]
+    by_class = {c: np.flatnonzero(dataset.y_test == c) for c in np.unique(dataset.y_test)}
+    found = []
+    for learner, shard in zip(learners, parts, strict=True):
+        members = np.asarray(shard)
+        members = members[[len(by_class.get(dataset.y_train[m], ())) > 0 for m in members]]
+        if members.size == 0:
+            continue
+        outside = np.array([rng.choice(by_class[dataset.y_train[m]]) for m in members])
+        vector = learner.adapter.get_flat()
+        inside = sample_losses(probe, vector, dataset.x_train[members], dataset.y_train[members])
+        unseen = sample_losses(probe, vector, dataset.x_test[outside], dataset.y_test[outside])
+        found.append(loss_threshold_attack(inside, unseen))
+    if not found:
+        return {}
+    return {
+        "mia_auc": float(np.mean([f.auc for f in found])),
+        "mia_auc_max": float(np.max([f.auc for f in found])),
+        "mia_tpr_at_1pct_fpr": float(np.mean([f.tpr_at_1pct_fpr for f in found])),
+        "mia_advantage": float(np.mean([f.advantage for f in found])),
+    }
+
+
 def run_simulation(
     config: SimulationConfig,
     *,
@@ -218,6 +251,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     ids = [f"peer-{i:04d}" for i in range(topology.n)]
 
     learners: list[Learner] = []
+    parts: list[Any] = []
     evaluate = None
     dataset = None
     make = None
@@ -421,6 +455,8 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     )
     if byzantine is not None:
         result.extra.update(byzantine.summary())
+    if config.mode == "train" and config.privacy.mia and learners:
+        result.extra.update(_membership_leakage(config, learners, dataset, parts))
     if config.mode == "consensus":
         assert initial_mean is not None
         finals = [np.asarray(m["x"], np.float64) for m in models]
