@@ -18,7 +18,7 @@ as float32) on 3×16×16 images, one mini-batch of 16 per round. Prints ONE JSON
   timestamps of its ``metrics.jsonl``.
 
 Run: ``.venv/bin/python experiments/benchmarks/large_model.py [--quick]`` (``--quick``:
-a width-16 model of 0.7M parameters, to check the script).
+a width-8 model of 176k parameters, to check the script).
 """
 
 from __future__ import annotations
@@ -170,11 +170,11 @@ def start_peers(width: int, rounds: int, base: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a 0.7M-parameter model")
+    parser.add_argument("--quick", action="store_true", help="a 176k-parameter model (width 8)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    width = 16 if args.quick else 64
+    width = 8 if args.quick else 64
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         print("parts ...", file=sys.stderr)
