@@ -20,6 +20,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from gossipfl.configfile import literal
 from gossipfl.daemon.config import DaemonConfig
 from gossipfl.wire.job import MAX_JOB_ENTRIES, MAX_JOB_KEY, MAX_JOB_VALUE
 
@@ -116,12 +117,9 @@ def _shown_reference(reference: str, cwd: Path) -> str:
 
 
 def _text(value: Any) -> str:
-    """A setting's value as manifest text: TOML's spelling for booleans, ``repr`` for
-    numbers (exact) and anything else, hashed when too long or not printable."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    else:
-        text = value if isinstance(value, str) else repr(value)
+    """A setting's value as manifest text: as ``--set`` takes it (:func:`literal`),
+    hashed when too long or not printable."""
+    text = literal(value)
     if len(text) > MAX_JOB_VALUE or not text.isprintable():
         return _digest(text)
     return text

@@ -57,7 +57,7 @@ def _standardize(x_train: FloatArray, x_test: FloatArray) -> tuple[FloatArray, F
     )
 
 
-def _stratified_split(
+def stratified_split(
     y: IntArray, test_fraction: float, rng: np.random.Generator
 ) -> tuple[IntArray, IntArray]:
     """Indices of a stratified train/test split: each class keeps its share in both."""
@@ -91,7 +91,7 @@ def digits(*, seed: int = 0, test_fraction: float = 0.2, split_seed: int | None 
     x = np.asarray(bunch.data, dtype=np.float32)
     y = np.asarray(bunch.target, dtype=np.int64)
     rng = np.random.default_rng(DIGITS_SPLIT_SEED if split_seed is None else split_seed)
-    train, test = _stratified_split(y, test_fraction, rng)
+    train, test = stratified_split(y, test_fraction, rng)
     x_train, x_test = _standardize(x[train], x[test])
     return Dataset("digits", x_train, y[train], x_test, y[test], n_classes=10)
 
@@ -119,7 +119,7 @@ def synthetic(
     means = rng.normal(0.0, separation, size=(classes, features))
     y = np.arange(samples, dtype=np.int64) % classes
     x = (means[y] + rng.normal(size=(samples, features))).astype(np.float32)
-    train, test = _stratified_split(y, test_fraction, rng)
+    train, test = stratified_split(y, test_fraction, rng)
     x_train, x_test = _standardize(x[train], x[test])
     return Dataset("synthetic", x_train, y[train], x_test, y[test], n_classes=classes)
 

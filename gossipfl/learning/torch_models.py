@@ -17,9 +17,10 @@ from torch import nn
 
 from gossipfl.learning.learner import LearnerConfig
 from gossipfl.model import TorchAdapter
+from gossipfl.peerlog import PeerWarnings
 
 logger = logging.getLogger(__name__)
-_WARNINGS_LEFT = [3]  # per process: a simulation's peers all skip alike
+_warnings = PeerWarnings(burst=3, period=math.inf)  # per process: peers all skip alike
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -33,16 +34,16 @@ def build_model(name: str, features: int, classes: int, hidden: int) -> nn.Modul
 
 
 def _warn_skipped(skipped: int, steps: int, round: int) -> None:
-    if _WARNINGS_LEFT[0] > 0:
-        _WARNINGS_LEFT[0] -= 1
-        logger.warning(
-            "round %d: skipped %d of %d local steps: the loss or a gradient was not finite "
-            "(a learning rate too large, or a model pushed to extreme values by its "
-            "neighbours' models)",
-            round,
-            skipped,
-            steps,
-        )
+    _warnings.warn(
+        logger,
+        "skipped_steps",
+        "round %d: skipped %d of %d local steps: the loss or a gradient was not finite "
+        "(a learning rate too large, or a model pushed to extreme values by its "
+        "neighbours' models)",
+        round,
+        skipped,
+        steps,
+    )
 
 
 class TorchLearner:

@@ -192,10 +192,14 @@ class DetectorNeighbourhood:
     def __init__(self, inner: Neighbourhood, byzantine: Collection[PeerId]) -> None:
         self._inner = inner
         self._byzantine = frozenset(byzantine)
+        self._last: tuple[Mapping[PeerId, float], dict[PeerId, float]] | None = None
 
     def receive_from(self, round: int) -> Mapping[PeerId, float]:
         heard = self._inner.receive_from(round)
-        return {peer: w for peer, w in heard.items() if peer not in self._byzantine}
+        if self._last is None or self._last[0] is not heard:  # static: filtered once
+            kept = {peer: w for peer, w in heard.items() if peer not in self._byzantine}
+            self._last = (heard, kept)
+        return self._last[1]
 
     def send_to(self, round: int) -> Sequence[PeerId]:
         return self._inner.send_to(round)

@@ -132,6 +132,12 @@ class ClassificationTask(Task):
         torch's generator seeded from the job: build it with torch's own initializers and
         every peer gets the same weights."""
 
+    def sgd_config(self, *, model: str, backend: str, init_seed: int) -> LearnerConfig:
+        """The task's SGD parameters as a :class:`LearnerConfig` for ``model``."""
+        return LearnerConfig(
+            model=model, backend=backend, init_seed=init_seed, **training_params(self)
+        )
+
     def learner(self, data: Dataset, indices: IntArray, *, init_seed: int, seed: int) -> Learner:
         try:
             import torch
@@ -150,16 +156,7 @@ class ClassificationTask(Task):
                 f"{type(self).__name__}.model() returned a {type(module).__name__}, "
                 "not a torch nn.Module"
             )
-        config = LearnerConfig(
-            model="custom",
-            backend="torch",
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            local_steps=self.local_steps,
-            init_seed=init_seed,
-        )
+        config = self.sgd_config(model="custom", backend="torch", init_seed=init_seed)
         x, y = data.x_train[indices], data.y_train[indices]
         return TorchLearner(config, x, y, data.n_classes, seed=seed, module=module)
 

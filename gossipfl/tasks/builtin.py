@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gossipfl.data import Dataset, load_dataset
-from gossipfl.learning import Learner, LearnerConfig, make_learner
+from gossipfl.learning import Learner, make_learner
 from gossipfl.merge.base import check_float, check_int, param
 from gossipfl.tasks.base import ClassificationTask, IntArray, TaskError
 
@@ -57,16 +57,7 @@ class _Softmax(ClassificationTask):
     def learner(self, data: Dataset, indices: IntArray, *, init_seed: int, seed: int) -> Learner:
         if self.backend == "torch":
             return super().learner(data, indices, init_seed=init_seed, seed=seed)
-        config = LearnerConfig(
-            model="softmax",
-            backend="numpy",
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            local_steps=self.local_steps,
-            init_seed=init_seed,
-        )
+        config = self.sgd_config(model="softmax", backend="numpy", init_seed=init_seed)
         return make_learner(config, data, indices, seed=seed)
 
 

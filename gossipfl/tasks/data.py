@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gossipfl.data import Dataset
+from gossipfl.data.datasets import stratified_split
 from gossipfl.tasks.base import TaskError
 
 FloatArray = npt.NDArray[np.float32]
@@ -76,18 +77,6 @@ def _labels(
     return np.asarray([index[_as_text(v)] for v in array.tolist()], np.int64), names
 
 
-def _split(y: IntArray, test_fraction: float, seed: int) -> tuple[IntArray, IntArray]:
-    rng = np.random.default_rng(seed)
-    train: list[IntArray] = []
-    test: list[IntArray] = []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n_test = round(len(idx) * test_fraction)
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
 def from_arrays(
     x: npt.ArrayLike,
     y: npt.ArrayLike,
@@ -127,7 +116,7 @@ def from_arrays(
     else:
         if not 0 < test_fraction < 1:
             raise TaskError(f"{name}: test_fraction must be in (0, 1), got {test_fraction}")
-        train, test = _split(labels, test_fraction, seed)
+        train, test = stratified_split(labels, test_fraction, np.random.default_rng(seed))
         if len(test) == 0 or len(train) == 0:
             raise TaskError(f"{name}: too few samples ({len(labels)}) to split off a test set")
         x_train, y_train, x_tst, y_tst = xs[train], labels[train], xs[test], labels[test]
