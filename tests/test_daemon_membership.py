@@ -637,6 +637,27 @@ async def test_a_partner_of_another_job_is_told_why_and_never_merged() -> None:
     assert ID["b"] not in p0.view.known()
 
 
+async def test_peers_of_another_job_are_remembered_within_a_bound() -> None:
+    from gossipfl.daemon.exchange import MAX_OTHER_JOBS
+
+    ex = MembershipExchange(
+        StubTransport(ID["me"]),
+        new_view("me"),
+        network_id=NET,
+        interval=1.0,
+        wall_clock=lambda: WALL,
+        job={"rule.name": "mean"},
+    )
+    other = encode_view(NET, [], {"rule.name": "krum"})
+    for i in range(MAX_OTHER_JOBS + 40):  # peer IDs cost an attacker nothing
+        reply = await ex._handle(f"stranger-{i}", other)
+        assert reply is not None
+        assert decode_view(reply).job == {"rule.name": "mean"}
+    assert len(ex.other_jobs) == MAX_OTHER_JOBS
+    assert "stranger-0" not in ex.other_jobs  # the oldest forgotten first
+    assert f"stranger-{MAX_OTHER_JOBS + 39}" in ex.other_jobs
+
+
 async def test_a_heartbeat_per_interval_however_often_candidates_wake_us(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
