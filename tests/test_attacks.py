@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from statistics import NormalDist
 
 import numpy as np
@@ -22,6 +24,7 @@ from gossipfl.attacks import (
     make_attack,
     with_flipped_labels,
 )
+from gossipfl.attacks.search import line_maximize
 from gossipfl.data.datasets import synthetic
 from gossipfl.errors import ConfigError
 from gossipfl.merge import make_rule
@@ -96,6 +99,7 @@ def test_registry_holds_exactly_the_issue_attacks() -> None:
         "dissensus",
         "isolation",
         "sample-duplication",
+        "spectral",
         "omission",
     }
     assert NO_ATTACK not in ATTACKS
@@ -123,7 +127,7 @@ def test_make_attack_parses_strings_and_names_what_is_wrong() -> None:
         make_attack("gaussian", sigma=-1)
     with pytest.raises(ConfigError, match="pick must be one of farthest, nearest, random"):
         make_attack("sample-duplication", pick="best")
-    assert make_attack("dissensus").describe() == "dissensus(epsilon=1.5)"
+    assert make_attack("dissensus").describe() == "dissensus(epsilon=1.5, evals=16)"
 
 
 def test_views_with_inconsistent_shapes_are_refused() -> None:
@@ -336,3 +340,75 @@ def test_crafted_messages_are_new_float32_arrays() -> None:
         assert sent.flags.writeable
         assert not np.shares_memory(sent, view.own)
         assert not np.shares_memory(sent, view.neighbours)
+
+
+# ----------------------------------------------------------------------------- searched scale
+
+
+def test_line_search_finds_the_peak_of_a_concave_function_within_its_budget() -> None:
+    calls: list[float] = []
+
+    def bump(x: float) -> float:
+        calls.append(x)
+        return -((x - 5.3) ** 2)
+
+    best = line_maximize(bump, evals=16)
+    assert len(calls) == 16
+    assert min(calls) >= 0.0
+    assert abs(best - 5.3) < 0.5
+    assert line_maximize(lambda x: -x, evals=8) == 0.0  # decreasing: stay at the start
+
+
+def test_line_search_expands_without_bound_and_skips_non_finite_values() -> None:
+    assert line_maximize(lambda x: x, evals=6) == 31.0  # 1, 2, 4, 8, 16 added: doubling
+    blown = line_maximize(lambda x: math.inf if x > 3 else x, evals=10)
+    assert 0 < blown <= 3
+    with pytest.raises(ValueError, match="evals"):
+        line_maximize(lambda x: x, evals=0)
+
+
+@settings(max_examples=30)
+@given(seed=seeds, k=st.integers(2, 7), b=st.integers(1, 2))
+def test_searched_dissensus_moves_the_target_at_least_as_far_as_the_fixed_form(
+    seed: int, k: int, b: int
+) -> None:
+    view = random_view(seed, k=k, b=b)
+    assert view.target is not None
+    x = view.target.astype(np.float64)
+    honest = x + view.weights @ (view.neighbours.astype(np.float64) - x)
+
+    def deviation(message: np.ndarray) -> float:
+        d = merge_with_attackers(view, message, "cs-plus").astype(np.float64) - honest
+        return float(d @ d)
+
+    def target_merge(message: np.ndarray) -> np.ndarray:
+        return merge_with_attackers(view, message, "cs-plus")
+
+    known = dataclasses.replace(view, merge=target_merge)
+    fixed = make_attack("dissensus").craft(known, RNG(0))
+    searched = make_attack("dissensus", epsilon="none").craft(known, RNG(0))
+    assert deviation(searched) >= deviation(fixed) * (1 - 1e-5) - 1e-9
+
+
+def test_searched_scale_without_the_rule_assumes_plain_averaging() -> None:
+    view = random_view(1, k=4, b=1)
+    # under averaging the deviation grows with the scale: the search doubles to its end
+    sent = make_attack("spectral", evals=5).craft(view, RNG(0))
+    assert view.target is not None
+    ones_step = (view.neighbours.astype(np.float64) - view.target).sum(axis=0)
+    np.testing.assert_allclose(sent, view.target - 15.0 * ones_step, rtol=1e-4, atol=1e-3)
+
+
+@given(seed=seeds, scale=st.floats(0, 10))
+def test_spectral_pushes_the_target_along_its_fiedler_direction(seed: int, scale: float) -> None:
+    view = random_view(seed)
+    direction = RNG(seed + 1).normal(size=view.size)
+    sent = make_attack("spectral", scale=scale).craft(
+        dataclasses.replace(view, spectral=direction), RNG(0)
+    )
+    assert view.target is not None
+    np.testing.assert_allclose(
+        sent, view.target + scale * direction, rtol=1e-5, atol=1e-5 * (1 + scale)
+    )
+    with pytest.raises(AttackInputError, match="spectral"):
+        dataclasses.replace(view, spectral=direction[:-1])

@@ -11,18 +11,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import pytest
 
 from gossipfl.cli import main
 from gossipfl.errors import ConfigError
+from gossipfl.merge import make_rule
 from gossipfl.simulation import SimulationConfig, run_simulation
 from gossipfl.simulation.byzantine import (
     RECOMMENDED_RULE,
     ModelOracle,
+    OmniscientAttacker,
     place_byzantine,
+    setup_byzantine,
 )
 from gossipfl.simulation.runner import build_topology_for, check_rule_fits
+from gossipfl.topology import fiedler_vector
 
 
 def attacked(rule: str, attack: str, *settings: str) -> dict[str, Any]:
@@ -46,7 +51,7 @@ def headline() -> dict[tuple[str, str], dict[str, Any]]:
     return {
         (rule, attack): attacked(rule, attack)
         for rule in ("mean", RECOMMENDED_RULE)
-        for attack in ("none", "sign-flip", "dissensus")
+        for attack in ("none", "sign-flip", "dissensus", "spectral")
     }
 
 
@@ -66,6 +71,21 @@ def test_plain_gossip_collapses_while_the_recommended_rule_holds(
         assert summary["honest_min_acc"] >= robust_clean["honest_min_acc"] - 0.05
 
 
+def test_the_spectral_attack_splits_plain_gossip_and_the_recommended_rule_holds(
+    headline: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    # Each target is pushed along the honest graph's Fiedler vector with a scale searched
+    # against its own rule: unbounded under averaging (models blow up), clipped by CS+.
+    plain = headline[("mean", "spectral")]
+    assert plain["attack_detail"] == "spectral(scale=None, evals=16)"
+    assert plain["honest_mean_acc"] < 0.5
+    assert plain["consensus_distance"] > 1e6
+    robust = headline[(RECOMMENDED_RULE, "spectral")]
+    clean = headline[(RECOMMENDED_RULE, "none")]
+    assert robust["honest_mean_acc"] >= clean["honest_mean_acc"] - 0.02
+    assert robust["consensus_distance"] < 1.0
+
+
 def test_attackers_saw_every_honest_model_of_the_round(
     headline: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
@@ -74,7 +94,7 @@ def test_attackers_saw_every_honest_model_of_the_round(
     assert summary["stale_views"] == 0  # the oracle held round r when round r was crafted
     assert summary["crafted"] == 60 * 4 * 2  # rounds × Byzantine peers × targets each
     assert summary["byzantine_attached"] == 4
-    assert summary["attack_detail"] == "dissensus(epsilon=1.5)"
+    assert summary["attack_detail"] == "dissensus(epsilon=1.5, evals=16)"
     assert summary["delta_max"] == pytest.approx(2 / 7)  # degree-6 node, two attackers
     assert summary["undefended"] == []
     assert summary["honest_spectral_gap"] == pytest.approx(0.4)
@@ -357,3 +377,42 @@ def test_known_b_gives_each_node_its_own_byzantine_count() -> None:
     ios = run_simulation(SimulationConfig().with_overrides([*quiet, "rule.name=ios"]))
     mean = run_simulation(SimulationConfig().with_overrides([*quiet, "rule.name=mean"]))
     assert ios.summary()["honest_mean_acc"] == mean.summary()["honest_mean_acc"]
+
+
+def test_omniscient_views_carry_the_fiedler_direction_and_the_targets_own_merge() -> None:
+    config = SimulationConfig().with_overrides(
+        [
+            "mode=consensus",
+            "peers=9",
+            "topology.name=torus",
+            "dimension=6",
+            "byzantine.count=1",
+            "byzantine.degree=2",
+            "byzantine.attack=spectral",
+            "rule.name=cs-plus",
+        ]
+    )
+    placement = place_byzantine(config, build_topology_for(config))
+    assert placement is not None
+    ids = [f"p{i}" for i in range(placement.topology.n)]
+    setup = setup_byzantine(config, placement, ids)
+    rng = np.random.default_rng(0)
+    models = rng.normal(size=(9, 6)).astype(np.float32)
+    for node in range(9):
+        setup.oracle.record(node, 4, models[node])
+    hook = setup.peers[0].outgoing
+    assert isinstance(hook, OmniscientAttacker)
+    target = next(row.node for row in placement.report.rows if row.byzantine_neighbours)
+    view = hook.view(target, 4, np.zeros(6, np.float32))
+    u = fiedler_vector(nx.Graph(placement.honest_topology.graph(0)))
+    assert view.spectral is not None
+    np.testing.assert_allclose(view.spectral, u[target] * (u @ models.astype(np.float64)))
+    # the merge the attacker searches against is the target's own CS+ merge
+    assert view.merge is not None
+    message = np.full(6, 3.0, np.float32)
+    weights = placement.topology.weights(target, 0)
+    rows = np.stack([models[j] if j < 9 else message for j in sorted(weights)])
+    expected = make_rule("cs-plus").merge(
+        models[target], rows, np.array([weights[j] for j in sorted(weights)])
+    )
+    np.testing.assert_allclose(view.merge(message), expected, rtol=1e-6)

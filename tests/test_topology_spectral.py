@@ -15,6 +15,7 @@ from gossipfl.errors import ConfigError
 from gossipfl.topology import (
     build_topology,
     check_mixing_matrix,
+    fiedler_vector,
     is_doubly_stochastic,
     is_symmetric,
     max_degree_weights,
@@ -231,3 +232,28 @@ def test_predicted_rounds_edge_cases() -> None:
     assert predicted_rounds(ring_gap(64)) == math.ceil(math.log(1e-6) / math.log(1 - ring_gap(64)))
     with pytest.raises(ValueError, match="tolerance"):
         predicted_rounds(0.5, tolerance=2.0)
+
+
+def test_fiedler_vector_of_a_path_is_the_first_cosine_mode() -> None:
+    n = 9
+    vec = fiedler_vector(nx.path_graph(n))
+    expected = np.cos(np.pi * (np.arange(n) + 0.5) / n)  # the path Laplacian's second mode
+    expected /= np.linalg.norm(expected)
+    np.testing.assert_allclose(vec, expected, atol=1e-9)
+    assert vec[0] > 0  # sign fixed: first non-zero coordinate positive
+    assert abs(vec.sum()) < 1e-9  # orthogonal to the constant vector
+
+
+def test_fiedler_vector_sparse_solver_agrees_with_the_dense_one() -> None:
+    graph = nx.relabel_nodes(nx.path_graph(40), {i: 39 - i for i in range(40)})  # reversed order
+    dense = fiedler_vector(graph)
+    sparse = fiedler_vector(graph, dense_threshold=2)
+    np.testing.assert_allclose(np.abs(sparse @ dense), 1.0, atol=1e-6)
+    np.testing.assert_allclose(sparse, dense, atol=1e-5)  # same sign convention
+
+
+def test_fiedler_vector_refuses_graphs_without_one() -> None:
+    with pytest.raises(ValueError, match="disconnected"):
+        fiedler_vector(nx.Graph([(0, 1), (2, 3)]))
+    with pytest.raises(ValueError, match="two nodes"):
+        fiedler_vector(nx.empty_graph(1))

@@ -43,7 +43,7 @@ from gossipfl.attacks.statistical import (
     alie_z,
     alie_z_local,
 )
-from gossipfl.attacks.targeted import Dissensus, Isolation, SampleDuplication
+from gossipfl.attacks.targeted import Dissensus, Isolation, SampleDuplication, Spectral
 
 __all__ = [
     "ATTACKS",
@@ -64,6 +64,7 @@ __all__ = [
     "ReceivedModels",
     "SampleDuplication",
     "SignFlip",
+    "Spectral",
     "alie_z",
     "alie_z_local",
     "arm_peer",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,6 +56,13 @@ class AttackView:
         population: peers in the whole system, honest and Byzantine (ALIE's n).
         byzantine_total: Byzantine peers in the whole system (ALIE's f).
         omniscient: True when the view comes from the simulator's oracle.
+        merge: the target's merge of this round as a function of the message every
+            Byzantine neighbour sends (its own rule, weights and honest neighbours), for
+            attacks that search their scale; ``None`` when unknown (a live peer).
+        spectral: ``u_i Σ_k u_k x_k``, the honest models projected on the honest graph's
+            Fiedler vector u and scaled by the target's coordinate u_i (the spectral
+            attack's direction); ``None`` unless the attack asks for it and the
+            attacker sees every honest model.
     """
 
     round: int
@@ -68,6 +76,8 @@ class AttackView:
     population: int = 2
     byzantine_total: int = 1
     omniscient: bool = True
+    merge: Callable[[F32], F32] | None = None
+    spectral: F64 | None = None
 
     def __post_init__(self) -> None:
         own = np.asarray(self.own)
@@ -84,6 +94,8 @@ class AttackView:
             raise AttackInputError("weights must be finite and non-negative")
         if self.target is not None and np.asarray(self.target).shape != (n,):
             raise AttackInputError(f"target must have shape ({n},)")
+        if self.spectral is not None and np.asarray(self.spectral).shape != (n,):
+            raise AttackInputError(f"spectral must have shape ({n},)")
         if not (np.isfinite(self.byzantine_weight) and self.byzantine_weight > 0):
             raise AttackInputError(f"byzantine_weight must be > 0, got {self.byzantine_weight}")
         if self.byzantine_count < 1:
@@ -131,6 +143,8 @@ class Attack(abc.ABC):
     summary: ClassVar[str]
     #: True when the Byzantine peer must train a model of its own (label flipping).
     trains: ClassVar[bool] = False
+    #: True when the attack needs :attr:`AttackView.spectral` (every honest model).
+    uses_spectral: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -20,7 +20,7 @@ from gossipfl.attacks.statistical import (
     InnerProductManipulation,
     SignFlip,
 )
-from gossipfl.attacks.targeted import Dissensus, Isolation, SampleDuplication
+from gossipfl.attacks.targeted import Dissensus, Isolation, SampleDuplication, Spectral
 from gossipfl.errors import ConfigError
 from gossipfl.textparams import build
 
@@ -40,6 +40,7 @@ ATTACKS: Mapping[str, type[Attack]] = types.MappingProxyType(
             Dissensus,
             Isolation,
             SampleDuplication,
+            Spectral,
             Omission,
         )
     }

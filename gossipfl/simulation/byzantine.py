@@ -41,10 +41,18 @@ from gossipfl.attacks import (
 )
 from gossipfl.attacks.registry import canonical_name
 from gossipfl.errors import ConfigError
+from gossipfl.merge import MergeRule, make_rule
+from gossipfl.merge.context import MergeContext
 from gossipfl.protocol.events import PeerId
 from gossipfl.protocol.neighbourhood import Neighbourhood
 from gossipfl.simulation.config import SimulationConfig
-from gossipfl.topology import PlacementReport, Topology, attach_byzantine, placement_report
+from gossipfl.topology import (
+    PlacementReport,
+    Topology,
+    attach_byzantine,
+    fiedler_vector,
+    placement_report,
+)
 from gossipfl.topology.generators import derived_seed
 from gossipfl.transport import Transport
 
@@ -249,8 +257,15 @@ class _TargetShape:
     honest_neighbours: tuple[int, ...]
     weights: np.ndarray[Any, np.dtype[np.float64]]
     self_weight: float
-    byzantine_weight: float
-    byzantine_count: int
+    byzantine_weights: np.ndarray[Any, np.dtype[np.float64]]
+
+    @property
+    def byzantine_weight(self) -> float:
+        return float(self.byzantine_weights.sum())
+
+    @property
+    def byzantine_count(self) -> int:
+        return int(self.byzantine_weights.size)
 
 
 class OmniscientAttacker:
@@ -266,7 +281,13 @@ class OmniscientAttacker:
         honest: int,
         index: Mapping[str, int],
         seed: int,
+        rule_of: Callable[[int], MergeRule] | None = None,
+        total_rounds: int = 1,
+        fiedler: np.ndarray[Any, np.dtype[np.float64]] | None = None,
     ) -> None:
+        """``rule_of(target)`` builds the target's merge rule (for attacks that search
+        their scale; plain averaging is assumed without it); ``fiedler`` is the honest
+        graph's Fiedler vector (for the spectral attack)."""
         self.attack = attack
         self.stale_views = 0
         self.crafted = 0
@@ -278,19 +299,23 @@ class OmniscientAttacker:
         self._byzantine_total = topology.n - honest
         self._rng = np.random.default_rng(seed)
         self._shapes: dict[int, _TargetShape] = {}
+        self._rule_of = rule_of
+        self._rules: dict[int, MergeRule] = {}
+        self._total_rounds = max(1, total_rounds)
+        self._fiedler = fiedler
+        self._projection: tuple[int, np.ndarray[Any, np.dtype[np.float64]] | None] = (-1, None)
 
     def _shape(self, target: int) -> _TargetShape:
         shape = self._shapes.get(target)
         if shape is None:
             weights = self._topology.weights(target, 0)  # static: every round alike
             honest = tuple(j for j in sorted(weights) if j < self._honest)
-            bad = [w for j, w in weights.items() if j >= self._honest]
+            bad = [w for j, w in sorted(weights.items()) if j >= self._honest]
             shape = _TargetShape(
                 honest_neighbours=honest,
                 weights=np.array([weights[j] for j in honest], dtype=np.float64),
                 self_weight=self._topology.self_weight(target, 0),
-                byzantine_weight=float(sum(bad)),
-                byzantine_count=len(bad),
+                byzantine_weights=np.array(bad, dtype=np.float64),
             )
             self._shapes[target] = shape
         return shape
@@ -311,11 +336,19 @@ class OmniscientAttacker:
         if stale:
             self.stale_views += 1
         n = own.shape[0]
+        stack = np.stack(rows) if rows else np.empty((0, n), np.float32)
+        w = np.asarray(weights, dtype=np.float64)
+        spectral = None
+        if self.attack.uses_spectral and self._fiedler is not None:
+            projection = self._spectral_projection(round)
+            if projection is not None:
+                spectral = float(self._fiedler[target]) * projection
+        merge = self._merge_of(target, round, x_i, stack, w, shape) if x_i is not None else None
         return AttackView(
             round=round,
             own=own,
-            neighbours=np.stack(rows) if rows else np.empty((0, n), np.float32),
-            weights=np.asarray(weights, dtype=np.float64),
+            neighbours=stack,
+            weights=w,
             target=x_i,
             target_weight=shape.self_weight,
             byzantine_weight=shape.byzantine_weight,
@@ -323,7 +356,52 @@ class OmniscientAttacker:
             population=self._population,
             byzantine_total=self._byzantine_total,
             omniscient=True,
+            merge=merge,
+            spectral=spectral,
         )
+
+    def _spectral_projection(self, round: int) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        """``Σ_k u_k x_k`` over the honest models of ``round`` (computed once per round;
+        the newest earlier model stands in for one not yet sent)."""
+        cached_round, cached = self._projection
+        if cached_round == round:
+            return cached
+        assert self._fiedler is not None
+        total: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        for k in range(self._honest):
+            x_k, _ = self._oracle.model(k, round)
+            if x_k is None:
+                continue
+            term = float(self._fiedler[k]) * x_k.astype(np.float64)
+            total = term if total is None else total + term
+        self._projection = (round, total)
+        return total
+
+    def _merge_of(
+        self,
+        target: int,
+        round: int,
+        x_i: F32,
+        stack: F32,
+        weights: np.ndarray[Any, np.dtype[np.float64]],
+        shape: _TargetShape,
+    ) -> Callable[[F32], F32] | None:
+        """The target's merge of ``round`` as a function of the message all its Byzantine
+        neighbours send (None without ``rule_of``)."""
+        if self._rule_of is None:
+            return None
+        rule = self._rules.get(target)
+        if rule is None:
+            rule = self._rules[target] = self._rule_of(target)
+        context = MergeContext(round=max(round, 0), total_rounds=self._total_rounds)
+        all_weights = np.concatenate([weights, shape.byzantine_weights])
+        copies = shape.byzantine_count
+
+        def merge(message: F32) -> F32:
+            rows = np.concatenate([stack, np.broadcast_to(message, (copies, message.shape[0]))])
+            return rule.merge(x_i, rows, all_weights, context=context)
+
+        return merge
 
     def __call__(self, target: str, round: int, vector: F32) -> F32 | None:
         node = self._index.get(target)
@@ -399,6 +477,15 @@ def setup_byzantine(
     oracle = ModelOracle()
     index = {peer_id: node for node, peer_id in enumerate(ids)}
     peers: list[ByzantinePeer] = []
+    fiedler = (
+        fiedler_vector(nx.Graph(placement.honest_topology.graph(0)))
+        if attack.uses_spectral and bz.omniscient
+        else None
+    )
+
+    def rule_of(target: int) -> MergeRule:
+        return make_rule(config.rule.name, **rule_params(config, placement, target))
+
     for node in placement.byzantine:
         seed = derived_seed(config.seed, _ATTACK_WORD, node)
         model, train = _byzantine_model(config, attack, node, dataset, make)
@@ -410,6 +497,9 @@ def setup_byzantine(
                 honest=placement.honest,
                 index=index,
                 seed=seed,
+                rule_of=rule_of,
+                total_rounds=config.rounds,
+                fiedler=fiedler,
             )
             peers.append(ByzantinePeer(node, model, train, hook))
         else:

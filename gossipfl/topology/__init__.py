@@ -54,6 +54,7 @@ from gossipfl.topology.mixing import (
     mixing_matrix_for,
 )
 from gossipfl.topology.spectral import (
+    fiedler_vector,
     predicted_rounds,
     second_largest_eigenvalue_modulus,
     spectral_gap,
@@ -79,6 +80,7 @@ __all__ = [
     "erdos_renyi_graph",
     "exponential_graph",
     "family_names",
+    "fiedler_vector",
     "get_family",
     "hypercube_graph",
     "is_doubly_stochastic",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -27,6 +28,7 @@ from gossipfl.topology.mixing import is_doubly_stochastic, is_symmetric
 __all__ = [
     "DENSE_EIGEN_THRESHOLD",
     "EigenMethod",
+    "fiedler_vector",
     "predicted_rounds",
     "second_largest_eigenvalue_modulus",
     "spectral_gap",
@@ -187,3 +189,36 @@ def predicted_rounds(gap: float, tolerance: float = 1e-6) -> int | None:
     if gap <= 0.0:
         return None
     return max(1, math.ceil(math.log(tolerance) / math.log1p(-gap)))
+
+
+def fiedler_vector(graph: nx.Graph, *, dense_threshold: int = DENSE_EIGEN_THRESHOLD) -> np.ndarray:
+    """The unit eigenvector of the second-smallest eigenvalue of the graph's (unweighted)
+    Laplacian, indexed like ``sorted(graph.nodes)``.
+
+    It varies slowest along the graph: its sign splits the graph where it is hardest to
+    mix, which is why the spectral attack pushes each node along its own coordinate. When
+    that eigenvalue is repeated (a torus, a complete graph) any vector of its eigenspace
+    qualifies; the dense solver's choice is returned, made deterministic by a positive
+    first non-zero coordinate. Raises ValueError for fewer than two nodes or a
+    disconnected graph (then the vector only marks the components).
+    """
+    nodes = sorted(graph.nodes)
+    if len(nodes) < 2:
+        raise ValueError("a Fiedler vector needs at least two nodes")
+    if not nx.is_connected(graph):
+        raise ValueError("the graph is disconnected: its Fiedler vector is not defined")
+    if len(nodes) <= dense_threshold:
+        lap = nx.laplacian_matrix(graph, nodelist=nodes, weight=None).toarray().astype(float)
+        _, vectors = np.linalg.eigh(lap)
+        vec = np.asarray(vectors[:, 1], dtype=np.float64)
+    else:
+        ordered = nx.Graph()
+        ordered.add_nodes_from(nodes)  # nx returns the vector in node-iteration order
+        ordered.add_edges_from(graph.edges)
+        vec = np.asarray(
+            nx.fiedler_vector(ordered, weight=None, method="tracemin_lu", seed=0),
+            dtype=np.float64,
+        )
+    first = vec[np.flatnonzero(np.abs(vec) > 1e-12)[0]]
+    vec = vec if first > 0 else -vec
+    return vec / np.linalg.norm(vec)
