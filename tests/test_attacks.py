@@ -201,7 +201,7 @@ def test_local_alie_z_is_the_ios_reference_per_node_form(
 def test_local_alie_takes_z_from_the_targets_own_neighbourhood() -> None:
     view = random_view(3, k=5, b=2)  # degree 7 with 2 attackers
     honest = honest_stack(view)
-    sent = make_attack("alie", scope="local").craft(view, RNG(0))
+    sent = make_attack("alie").craft(view, RNG(0))  # per node: the default
     z = alie_z_local(7, 2)
     expected = honest.mean(axis=0) - z * honest.std(axis=0, ddof=1)
     np.testing.assert_allclose(sent, expected, rtol=1e-5, atol=1e-5)
@@ -213,7 +213,7 @@ def test_local_alie_takes_z_from_the_targets_own_neighbourhood() -> None:
 @given(seed=seeds, k=st.integers(1, 7), z=st.one_of(st.none(), st.floats(-3, 10)))
 def test_alie_sends_mean_minus_z_sigma_per_coordinate(seed: int, k: int, z: float | None) -> None:
     view = random_view(seed, k=k, population=20, byzantine_total=4)
-    sent = make_attack("alie", z=z).craft(view, RNG(0))
+    sent = make_attack("alie", z=z, scope="global").craft(view, RNG(0))
     honest = honest_stack(view)
     used = alie_z(20, 4) if z is None else z
     expected = honest.mean(axis=0) - used * honest.std(axis=0, ddof=1)

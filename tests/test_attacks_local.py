@@ -107,7 +107,7 @@ async def test_observing_transport_records_updates_and_passes_every_event_on(
 def test_arm_peer_bundles_the_transport_and_the_hook() -> None:
     network = MemoryNetwork(seed=0)
     kit = arm_peer("alie", network.endpoint("evil"), params={"z": "2"}, seed=3)
-    assert kit.attack.describe() == "alie(z=2.0, scope='global')"
+    assert kit.attack.describe() == "alie(z=2.0, scope='local')"
     assert not kit.trains
     assert kit.outgoing.received is kit.transport.received
     assert arm_peer("label-flip", network.endpoint("evil2")).trains

@@ -111,19 +111,19 @@ class ALittleIsEnough(Attack):
     """``μ − z·σ`` per coordinate over the target's honest neighbourhood.
 
     μ and σ are the per-coordinate mean and sample standard deviation (ddof = 1; 0 with a
-    single honest model). ``z`` unset: with ``scope = "global"`` (the default),
-    :func:`alie_z` of the whole system's population and Byzantine count, as in Baruch et
-    al.; with ``scope = "local"``, :func:`alie_z_local` of the target's own degree and
-    Byzantine neighbours, as the IOS paper's reference code computes it per node, which is
-    2–3 times stronger where a node has two Byzantine neighbours. A fixed z (1, or 10 for a
-    blunt version) is also common.
+    single honest model). ``z`` unset: with ``scope = "local"`` (the default, the
+    strongest published form), :func:`alie_z_local` of the target's own degree and
+    Byzantine neighbours, as the IOS paper's reference code computes it per node; with
+    ``scope = "global"``, :func:`alie_z` of the whole system's population and Byzantine
+    count, as in Baruch et al., 2–3 times weaker where a node has two Byzantine
+    neighbours. A fixed z (1, or 10 for a blunt version) is also common.
     """
 
     name = "alie"
     summary = "a little is enough: μ − zσ per coordinate of the honest neighbourhood"
 
     z: float | None = param(None, "deviation in standard deviations; unset = from the scope")
-    scope: str = param("global", "unset z from the whole system (global) or per target (local)")
+    scope: str = param("local", "unset z per target (local) or from the whole system (global)")
 
     def validate(self) -> None:
         if self.z is not None:
