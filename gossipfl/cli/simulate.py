@@ -43,6 +43,8 @@ FLAG_KEYS = {
     "transport": "transport",
     "out": "output.dir",
     "task": "task.name",
+    "privacy": "privacy.mechanism",
+    "epsilon": "privacy.epsilon",
 }
 
 
@@ -103,6 +105,16 @@ def register(subparsers: Any) -> None:
         help="run even if an honest node has no local honest majority (d < 2b+1), which "
         "is refused otherwise: no rule can defend such a node",
     )
+    p.add_argument(
+        "--privacy",
+        metavar="MECHANISM",
+        help="dp-sgd: every peer trains with differential privacy (see docs/privacy.md)",
+    )
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        help="the privacy budget per peer; the noise is calibrated to spend it",
+    )
     p.add_argument("--transport", help="memory (default) or libp2p (one OS process per peer)")
     p.add_argument("--out", metavar="DIR", help="where run directories go (default: runs)")
     p.add_argument("--no-plot", action="store_true", help="do not draw accuracy.png")
@@ -121,6 +133,7 @@ def name_choices() -> dict[str, tuple[str, ...]]:
     from gossipfl.learning.learner import MODELS
     from gossipfl.merge import RULES
     from gossipfl.protocol import PROTOCOLS
+    from gossipfl.simulation.config import PRIVACY_MECHANISMS
     from gossipfl.wire.codecs import DEFAULT_CODECS
 
     return {
@@ -134,6 +147,7 @@ def name_choices() -> dict[str, tuple[str, ...]]:
         "data.partition": tuple(PARTITIONS),
         "training.model": tuple(MODELS),
         "training.backend": tuple(dict.fromkeys(b for bs in MODELS.values() for b in bs)),
+        "privacy.mechanism": PRIVACY_MECHANISMS,
     }
 
 
@@ -378,6 +392,8 @@ def _run_with_progress(
             status = ""
             if summary.mean_acc is not None:
                 status = f"acc {100 * summary.mean_acc:5.1f}%"
+            if summary.epsilon is not None:
+                status += f" ε {summary.epsilon:.2f}"
             progress.update(task, completed=summary.round + 1, status=status)
 
         try:
@@ -414,6 +430,9 @@ def _print_table(result: Any, console: Any) -> None:
         table.add_column("mean acc", justify="right")
         table.add_column("worst peer", justify="right")
         table.add_column("avg model", justify="right")
+    private = any(s.epsilon is not None for s in result.summaries)
+    if private:
+        table.add_column("ε (max)", justify="right")
     table.add_column("consensus dist.", justify="right")
     table.add_column("missing", justify="right")
     rows = evaluated if cfg.mode == "train" else result.summaries
@@ -426,6 +445,8 @@ def _print_table(result: Any, console: Any) -> None:
             cells = [str(s.round + 1)]
             if cfg.mode == "train":
                 cells += [_fmt(s.mean_acc), _fmt(s.min_acc), _fmt(s.avg_model_acc)]
+            if private:
+                cells.append(_fmt(s.epsilon, pct=False))
             cells += [_fmt(s.consensus_distance, pct=False), str(s.missing)]
             table.add_row(*cells)
     console.print(table)
@@ -437,6 +458,13 @@ def _print_table(result: Any, console: Any) -> None:
         f"{summary['bytes_sent'] / 1e6:.1f} MB sent · spectral gap "
         f"{_fmt(summary['spectral_gap'], pct=False)}"
     )
+    if private:
+        console.print(
+            f"differential privacy (DP-SGD): every peer within epsilon = "
+            f"{summary['epsilon']:.3g} at delta = {summary['delta']:g} (mean "
+            f"{summary['epsilon_mean']:.3g}), noise multiplier "
+            f"{summary['noise_multiplier_mean']:.3g} (mean), clip {summary['dp_clip']:g}"
+        )
     if cfg.mode == "consensus":
         console.print(
             f"consensus rate: measured {_fmt(summary.get('consensus_rate'), pct=False)}, "

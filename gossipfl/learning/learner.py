@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +14,13 @@ import numpy.typing as npt
 from gossipfl.data import Dataset
 from gossipfl.errors import ConfigError
 from gossipfl.model import ModelAdapter
+from gossipfl.peerlog import PeerWarnings
+
+if TYPE_CHECKING:
+    from gossipfl.privacy.dpsgd import DPPlan
+
+logger = logging.getLogger(__name__)
+_budget_warnings = PeerWarnings(burst=1, period=math.inf)
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -99,6 +108,21 @@ class TrainingSettings:
             hidden=self.hidden,
             init_seed=init_seed,
         )
+
+
+def dp_budget_spent(dp: DPPlan, round: int) -> Mapping[str, float]:
+    """A round without training because DP-SGD's budget is spent: said once, and
+    reported in the round's metrics (``dp_budget_spent``). The peer still gossips: merging
+    what it already published costs no privacy."""
+    _budget_warnings.warn(
+        logger,
+        "dp_budget_spent",
+        "round %d: no more local training: its privacy budget (epsilon = %g) is spent; "
+        "the peer keeps merging its neighbours' models",
+        round,
+        dp.budget,
+    )
+    return {**dp.metrics(), "dp_budget_spent": 1.0}
 
 
 LearnerFactory = Callable[[Dataset, IntArray, int], Learner]

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from gossipfl.learning.learner import LearnerConfig
+from gossipfl.learning.learner import LearnerConfig, dp_budget_spent
 from gossipfl.model import NumpyAdapter
+from gossipfl.privacy.dpsgd import DPPlan, DPSettings
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -43,6 +44,18 @@ class NumpySoftmaxLearner:
         self._velocity = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._rng = np.random.default_rng(seed)
         self._features, self._classes = features, n_classes
+        self.dp: DPPlan | None = None
+        """The DP-SGD plan once :meth:`enable_dp` was called."""
+        self._noise = np.random.default_rng([seed, 0xD9])
+
+    def enable_dp(self, settings: DPSettings, *, rounds: int) -> DPPlan:
+        """Train with DP-SGD from now on (see :mod:`gossipfl.privacy.dpsgd`): Poisson
+        mini-batches, per-sample gradients clipped in closed form, Gaussian noise."""
+        cfg = self._config
+        self.dp = settings.plan(
+            samples=len(self._y), batch_size=cfg.batch_size, steps=rounds * cfg.local_steps
+        )
+        return self.dp
 
     @property
     def adapter(self) -> NumpyAdapter:
@@ -54,18 +67,51 @@ class NumpySoftmaxLearner:
         idx = self._rng.choice(n, size=size, replace=False) if size < n else np.arange(n)
         return self._x[idx], self._y[idx]
 
+    def _dp_gradients(self, dp: DPPlan) -> tuple[dict[str, FloatArray], float]:
+        """One DP-SGD gradient: each sample of a Poisson batch contributes
+        ``x_i ⊗ r_i`` (r_i = softmax − one-hot), whose norm is ‖r_i‖·sqrt(‖x_i‖² + 1)
+        with the bias, clipped to ``dp.clip``; noise N(0, (σC)²) on the sum; divided
+        by the expected batch size."""
+        weight, bias = self.params["weight"], self.params["bias"]
+        chosen = np.flatnonzero(self._rng.random(len(self._y)) < dp.sampling_rate)
+        xb, yb = self._x[chosen], self._y[chosen]
+        logp = _log_softmax(xb @ weight + bias)
+        loss = float(-logp[np.arange(len(yb)), yb].mean()) if len(yb) else float("nan")
+        resid = np.exp(logp)
+        resid[np.arange(len(yb)), yb] -= 1.0
+        norms = np.sqrt((np.einsum("ij,ij->i", xb, xb) + 1.0) * np.einsum("ij,ij->i", resid, resid))
+        resid *= (dp.clip / np.maximum(norms, dp.clip))[:, None]
+        std = dp.noise_multiplier * dp.clip
+        grads = {
+            "weight": xb.T @ resid + self._noise.normal(0.0, std, size=weight.shape),
+            "bias": resid.sum(axis=0) + self._noise.normal(0.0, std, size=bias.shape),
+        }
+        for g in grads.values():
+            g /= dp.expected_batch
+        return {k: v.astype(np.float32) for k, v in grads.items()}, loss
+
     def train(self, round: int) -> Mapping[str, float]:
         cfg = self._config
         weight, bias = self.params["weight"], self.params["bias"]
+        dp = self.dp
+        if dp is not None and not dp.allows(cfg.local_steps):
+            return dp_budget_spent(dp, round)
         loss = 0.0
         for _ in range(cfg.local_steps):
-            xb, yb = self._batch()
-            logp = _log_softmax(xb @ weight + bias)
-            loss = float(-logp[np.arange(len(yb)), yb].mean())
-            grad = np.exp(logp)
-            grad[np.arange(len(yb)), yb] -= 1.0
-            grad /= len(yb)
-            grads = {"weight": xb.T @ grad + cfg.weight_decay * weight, "bias": grad.sum(axis=0)}
+            if dp is not None:
+                grads, loss = self._dp_gradients(dp)
+                grads["weight"] += cfg.weight_decay * weight
+            else:
+                xb, yb = self._batch()
+                logp = _log_softmax(xb @ weight + bias)
+                loss = float(-logp[np.arange(len(yb)), yb].mean())
+                grad = np.exp(logp)
+                grad[np.arange(len(yb)), yb] -= 1.0
+                grad /= len(yb)
+                grads = {
+                    "weight": xb.T @ grad + cfg.weight_decay * weight,
+                    "bias": grad.sum(axis=0),
+                }
             for name, g in grads.items():
                 step = g
                 if cfg.momentum:
@@ -74,6 +120,9 @@ class NumpySoftmaxLearner:
                     vel += g
                     step = vel
                 self.params[name] -= (cfg.lr * step).astype(np.float32)
+        if dp is not None:
+            dp.spend(cfg.local_steps)
+            return {"loss": loss, **dp.metrics()}
         return {"loss": loss}
 
     def evaluate(self, x: FloatArray, y: IntArray) -> tuple[float, float]:

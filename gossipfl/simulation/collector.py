@@ -43,6 +43,8 @@ class RoundSummary:
     late: int = 0
     duplicates: int = 0
     time: float = 0.0
+    epsilon: float | None = None
+    """With DP-SGD: the largest ε any peer has spent so far (None without)."""
 
     def row(self) -> dict[str, object]:
         return {"kind": "round", **self.__dict__}
@@ -176,8 +178,15 @@ class MetricsCollector:
             if acc is not None and loss is not None:
                 row["accuracy"] = float(acc[i])
                 row["loss"] = float(loss[i])
+            if "epsilon" in rep.train_metrics:
+                row["epsilon"] = float(rep.train_metrics["epsilon"])
             self.peer_rows.append(row)
         finite = [x for x in train_losses if math.isfinite(x)]
+        spent = [
+            reports[p].train_metrics["epsilon"]
+            for p in peers
+            if "epsilon" in reports[p].train_metrics
+        ]
         summary = RoundSummary(
             round=round,
             peers=len(peers),
@@ -194,6 +203,7 @@ class MetricsCollector:
             late=sum(reports[p].stats.late for p in peers),
             duplicates=sum(reports[p].stats.duplicates for p in peers),
             time=max(reports[p].time for p in peers),
+            epsilon=float(max(spent)) if spent else None,
         )
         self.summaries.append(summary)
         if self._on_round is not None:

@@ -26,6 +26,7 @@ from gossipfl.errors import ConfigError
 from gossipfl.learning import Learner, evaluate_many
 from gossipfl.merge import make_rule
 from gossipfl.peer import Peer, PeerConfig, RoundReport
+from gossipfl.privacy.dpsgd import DPPlan
 from gossipfl.protocol import Neighbourhood, TopologyNeighbourhood
 from gossipfl.simulation.byzantine import (
     ByzantinePeer,
@@ -155,6 +156,41 @@ def check_rule_fits(config: SimulationConfig, topology: Topology, honest: int) -
             raise ConfigError(f"node {node} of {topology.name!r}: {exc}") from None
 
 
+def _enable_dp(config: SimulationConfig, learners: list[Learner], ids: list[str]) -> list[DPPlan]:
+    """Switch every honest learner to DP-SGD when ``[privacy]`` asks for it (each peer's
+    noise calibrated to its own sampling rate); refuse a learner that cannot."""
+    settings = config.dp_settings()
+    if settings is None:
+        return []
+    plans = []
+    for i, learner in enumerate(learners):
+        enable = getattr(learner, "enable_dp", None)
+        if enable is None:
+            raise ConfigError(
+                f"privacy.mechanism = 'dp-sgd' needs a learner with enable_dp(); "
+                f"{type(learner).__name__} has none (the built-in learners and "
+                "ClassificationTask's have it)"
+            )
+        try:
+            plans.append(enable(settings, rounds=config.rounds))
+        except ConfigError as exc:
+            raise ConfigError(f"peer {ids[i]}: {exc}") from None
+    return plans
+
+
+def _dp_summary(plans: list[DPPlan]) -> dict[str, float]:
+    """What DP-SGD spent, for the summary: ε of the peer that spent most (every peer's
+    guarantee holds at that ε or better), the mean, δ, and the noise used."""
+    spent = [p.epsilon for p in plans]
+    return {
+        "epsilon": float(max(spent)),
+        "epsilon_mean": float(np.mean(spent)),
+        "delta": float(plans[0].delta),
+        "noise_multiplier_mean": float(np.mean([p.noise_multiplier for p in plans])),
+        "dp_clip": float(plans[0].clip),
+    }
+
+
 def _membership_leakage(
     config: SimulationConfig, learners: list[Learner], dataset: Any, parts: list[Any]
 ) -> dict[str, float]:
@@ -251,6 +287,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     ids = [f"peer-{i:04d}" for i in range(topology.n)]
 
     learners: list[Learner] = []
+    dp_plans: list[DPPlan] = []
     parts: list[Any] = []
     evaluate = None
     dataset = None
@@ -269,6 +306,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
 
                 torch.set_num_threads(1)  # many small models in one process: no threads
         learners = [make(dataset, parts[i], config.seed * 100_003 + i) for i in range(honest)]
+        dp_plans = _enable_dp(config, learners, ids)
         probe = learners[0]
         test_x, test_y = dataset.x_test, dataset.y_test
 
@@ -455,6 +493,8 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     )
     if byzantine is not None:
         result.extra.update(byzantine.summary())
+    if dp_plans:
+        result.extra.update(_dp_summary(dp_plans))
     if config.mode == "train" and config.privacy.mia and learners:
         result.extra.update(_membership_leakage(config, learners, dataset, parts))
     if config.mode == "consensus":
