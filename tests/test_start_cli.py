@@ -303,3 +303,36 @@ def test_a_peer_pasting_a_join_command_without_the_jobs_settings_stops_and_says_
         assert all(r["members"] <= 2 for r in metrics(homes["host"]) if r["kind"] == "round")
     finally:
         kill_all(daemons)
+
+
+def test_a_peer_trains_with_differential_privacy_beside_one_that_does_not(
+    tmp_path: Path,
+) -> None:
+    """DP-SGD is each peer's own choice, not the job's: a private peer joins a plain one
+    with the printed command, spends exactly its budget over the job's rounds, says so at
+    the start and reports its epsilon every round."""
+    rounds = 12
+    common = (
+        "--listen", LOOPBACK, "--rule", "mean", "--rounds", str(rounds),
+        "--set", "output.eval_every=6", "--set", "training.deadline=2.0",
+    )  # fmt: skip
+    daemons: list[Daemon | None] = []
+    try:
+        plain = start_daemon(tmp_path / "plain", *common)
+        daemons.append(plain)
+        private = start_daemon(
+            tmp_path / "private", *plain.join.split()[2:], *common,
+            "--privacy", "dp-sgd", "--epsilon", "3",
+        )  # fmt: skip
+        daemons.append(private)
+        for d in (plain, private):
+            assert d.process.wait(timeout=60) == 0, d.stderr()
+        spent = [r["epsilon"] for r in metrics(private.home) if r["kind"] == "round"]
+        assert len(spent) == rounds
+        assert spent == sorted(spent)
+        assert 2.99 <= spent[-1] <= 3.0
+        assert "differential privacy: DP-SGD, noise multiplier" in private.stderr()
+        assert "epsilon 0 spent of 3" in private.stderr()
+        assert all(r["epsilon"] is None for r in metrics(plain.home) if r["kind"] == "round")
+    finally:
+        kill_all(daemons)

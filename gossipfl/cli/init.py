@@ -326,6 +326,19 @@ name = ""
 # Its parameters go in a [task.params] table below this one, one key each (`gossipfl
 # task show NAME` lists them), or on the command line: --set task.params.lr=0.05.
 
+[privacy]
+# Differential privacy for this peer's own data (docs/privacy.md): "dp-sgd" trains
+# with DP-SGD (per-sample clipping, Gaussian noise) and reports the epsilon spent every
+# round; "none" trains plainly. Each peer's own choice: peers of one job may differ.
+mechanism = "none"
+# The budget over this peer's rounds: the noise is calibrated to spend it (--epsilon).
+# Or set noise_multiplier and read epsilon in metrics.jsonl; with both, a plan over
+# the budget is refused.
+# epsilon = 4.0
+# noise_multiplier = 1.0
+delta = 1e-05
+clip = 1.0
+
 [output]
 # Checkpoints (a restarted peer resumes from its latest one) and metrics, relative to
 # this file.

@@ -132,8 +132,8 @@ def name_choices() -> dict[str, tuple[str, ...]]:
     from gossipfl.data import DATASETS, PARTITIONS
     from gossipfl.learning.learner import MODELS
     from gossipfl.merge import RULES
+    from gossipfl.privacy.section import PRIVACY_MECHANISMS
     from gossipfl.protocol import PROTOCOLS
-    from gossipfl.simulation.config import PRIVACY_MECHANISMS
     from gossipfl.wire.codecs import DEFAULT_CODECS
 
     return {

@@ -104,6 +104,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mdns", action="store_true", help="also find peers by mDNS (LAN)")
     p.add_argument("--dht", action="store_true", help="also find peers through a Kademlia DHT")
     p.add_argument(
+        "--privacy",
+        metavar="MECHANISM",
+        help="dp-sgd: train with differential privacy (see docs/privacy.md)",
+    )
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        help="this peer's privacy budget over its rounds; the noise is calibrated to it",
+    )
+    p.add_argument(
         "--attack",
         metavar="NAME",
         help="make this peer Byzantine (tests and experiments only; see docs/attacks.md)",
@@ -179,6 +189,10 @@ def flag_overrides(args: argparse.Namespace, config: Any) -> list[str]:
         sets += [f"data.shard={index}", f"data.shards={count}"]
     if args.attack:
         sets.append(f"attack.name={args.attack}")
+    if getattr(args, "privacy", None):
+        sets.append(f"privacy.mechanism={args.privacy}")
+    if getattr(args, "epsilon", None) is not None:
+        sets.append(f"privacy.epsilon={args.epsilon}")
     return [*sets, *args.overrides]
 
 

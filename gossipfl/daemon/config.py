@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from gossipfl.configfile import Scalar, TomlConfig, parse_value, read_toml
 from gossipfl.errors import ConfigError, did_you_mean, unknown_name
 from gossipfl.learning.learner import LearnerConfig, TrainingSettings
+from gossipfl.privacy.section import DPSection
 from gossipfl.tasks.section import TaskSection
 
 if TYPE_CHECKING:
@@ -166,6 +167,9 @@ class DaemonConfig(TomlConfig):
     task: TaskSection = field(default_factory=TaskSection)
     """Your own model and data (see :mod:`gossipfl.tasks`); unset: ``[data]`` and
     ``[training]`` choose a built-in workload."""
+    privacy: DPSection = field(default_factory=DPSection)
+    """Differential privacy for this peer's training data (DP-SGD); a local choice, not
+    part of the job: peers of one job may differ."""
     base_dir: Path = field(default_factory=Path.cwd, compare=False, metadata={"setting": False})
     """Where relative paths start (the config file's directory); not a setting."""
 
@@ -204,6 +208,7 @@ class DaemonConfig(TomlConfig):
         self._validate_topology()
         self._validate_training()
         self._validate_data()
+        self.privacy.check(self.training.mode)
         out = self.output
         if out.checkpoint_every < 1 or out.eval_every < 0:
             raise ConfigError("output.checkpoint_every must be >= 1 and output.eval_every >= 0")

@@ -95,6 +95,7 @@ def report_row(report: RoundReport) -> dict[str, Any]:
     return {
         "round": report.round,
         "train_loss": report.train_metrics.get("loss"),
+        "epsilon": report.train_metrics.get("epsilon"),
         "expected": stats.expected,
         "received": stats.received,
         "missing": len(stats.missing),

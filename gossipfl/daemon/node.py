@@ -659,6 +659,18 @@ class Node:
                 f"resuming this peer's job from its checkpoint of round {checkpoint.round + 1} "
                 f"({store.path}); `gossipfl start --fresh` starts a new job instead"
             )
+            if workload.dp is not None:
+                # counted as if every round so far trained: never less than was spent
+                workload.dp.steps_taken = (checkpoint.round + 1) * cfg.training.local_steps
+        if workload.dp is not None:
+            dp = workload.dp
+            self.reporter.say(
+                f"differential privacy: DP-SGD, noise multiplier {dp.noise_multiplier:.3g}, "
+                f"clip {dp.clip:g}, sampling rate {dp.sampling_rate:.3g}; epsilon "
+                f"{dp.epsilon:.3g} spent"
+                + (f" of {dp.budget:g}" if dp.budget is not None else "")
+                + f" at delta {dp.delta:g}"
+            )
         self.reporter.say(
             f"{'resuming' if resuming else 'starting'}: {len(members)} members, "
             f"{in_degree(neighbourhood)} neighbours, {workload.describe()}"
@@ -784,6 +796,7 @@ class Node:
             received=report.stats.received,
             expected=report.stats.expected,
             members=len(members),
+            epsilon=row["epsilon"],
         )
         traces = self._traces()
         if traces != self._reported_traces:

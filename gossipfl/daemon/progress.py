@@ -114,11 +114,14 @@ class Reporter:
         received: int,
         expected: int,
         members: int,
+        epsilon: float | None = None,
     ) -> None:
-        """Round ``round`` (0-based) is done."""
+        """Round ``round`` (0-based) is done; ``epsilon``: DP-SGD's spend so far."""
         if self.quiet:
             return
         status = f"in {received}/{expected}  members {members}"
+        if epsilon is not None:
+            status = f"ε {epsilon:.2f}  " + status
         if loss is not None:
             status = f"loss {loss:.3f}  " + status
         if accuracy is not None:

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from gossipfl.daemon.config import DaemonConfig
 from gossipfl.data import Dataset
 from gossipfl.errors import ConfigError
+from gossipfl.privacy.dpsgd import DPPlan
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class Workload:
     """The data set's name (a file's name for ``data.file``)."""
     task: str = ""
     """The task's short name, if one is configured."""
+    dp: DPPlan | None = None
+    """The peer's DP-SGD plan and account (``[privacy]``), if it trains privately."""
 
     def describe(self) -> str:
         if self.train is None and self.evaluate is None:
@@ -145,6 +148,24 @@ def consensus_vector(seed: int, index: int, dimension: int) -> Vector:
     return vector
 
 
+def _enable_dp(config: DaemonConfig, learner: object) -> DPPlan | None:
+    """Switch the learner to DP-SGD when ``[privacy]`` asks for it, planned over the
+    rounds this peer will train (``training.leave_after`` if it leaves early)."""
+    settings = config.privacy.dp_settings()
+    if settings is None:
+        return None
+    enable = getattr(learner, "enable_dp", None)
+    if enable is None:
+        raise ConfigError(
+            f"privacy.mechanism = 'dp-sgd' needs a learner with enable_dp(); "
+            f"{type(learner).__name__} has none"
+        )
+    tc = config.training
+    rounds = min(tc.rounds, tc.leave_after) if tc.leave_after else tc.rounds
+    plan: DPPlan = enable(settings, rounds=rounds)
+    return plan
+
+
 def build_workload(
     config: DaemonConfig,
     dataset: Dataset | None,
@@ -187,6 +208,7 @@ def build_workload(
 
             torch.set_num_threads(1)  # small models: threads cost more than they give
     learner = make(data, parts[shard], tc.seed * SEED_STRIDE + shard)
+    dp = _enable_dp(config, learner)
     x_test, y_test = dataset.x_test, dataset.y_test
 
     def evaluate(vector: Vector) -> tuple[float, float]:
@@ -202,6 +224,7 @@ def build_workload(
         len(parts[shard]),
         data=dataset.name.split(" (")[0],
         task=config.task.label,
+        dp=dp,
     )
 
 

@@ -24,6 +24,7 @@ from gossipfl.data import Dataset
 from gossipfl.errors import ConfigError
 from gossipfl.learning.learner import LearnerConfig, LearnerFactory, TrainingSettings
 from gossipfl.privacy.dpsgd import DPSettings
+from gossipfl.privacy.section import DPSection
 from gossipfl.tasks.section import TaskSection
 
 
@@ -119,25 +120,8 @@ class OutputSection:
     plot: bool = True
 
 
-PRIVACY_MECHANISMS = ("none", "dp-sgd")
-
-
 @dataclass
-class PrivacySection:
-    mechanism: str = "none"
-    """``dp-sgd``: every honest peer trains with DP-SGD (:mod:`gossipfl.privacy.dpsgd`):
-    per-sample clipping to ``clip``, Gaussian noise, Poisson mini-batches; ε per peer is
-    counted after every round (metrics, summary, progress). ``none``: plain SGD."""
-    epsilon: float | None = None
-    """DP-SGD's budget ε per peer over the planned rounds. With ``noise_multiplier``
-    unset, each peer's noise is calibrated to spend exactly this much; with both set, a
-    run whose plan would spend more is refused before it starts."""
-    delta: float = 1e-5
-    """δ of the (ε, δ) guarantee."""
-    clip: float = 1.0
-    """DP-SGD's per-sample gradient norm bound C."""
-    noise_multiplier: float | None = None
-    """DP-SGD's noise σ in units of ``clip``; unset: calibrated to ``epsilon``."""
+class PrivacySection(DPSection):
     mia: bool = False
     """At the end of a training run, attack every honest peer's final model with a
     loss-threshold membership inference, as a neighbour that received it could
@@ -167,8 +151,8 @@ class SimulationConfig(TomlConfig):
     byzantine: ByzantineSection = field(default_factory=ByzantineSection)
     churn: ChurnSection = field(default_factory=ChurnSection)
     output: OutputSection = field(default_factory=OutputSection)
-    task: TaskSection = field(default_factory=TaskSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
+    task: TaskSection = field(default_factory=TaskSection)
     """Your own model and data (see :mod:`gossipfl.tasks`); unset: ``[data]`` and
     ``[training]`` choose a built-in workload."""
 
@@ -182,32 +166,7 @@ class SimulationConfig(TomlConfig):
 
     def dp_settings(self) -> DPSettings | None:
         """The DP-SGD request of ``[privacy]`` (None without DP-SGD)."""
-        pv = self.privacy
-        if pv.mechanism != "dp-sgd":
-            return None
-        return DPSettings(
-            clip=pv.clip, delta=pv.delta, epsilon=pv.epsilon, noise_multiplier=pv.noise_multiplier
-        )
-
-    def check_privacy(self) -> None:
-        """Refuse a ``[privacy]`` section that cannot run."""
-        pv = self.privacy
-        if pv.mechanism not in PRIVACY_MECHANISMS:
-            raise ConfigError(
-                f"privacy.mechanism must be one of {', '.join(PRIVACY_MECHANISMS)}, "
-                f"got {pv.mechanism!r}"
-            )
-        settings = self.dp_settings()
-        if settings is None:
-            if pv.epsilon is not None or pv.noise_multiplier is not None:
-                raise ConfigError(
-                    "privacy.epsilon and privacy.noise_multiplier configure DP-SGD, which is "
-                    "off: set privacy.mechanism = 'dp-sgd' (--privacy dp-sgd) to use them"
-                )
-            return
-        if self.mode != "train":
-            raise ConfigError("privacy.mechanism = 'dp-sgd' protects training data: mode = 'train'")
-        settings.validate()
+        return self.privacy.dp_settings()
 
     def learner_config(self) -> LearnerConfig:
         """The :class:`~gossipfl.learning.LearnerConfig` of ``[training]``; every peer
@@ -271,6 +230,6 @@ class SimulationConfig(TomlConfig):
             raise ConfigError("training.step_time must be >= 0 and step_time_spread in [0, 1)")
         if self.task.name.strip():
             self.task.build()  # an unknown task or parameter is a config error, now
-        self.check_privacy()
+        self.privacy.check(self.mode)
         if self.byzantine.count < 0 or self.byzantine.degree < 1:
             raise ConfigError("byzantine.count must be >= 0 and byzantine.degree >= 1")
