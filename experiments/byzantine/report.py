@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import math
-import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -39,14 +38,19 @@ def load_rows(directory: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def failed_points(directory: Path, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(rule, attack) of every grid point of the experiment that has no result."""
+def failed_points(
+    directory: Path, rows: list[dict[str, Any]], split: tuple[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """(rule, attack) of every grid point of the experiment that has no result (among
+    the points whose ``split`` key has the given value)."""
     from gossipfl.experiments import ExperimentSpec
 
     spec = ExperimentSpec.from_toml(directory / "experiment.toml")
     done = {row["run_id"] for row in rows}
     return [
-        (p.config.rule.name, p.config.byzantine.attack) for p in spec.points() if p.id not in done
+        (p.config.rule.name, p.config.byzantine.attack)
+        for p in spec.points()
+        if p.id not in done and (split is None or p.values.get(split[0]) == split[1])
     ]
 
 
@@ -236,6 +240,11 @@ def main() -> None:
     parser.add_argument(
         "--reference", type=Path, help="another experiment whose attack-free runs to compare"
     )
+    parser.add_argument(
+        "--split",
+        metavar="KEY",
+        help="a grid key (e.g. topology.name): one result folder <name>-<value> per value",
+    )
     args = parser.parse_args()
     rows = load_rows(args.directory)
     if args.reference is not None:
@@ -247,29 +256,50 @@ def main() -> None:
             for r in load_rows(args.reference)
             if r["attack"] == NONE and r["rule"] in present - have
         ]
-    out = HERE / "results" / args.name
+    if args.split is None:
+        report(args, rows, args.name, None)
+        return
+    for value in sorted({r[args.split] for r in rows}, key=str):
+        part = [r for r in rows if r[args.split] == value]
+        report(args, part, f"{args.name}-{value}", (args.split, value))
+
+
+def report(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    name: str,
+    split: tuple[str, Any] | None,
+) -> None:
+    """Write results/<name>/ from ``rows``."""
+    out = HERE / "results" / name
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.directory / "summary.csv", out / "summary.csv")
+    with (args.directory / "summary.csv").open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        kept = [r for r in reader if split is None or r[split[0]] == str(split[1])]
+        fields = reader.fieldnames or []
+    with (out / "summary.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
     preferred_rules = [
         "mean", "median", "trimmed-mean", "krum", "multi-krum", "geometric-median",
         "centered-clipping", "clipped-gossip", "cs-plus", "nna", "ios", "balance",
     ]  # fmt: skip
     preferred_attacks = [
         NONE, "sign-flip", "label-flip", "gaussian", "alie", "ipm", "dissensus", "isolation",
-        "sample-duplication",
+        "sample-duplication", "spectral",
     ]  # fmt: skip
     raw = cells(rows, args.column)
     if args.column is None:
-        add_failures(raw, failed_points(args.directory, rows))
+        add_failures(raw, failed_points(args.directory, rows, split))
     stats = {r: raw[r] for r in ordered(list(raw), preferred_rules)}
     attacks = ordered(sorted({column(r, args.column) for r in rows}), preferred_attacks)
     (out / "cells.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     (out / "table.md").write_text(markdown_table(stats, attacks), encoding="utf-8")
-    heatmap(stats, attacks, out / "heatmap.png", args.title or args.name)
+    title = f"{args.title} ({split[1]})" if args.title and split else args.title or name
+    heatmap(stats, attacks, out / "heatmap.png", title)
     drew = curves(args.directory, rows, args.highlight, out / "curves.png")
-    with (args.directory / "summary.csv").open(encoding="utf-8") as f:
-        runs = sum(1 for _ in csv.reader(f)) - 1
-    print(json.dumps({"runs": runs, "written": str(out), "curves": drew}))
+    print(json.dumps({"runs": len(kept), "written": str(out), "curves": drew}))
 
 
 if __name__ == "__main__":

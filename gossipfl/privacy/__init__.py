@@ -16,6 +16,7 @@ from gossipfl.privacy.dpsgd import DPPlan, DPSettings, PrivacyBudgetExhausted
 from gossipfl.privacy.membership import (
     MembershipLeakage,
     auc,
+    calibrated_attack,
     loss_threshold_attack,
     sample_losses,
     tpr_at_fpr,
@@ -28,6 +29,7 @@ __all__ = [
     "PrivacyBudgetExhausted",
     "auc",
     "calibrate_noise",
+    "calibrated_attack",
     "dp_sgd_epsilon",
     "loss_threshold_attack",
     "sample_losses",

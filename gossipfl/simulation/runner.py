@@ -192,36 +192,71 @@ def _dp_summary(plans: list[DPPlan]) -> dict[str, float]:
 
 
 def _membership_leakage(
-    config: SimulationConfig, learners: list[Learner], dataset: Any, parts: list[Any]
+    config: SimulationConfig,
+    learners: list[Learner],
+    dataset: Any,
+    parts: list[Any],
+    topology: Topology,
+    make: Any,
 ) -> dict[str, float]:
-    """The loss-threshold membership inference against every honest peer's final model:
-    its own training samples (members) against test samples of the same classes in the
-    same numbers (so that a skewed shard's class mix is not mistaken for membership),
-    drawn from the seed; averaged over the peers (and the worst case, the largest AUC)."""
-    from gossipfl.privacy import loss_threshold_attack, sample_losses
+    """Membership inference against every honest peer's final model, by a curious
+    neighbour: its own training samples (members) against test samples of the same
+    classes in the same numbers (so that a skewed shard's class mix is not mistaken for
+    membership), drawn from the seed. Two attacks: the loss threshold, and the same
+    calibrated by a reference model that never saw the target's data: one the attacking
+    neighbour (the target's lowest-numbered honest neighbour) trains alone on its own
+    shard for the run's rounds, as a shadow of the target's model. Averaged over the
+    peers, with the worst case (the largest AUC)."""
+    from gossipfl.privacy import calibrated_attack, loss_threshold_attack, sample_losses
 
     rng = np.random.default_rng([config.seed, 7])
     probe = learners[0]
     by_class = {c: np.flatnonzero(dataset.y_test == c) for c in np.unique(dataset.y_test)}
-    found = []
-    for learner, shard in zip(learners, parts, strict=True):
+    plain, calibrated = [], []
+    shadows: dict[int, Any] = {}
+
+    def shadow(attacker: int) -> Any:
+        """The attacker's model trained alone on its own shard, never merged."""
+        if attacker not in shadows:
+            alone = make(dataset, parts[attacker], config.seed * 100_003 + 50_000 + attacker)
+            for r in range(config.rounds):
+                alone.train(r)
+            shadows[attacker] = alone.adapter.get_flat()
+        return shadows[attacker]
+
+    for node, (learner, shard) in enumerate(zip(learners, parts, strict=True)):
         members = np.asarray(shard)
         members = members[[len(by_class.get(dataset.y_train[m], ())) > 0 for m in members]]
         if members.size == 0:
             continue
         outside = np.array([rng.choice(by_class[dataset.y_train[m]]) for m in members])
+        sets = (
+            (dataset.x_train[members], dataset.y_train[members]),
+            (dataset.x_test[outside], dataset.y_test[outside]),
+        )
         vector = learner.adapter.get_flat()
-        inside = sample_losses(probe, vector, dataset.x_train[members], dataset.y_train[members])
-        unseen = sample_losses(probe, vector, dataset.x_test[outside], dataset.y_test[outside])
-        found.append(loss_threshold_attack(inside, unseen))
-    if not found:
+        inside, unseen = (sample_losses(probe, vector, x, y) for x, y in sets)
+        plain.append(loss_threshold_attack(inside, unseen))
+        honest = [j for j in topology.in_neighbours(node, 0) if j < len(learners)]
+        if honest:
+            reference = shadow(min(honest))
+            ref_in, ref_out = (sample_losses(probe, reference, x, y) for x, y in sets)
+            calibrated.append(calibrated_attack(inside, ref_in, unseen, ref_out))
+    if not plain:
         return {}
-    return {
-        "mia_auc": float(np.mean([f.auc for f in found])),
-        "mia_auc_max": float(np.max([f.auc for f in found])),
-        "mia_tpr_at_1pct_fpr": float(np.mean([f.tpr_at_1pct_fpr for f in found])),
-        "mia_advantage": float(np.mean([f.advantage for f in found])),
+    out = {
+        "mia_auc": float(np.mean([f.auc for f in plain])),
+        "mia_auc_max": float(np.max([f.auc for f in plain])),
+        "mia_tpr_at_1pct_fpr": float(np.mean([f.tpr_at_1pct_fpr for f in plain])),
+        "mia_advantage": float(np.mean([f.advantage for f in plain])),
     }
+    if calibrated:
+        out["mia_calibrated_auc"] = float(np.mean([f.auc for f in calibrated]))
+        out["mia_calibrated_auc_max"] = float(np.max([f.auc for f in calibrated]))
+        out["mia_calibrated_tpr_at_1pct_fpr"] = float(
+            np.mean([f.tpr_at_1pct_fpr for f in calibrated])
+        )
+    return out
 
 
 def run_simulation(
@@ -496,7 +531,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     if dp_plans:
         result.extra.update(_dp_summary(dp_plans))
     if config.mode == "train" and config.privacy.mia and learners:
-        result.extra.update(_membership_leakage(config, learners, dataset, parts))
+        result.extra.update(_membership_leakage(config, learners, dataset, parts, topology, make))
     if config.mode == "consensus":
         assert initial_mean is not None
         finals = [np.asarray(m["x"], np.float64) for m in models]
