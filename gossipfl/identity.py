@@ -5,9 +5,12 @@ file *is* the peer: keep it, and the peer keeps its name across restarts (allowl
 bootstrap lists stay valid); lose it, and the peer becomes a stranger; leak it, and anyone
 can impersonate the peer. Hence the rules enforced here:
 
-- the file holds the private key in the libp2p protobuf encoding (the format of
-  ``libp2p.identity_utils.save_identity``, and of go-libp2p's marshalled keys), so other
-  libp2p tools can read it;
+- the file holds the private key in the libp2p protobuf encoding of the peer-id spec:
+  ``PrivateKey { Type = Ed25519, Data = 32-byte seed || 32-byte public key }`` (68
+  bytes), the form js-libp2p and go-libp2p read and write. Files written by earlier
+  versions hold only the 32-byte seed (py-libp2p's own form, which the others refuse):
+  they are still read, :attr:`Identity.legacy` says so, and ``gossipfl init --upgrade-key``
+  rewrites them in place under the same peer ID;
 - it is created with mode 0600 (and its directory 0700) and never rewritten in place;
 - a key file that group or others can read is refused, as OpenSSH refuses such keys: a
   secret that has been world-readable must be treated as leaked;
@@ -39,7 +42,10 @@ KEY_FILE_MODE = 0o600
 """Owner read/write only."""
 KEY_DIR_MODE = 0o700
 MAX_KEY_FILE_SIZE = 4096
-"""A serialized Ed25519 key is 36 bytes; anything much larger is not one of ours."""
+"""A serialized Ed25519 key is 68 bytes (36 in the legacy form); anything much larger is
+not one of ours."""
+_PROTO_TYPE_ED25519 = b"\x08\x01"
+"""Field 1 (``Type``, varint) = 1: Ed25519."""
 ED25519_PEER_ID_PREFIX = bytes.fromhex("002408011220")
 """What an Ed25519 peer ID (``12D3KooW...``) decodes to before the 32 key bytes: the
 multihash code *identity* (0x00) and length 36 (0x24), then the libp2p protobuf
@@ -61,33 +67,53 @@ class Identity:
     peer_id: str
     path: Path | None = None
 
+    legacy: bool = False
+    """True when the key came from a file in the 32-byte legacy form (see the module
+    docstring); ``gossipfl init --upgrade-key`` rewrites it."""
+
     @classmethod
     def from_private_key_bytes(cls, data: bytes, *, path: Path | None = None) -> Identity:
-        """Parse a libp2p protobuf-encoded private key; it must be Ed25519."""
-        from libp2p.crypto.keys import KeyPair, KeyType
-        from libp2p.crypto.serialization import deserialize_private_key
+        """Parse a libp2p protobuf-encoded Ed25519 private key: the spec's 64-byte
+        ``Data`` (seed and public key, which must match), or the legacy 32-byte seed."""
+        from libp2p.crypto.ed25519 import Ed25519PrivateKey
+        from libp2p.crypto.keys import KeyPair
         from libp2p.peer.id import ID
 
         where = f"key file {path}" if path is not None else "private key"
-        try:
-            private_key = deserialize_private_key(data)
-        except Exception as exc:  # protobuf, nacl and key-type errors vary by version
+        key_type, payload = _parse_private_key(data, where)
+        if key_type != 1:
+            names = {0: "RSA", 2: "Secp256k1", 3: "ECDSA"}
             raise IdentityError(
-                f"{where} is not a libp2p private key ({type(exc).__name__}: {exc}); "
-                "restore it from a backup, or move it away and run `gossipfl init` to "
-                "create a new identity (the peer ID will change)"
-            ) from exc
-        if private_key.get_type() != KeyType.Ed25519:
-            raise IdentityError(
-                f"{where} holds a {private_key.get_type().name} key; gossipfl uses Ed25519"
+                f"{where} holds a {names.get(key_type, f'type-{key_type}')} key; "
+                "gossipfl uses Ed25519"
             )
+        if len(payload) not in (32, 64, 96):
+            raise IdentityError(
+                f"{where} holds {len(payload)} bytes of Ed25519 key; expected 64 (seed and "
+                "public key) or 32 (a seed alone); restore it from a backup, or move it "
+                "away and run `gossipfl init` to create a new identity (the peer ID will "
+                "change)"
+            )
+        private_key = Ed25519PrivateKey.from_bytes(payload[:32])
         public_key = private_key.get_public_key()
-        return cls(KeyPair(private_key, public_key), str(ID.from_pubkey(public_key)), path)
+        if len(payload) > 32 and payload[32:64] != public_key.to_bytes():
+            raise IdentityError(
+                f"{where} is damaged: its public key does not belong to its private key"
+            )
+        return cls(
+            KeyPair(private_key, public_key),
+            str(ID.from_pubkey(public_key)),
+            path,
+            legacy=len(payload) == 32,
+        )
 
     def private_key_bytes(self) -> bytes:
-        """The private key in the libp2p protobuf encoding (what the key file holds)."""
-        data: bytes = self.key_pair.private_key.serialize()
-        return data
+        """The private key in the libp2p spec's protobuf encoding (what the key file
+        holds): ``08 01 12 40`` then the 32-byte seed and the 32-byte public key."""
+        seed = self.key_pair.private_key.to_bytes()
+        public = self.key_pair.public_key.to_bytes()
+        payload = bytes(seed) + bytes(public)
+        return _PROTO_TYPE_ED25519 + b"\x12" + bytes([len(payload)]) + payload
 
     def signer(self) -> Callable[[bytes], bytes]:
         """A function that signs bytes with this identity's key (64-byte pure Ed25519
@@ -103,6 +129,48 @@ class Identity:
         if not isinstance(seed, bytes) or len(seed) != 32:
             raise IdentityError("this identity's private key is not a 32-byte Ed25519 seed")
         return Ed25519PrivateKey.from_private_bytes(seed).sign
+
+
+def _varint(data: bytes, at: int, where: str) -> tuple[int, int]:
+    value = shift = 0
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    raise IdentityError(f"{where} is not a libp2p private key (a truncated varint)")
+
+
+def _parse_private_key(data: bytes, where: str) -> tuple[int, bytes]:
+    """``(Type, Data)`` of a protobuf ``PrivateKey`` message (both fields required; any
+    other field refused: a key file has nothing else to say)."""
+    key_type: int | None = None
+    payload: bytes | None = None
+    at = 0
+    while at < len(data):
+        tag, at = _varint(data, at, where)
+        if tag == 0x08:
+            key_type, at = _varint(data, at, where)
+        elif tag == 0x12:
+            length, at = _varint(data, at, where)
+            if at + length > len(data):
+                raise IdentityError(f"{where} is not a libp2p private key (truncated)")
+            payload, at = data[at : at + length], at + length
+        else:
+            raise IdentityError(
+                f"{where} is not a libp2p private key (unexpected protobuf field tag "
+                f"{tag:#x}); restore it from a backup, or move it away and run `gossipfl "
+                "init` to create a new identity (the peer ID will change)"
+            )
+    if key_type is None or payload is None:
+        raise IdentityError(
+            f"{where} is not a libp2p private key (no key type or no key data); restore "
+            "it from a backup, or move it away and run `gossipfl init` to create a new "
+            "identity (the peer ID will change)"
+        )
+    return key_type, payload
 
 
 def _base58_decode(text: str) -> bytes | None:

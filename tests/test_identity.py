@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from libp2p.crypto.rsa import create_new_key_pair as create_rsa_key_pair
-from libp2p.identity_utils import load_identity as libp2p_load_identity
 
 from gossipfl.errors import ConfigError
 from gossipfl.identity import (
@@ -53,10 +52,47 @@ def test_identity_survives_a_restart(tmp_path: Path) -> None:
     assert again.private_key_bytes() == first.private_key_bytes()
 
 
-def test_key_file_is_libp2p_protobuf_so_other_tools_read_it(tmp_path: Path) -> None:
+def test_key_file_is_the_peer_id_specs_protobuf_seed_and_public_key(tmp_path: Path) -> None:
+    # what js-libp2p and go-libp2p read (tests/test_interop_js.py reads it with js-libp2p)
     me = create_identity(tmp_path / "identity.key")
-    theirs = libp2p_load_identity(tmp_path / "identity.key")
-    assert theirs.private_key.to_bytes() == me.key_pair.private_key.to_bytes()
+    raw = (tmp_path / "identity.key").read_bytes()
+    seed = me.key_pair.private_key.to_bytes()
+    public = me.key_pair.public_key.to_bytes()
+    assert raw == b"\x08\x01\x12\x40" + seed + public
+    assert not load_identity(tmp_path / "identity.key").legacy
+
+
+def test_a_legacy_seed_only_key_file_is_still_read_and_can_be_upgraded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.identity_utils import save_identity as libp2p_save_identity
+
+    from gossipfl.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    key = home / "identity.key"
+    pair = create_new_key_pair()
+    libp2p_save_identity(pair, key)  # py-libp2p's own form: the 32-byte seed alone
+    key.chmod(0o600)
+    assert len(key.read_bytes()) == 36
+    old = load_identity(key)
+    assert old.legacy
+    assert main(["init", "--home", str(home), "--upgrade-key"]) == 0
+    out = capsys.readouterr().out
+    assert old.peer_id in out
+    new = load_identity(key)
+    assert (new.peer_id, new.legacy, len(key.read_bytes())) == (old.peer_id, False, 68)
+    assert main(["init", "--home", str(home), "--upgrade-key"]) == 0  # again: nothing to do
+    assert "already" in capsys.readouterr().out
+
+
+def test_a_key_whose_halves_disagree_is_refused(tmp_path: Path) -> None:
+    a, b = create_identity(tmp_path / "a.key"), create_identity(tmp_path / "b.key")
+    raw = a.private_key_bytes()[:36] + b.key_pair.public_key.to_bytes()
+    with pytest.raises(IdentityError, match="damaged"):
+        Identity.from_private_key_bytes(raw)
 
 
 def test_existing_key_is_never_overwritten_without_asking(tmp_path: Path) -> None:
@@ -96,7 +132,9 @@ def test_owner_only_modes_are_accepted(tmp_path: Path) -> None:
     [
         (b"", "is empty"),
         (b"hello, I am not a key\n", "not a libp2p private key"),
-        (b"\x08\x01\x12\x05short", "not a libp2p private key"),
+        (b"\x08\x01\x12\x05short", "5 bytes of Ed25519 key"),
+        (b"\x08\x01\x12\x40short", "truncated"),
+        (b"\x08\x01", "no key type or no key data"),
         (b"x" * 5000, "too large"),
     ],
 )

@@ -82,6 +82,12 @@ def register(subparsers: Any) -> None:
         help="peers with different network ids refuse each other: letters, digits, '.', '_' "
         "and '-' (default: %(default)s)",
     )
+    p.add_argument(
+        "--upgrade-key",
+        action="store_true",
+        help="rewrite an existing key file of an earlier version (a 32-byte seed, which "
+        "js-libp2p and go-libp2p cannot read) in the libp2p spec's form; same peer ID",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the peer ID")
     p.set_defaults(handler=run)
 
@@ -129,12 +135,30 @@ def _write_config(path: Path, text: str) -> None:
         ) from None
 
 
+def upgrade_key(key_path: Path) -> int:
+    """``--upgrade-key``: rewrite a legacy key file in the spec's form, atomically."""
+    from gossipfl.identity import load_identity, save_identity
+
+    identity = load_identity(key_path)
+    if not identity.legacy:
+        print(f"{key_path} is already in the libp2p spec's form (peer {identity.peer_id})")
+        return 0
+    save_identity(identity, key_path, overwrite=True)
+    print(
+        f"rewrote {key_path} in the libp2p spec's form (seed and public key, readable by "
+        f"js-libp2p and go-libp2p); peer {identity.peer_id}, unchanged"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from gossipfl.identity import IdentityError, create_identity, load_identity
 
-    listen, bootstrap, allow, network_id = _validated(args)
     home = resolve_home(args.home)
     key_path = home / KEY_FILE
+    if getattr(args, "upgrade_key", False):
+        return upgrade_key(key_path)
+    listen, bootstrap, allow, network_id = _validated(args)
     config_path = home / CONFIG_FILE
     if (key_path.exists() or key_path.is_symlink()) and not args.force:
         try:

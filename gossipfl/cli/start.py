@@ -231,6 +231,13 @@ def run(args: argparse.Namespace) -> int:
     reporter = Reporter(quiet=args.quiet)
     if created:
         reporter.say(f"created a new identity in {identity.path}")
+    if identity.legacy:
+        home_flag = f" --home {identity.path.parent}" if identity.path is not None else ""
+        reporter.say(
+            f"note: key file {identity.path} is in the form of earlier versions (a 32-byte "
+            "seed), which js-libp2p and go-libp2p cannot read; `gossipfl init"
+            f"{home_flag} --upgrade-key` rewrites it (same peer ID)"
+        )
     node = Node(config, identity, reporter=reporter, fresh=bool(getattr(args, "fresh", False)))
     result = trio.run(serve_until_signal, node)
     reporter.finished(
