@@ -1,0 +1,272 @@
+"""Write docs/conformance/vectors.json: byte-exact messages of the gossipfl protocol.
+
+    .venv/bin/python docs/hooks/conformance.py
+
+Each valid vector names a message by its fields and gives the exact frames (4-byte
+length prefix included, hex) the reference implementation sends for it; each invalid
+vector gives bytes a receiver must refuse, with the error and the refusal code. The
+membership vector gives a signed record's signed bytes and the whole message, made with
+keys derived from fixed seeds (stated in the file, so anyone can re-sign). Another
+implementation passes when it produces the same bytes from the fields and reads the same
+fields back; tests/test_conformance.py holds the Python one to the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from gossipfl import wire
+from gossipfl.model.layout import Layout
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "docs" / "conformance" / "vectors.json"
+
+LAYOUT = [("bias", "float32", [2]), ("weight", "float32", [2, 3])]
+JOB = {"rounds": "100", "rule.name": "cs-plus", "task": "digits-softmax"}
+
+
+#: The receiver's frame limit the chunked vectors are cut for (a real peer's is 16 MiB).
+SMALL_FRAME = 256
+
+
+def _frames(message: wire.Message, chunk_size: int | None = None) -> list[str]:
+    """The frames of ``message``; with ``chunk_size``, as sent to a peer whose frame
+    limit is :data:`SMALL_FRAME` (so even a small vector travels in chunks)."""
+    limit = {"max_frame": SMALL_FRAME} if chunk_size is not None else {}
+    return [f.hex() for f in wire.iter_frames(message, chunk_size=chunk_size, **limit)]
+
+
+def _update(name: str, codec: str, vector: list[float], **extra: Any) -> dict[str, Any]:
+    chunk = extra.pop("chunk_size", None)
+    message = wire.Update(
+        sender="peerA", round=3, vector=np.asarray(vector, np.float32), codec=codec, **extra
+    )
+    fields: dict[str, Any] = {
+        "sender": "peerA",
+        "round": 3,
+        "codec": codec,
+        "vector": vector,
+        "reply": extra.get("reply", False),
+        "meta": dict(extra.get("meta", {})),
+    }
+    out = {"name": name, "kind": "update", "fields": fields, "frames": _frames(message, chunk)}
+    if chunk is not None:
+        out["chunk_size"] = chunk
+        out["max_frame"] = SMALL_FRAME
+    return out
+
+
+def valid() -> list[dict[str, Any]]:
+    layout = Layout.of(LAYOUT)
+    hello = wire.Hello(
+        network_id="demo", layout=layout, codecs=("fp32", "int8"), name="peerA", job=JOB
+    )
+    vectors: list[dict[str, Any]] = [
+        {
+            "name": "hello",
+            "kind": "hello",
+            "fields": {
+                "network_id": "demo",
+                "layout": [list(t) for t in LAYOUT],
+                "layout_text": layout.text,
+                "fingerprint": layout.fingerprint.hex(),
+                "codecs": ["fp32", "int8"],
+                "name": "peerA",
+                "job": JOB,
+            },
+            "frames": _frames(hello),
+        },
+        {
+            "name": "heartbeat",
+            "kind": "heartbeat",
+            "fields": {"round": 7},
+            "frames": _frames(wire.Heartbeat(round=7)),
+        },
+        _update("update-fp32", "fp32", [1.0, -2.0, 0.5, 3.25]),
+        _update("update-fp16", "fp16", [1.0, -2.0, 0.5, 3.25], reply=True),
+        _update("update-int8", "int8", [float(x) for x in np.linspace(-1, 1, 9)]),
+        _update(
+            "update-chunked",
+            "fp32",
+            [float(x) for x in np.arange(40) / 8],
+            chunk_size=64,
+            meta={"loss": 0.5},
+        ),
+        {
+            "name": "pull",
+            "kind": "pull",
+            "fields": {"round": 4, "codec": "fp32", "digest": None},
+            "frames": _frames(wire.PullRequest(round=4, codec="fp32")),
+        },
+        {
+            "name": "announce",
+            "kind": "announce",
+            "fields": {"round": 4, "codec": "fp16", "digest": "ab" * 32},
+            "frames": _frames(wire.Announce(round=4, codec="fp16", digest=bytes([0xAB]) * 32)),
+        },
+    ]
+    for code in wire.RefusalCode:
+        text = f"example {code.name.lower().replace('_', ' ')}"
+        vectors.append(
+            {
+                "name": f"refusal-{code.name.lower().replace('_', '-')}",
+                "kind": "refusal",
+                "fields": {"code": int(code), "code_name": code.name, "text": text},
+                "frames": _frames(wire.Refusal(code=code, text=text)),
+            }
+        )
+    return vectors
+
+
+def members() -> dict[str, Any]:
+    """A membership message of two signed records, keys from fixed seeds."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey as Libp2pKey
+    from libp2p.peer.id import ID
+
+    from gossipfl.daemon.exchange import encode_view
+    from gossipfl.daemon.membership import Heard, MemberRecord
+
+    network = "demo"
+    records = []
+    signed = []
+    heard = []
+    for index, (addrs, inc, hb, rnd, left, age) in enumerate(
+        [(["/ip4/127.0.0.1/tcp/4001"], 1, 5, 12, False, 0.25), ([], 2, 9, 0, True, 1.5)]
+    ):
+        seed = hashlib.sha256(f"gossipfl conformance key {index}".encode()).digest()
+        peer = str(ID.from_pubkey(Libp2pKey.from_bytes(seed).get_public_key()))
+        record = MemberRecord(
+            peer=peer, addrs=tuple(addrs), incarnation=inc, heartbeat=hb, round=rnd, left=left
+        )
+        record = record.signed(network, Ed25519PrivateKey.from_private_bytes(seed).sign)
+        signed.append(record.signed_bytes(network).hex())
+        heard.append(Heard(record, age))
+        records.append(
+            {
+                "key_seed": seed.hex(),
+                "peer": peer,
+                "addrs": addrs,
+                "incarnation": inc,
+                "heartbeat": hb,
+                "round": rnd,
+                "left": left,
+                "age": age,
+                "signature": record.signature.hex(),
+            }
+        )
+    message = encode_view(network, heard, JOB)
+    return {
+        "protocol": "/gossipfl/members/2.0.0",
+        "network_id": network,
+        "job": JOB,
+        "records": records,
+        "signed_bytes": signed,
+        "message": message.hex(),
+        "note": "one message per request and one per response, no framing: the stream "
+        "carries the msgpack bytes and is closed after them",
+    }
+
+
+def _header_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """A frame from an arbitrary header (for invalid vectors the encoder would refuse)."""
+    packed = msgpack.packb(header)
+    body = struct.pack(">I", len(packed)) + packed
+    body += b"\0" * (-len(body) % 8) + payload  # the payload starts 8-byte aligned
+    return struct.pack(">I", len(body)) + body
+
+
+def _nan_update() -> bytes:
+    """An fp32 update whose payload holds a NaN under a correct digest: what an encoder
+    never sends, and a decoder must refuse after the digest check passes."""
+    from gossipfl.wire.envelope import update_fields, update_header
+
+    fields, _ = update_fields(
+        wire.Update(sender="p", round=1, vector=np.ones(2, "f4")), wire.DEFAULT_CODECS
+    )
+    payload = np.array([1.0, np.nan], "f4").tobytes()
+    fields["digest"] = wire.payload_digest(payload)
+    body = update_header(fields) + payload
+    return struct.pack(">I", len(body)) + body
+
+
+def invalid() -> list[dict[str, Any]]:
+    good = bytes.fromhex(_frames(wire.Heartbeat(round=7))[0])
+    update = bytes.fromhex(_frames(wire.Update(sender="p", round=1, vector=np.ones(2, "f4")))[0])
+    nan = _nan_update()
+    bad_digest = bytearray(update)
+    bad_digest[-4:] = struct.pack("<f", 2.0)
+    head_and_chunks = _frames(
+        wire.Update(sender="p", round=1, vector=np.arange(40, dtype="f4")), chunk_size=64
+    )
+    cases = [
+        ("truncated-frame", good[:-3], "TruncatedError", "MALFORMED"),
+        ("frame-over-limit", struct.pack(">I", 0x7FFF_FFFF), "TooLargeError", "TOO_LARGE"),
+        (
+            "unknown-version",
+            _header_frame({"v": 2, "kind": "heartbeat", "round": 1}),
+            "UnknownVersionError",
+            "VERSION_MISMATCH",
+        ),
+        (
+            "unknown-kind",
+            _header_frame({"v": 1, "kind": "gossip", "round": 1}),
+            "UnknownKindError",
+            "MALFORMED",
+        ),
+        (
+            "missing-field",
+            _header_frame({"v": 1, "kind": "heartbeat"}),
+            "SchemaError",
+            "MALFORMED",
+        ),
+        ("non-finite-value", nan, "NonFiniteError", "MALFORMED"),
+        ("digest-mismatch", bytes(bad_digest), "DigestMismatchError", "MALFORMED"),
+        (
+            "chunk-without-head",
+            bytes.fromhex(head_and_chunks[1]),
+            "SequenceError",
+            "UNEXPECTED",
+        ),
+        (
+            "message-inside-chunked-update",
+            bytes.fromhex(head_and_chunks[0]) + good,
+            "SequenceError",
+            "UNEXPECTED",
+        ),
+    ]
+    return [
+        {"name": name, "bytes": data.hex(), "error": error, "refusal": refusal}
+        for name, data, error, refusal in cases
+    ]
+
+
+def build() -> dict[str, Any]:
+    return {
+        "about": "gossipfl protocol conformance vectors; see docs/protocol.md. Frames are "
+        "hex, each with its 4-byte big-endian length prefix. Regenerate with "
+        "docs/hooks/conformance.py; tests/test_conformance.py checks the Python peer "
+        "against this file.",
+        "wire_version": wire.WIRE_VERSION,
+        "gossip_protocol": wire.PROTOCOL_GOSSIP,
+        "valid": valid(),
+        "members": members(),
+        "invalid": invalid(),
+    }
+
+
+def main() -> None:
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(build(), indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
