@@ -739,3 +739,42 @@ async def test_a_full_disk_fails_checkpoints_with_one_warning_and_training_goes_
     assert str(store.path) in warnings[0].getMessage()
     assert "No space left on device (free some space on that disk)" in warnings[0].getMessage()
     assert store.failures.failures >= 15  # each round's, bar a few skipped while one ran
+
+
+async def test_a_neighbour_that_decodes_other_codecs_gets_the_first_of_its_own(
+    clock: trio.testing.MockClock,
+) -> None:
+    """docs/protocol.md 5.1: a model goes out in the sender's codec when the receiver
+    decodes it, else in the first codec of the receiver's Hello the sender can encode."""
+    from gossipfl.transport import Received
+
+    net = MemoryNetwork()
+    js = net.endpoint("js")
+    start = np.linspace(-1, 1, 6).astype(np.float32)
+    hood = StaticNeighbourhood({"js": 0.5})
+    got: list[wire.Update] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.run)
+        async with Peer(
+            transport=net.endpoint("py"), model={"x": start.copy()}, neighbourhood=hood, config=SIM
+        ) as peer:
+            hello = wire.Hello(
+                network_id="gossipfl", layout=peer.adapter.layout, codecs=("brotli", "fp16")
+            )
+            await js.send("py", wire.encode(hello))
+
+            async def listen() -> None:
+                async for event in js.events():
+                    if isinstance(event, Received):
+                        message = wire.decode(event.data)
+                        if isinstance(message, wire.Update):
+                            got.append(message)
+
+            nursery.start_soon(listen)
+            await peer.run(2)
+        nursery.cancel_scope.cancel()
+    # before js's Hello arrived: the configured codec; after it, js's first we can encode
+    after = [m for m in got if m.round >= 1]
+    assert after
+    assert {m.codec for m in after} == {"fp16"}
+    assert {m.codec for m in got} <= {"fp32", "fp16"}

@@ -251,7 +251,8 @@ class Peer:
         self._threads = True  # decided in __aenter__, where the run's clock is known
         self._deadline: tuple[int, float] | None = None  # (round, trio time) of the wait
         self._step_done: tuple[float, LocalStepDone] | None = None  # simulated step end
-        self._encoded: tuple[Vector, int, bool, Frames] | None = None
+        self._encoded: tuple[Vector, int, bool, dict[str, Frames]] | None = None
+        self._codecs_of: dict[PeerId, tuple[str, ...]] = {}  # what each neighbour decodes
         self._slow: frozenset[PeerId] = frozenset()
         self._anchor_time: float | None = None  # see SyncGossip(anchor_time=...)
         self._resumed_pace: float | None = None  # our round duration before a restart
@@ -676,28 +677,35 @@ class Peer:
             if tampered is None:
                 return
             vector = tampered
-        # The same model goes to every neighbour of a round: encode it once. The cache holds
-        # the vector itself (compared by identity), so a recycled id() cannot alias.
+        # The same model goes to every neighbour of a round: encode it once per codec. The
+        # cache holds the vector itself (compared by identity), so a recycled id() cannot
+        # alias.
         cached = self._encoded
-        if (
+        if not (
             cached is not None
             and cached[0] is vector
             and cached[1] == action.round
             and cached[2] == action.reply
         ):
-            frames = cached[3]
-        else:
+            cached = self._encoded = (vector, action.round, action.reply, {})
+        codec = self._codec_for(action.peer)
+        frames = cached[3].get(codec)
+        if frames is None:
             update = wire.Update(
-                sender=self.id,
-                round=action.round,
-                vector=vector,
-                codec=self.config.codec,
-                reply=action.reply,
+                sender=self.id, round=action.round, vector=vector, codec=codec, reply=action.reply
             )
             # One frame, or (past max_frame) a head and chunks the receiver reassembles.
             frames = tuple(wire.iter_encoded(update, max_frame=self.config.max_frame))
-            self._encoded = (vector, action.round, action.reply, frames)
+            cached[3][codec] = frames
         self._outbox.send(action.peer, frames)
+
+    def _codec_for(self, peer: PeerId) -> str:
+        """Our configured codec if ``peer`` decodes it (every gossipfl peer does), else the
+        first codec of its Hello that we can encode (docs/protocol.md, section 5.1)."""
+        theirs = self._codecs_of.get(peer)
+        if theirs is None or self.config.codec in theirs:
+            return self.config.codec
+        return next((c for c in theirs if c in wire.DEFAULT_CODECS), self.config.codec)
 
     def _round_done(self, action: RoundDone) -> None:
         self.round = action.round + 1
@@ -823,6 +831,7 @@ class Peer:
                 self._newest.pop(event.peer, None)
                 self._outbox.forget(event.peer)
                 self._verified.discard(event.peer)
+                self._codecs_of.pop(event.peer, None)
                 self._mark_down(event.peer)
 
     async def _on_frame(self, peer: PeerId, data: bytes) -> None:
@@ -865,6 +874,7 @@ class Peer:
             refusal = wire.refuse_hello(mine=self._hello, theirs=message)
             if refusal is None:
                 self._verified.add(peer)
+                self._codecs_of[peer] = tuple(message.codecs)
                 self._notify()
                 self._mark_up(peer)
                 return
