@@ -170,8 +170,9 @@ def members() -> dict[str, Any]:
         "records": records,
         "signed_bytes": signed,
         "message": message.hex(),
-        "note": "one message per request and one per response, no framing: the stream "
-        "carries the msgpack bytes and is closed after them",
+        "note": "on the wire, each side's message travels in one frame (a u32 big-endian "
+        "length, then these msgpack bytes) on a fresh stream: the requester's view, then "
+        "the responder's, then the stream is closed",
     }
 
 
