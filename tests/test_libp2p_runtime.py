@@ -5,6 +5,7 @@ Connected before Received), so peers in a ring reach consensus."""
 from __future__ import annotations
 
 import contextlib
+import gc
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import trio
 from gossipfl.identity import generate_identity
 from gossipfl.peer.config import PeerConfig
 from gossipfl.peer.runtime import Peer
-from gossipfl.protocol.neighbourhood import TopologyNeighbourhood
+from gossipfl.protocol.neighbourhood import StaticNeighbourhood, TopologyNeighbourhood
 from gossipfl.topology.build import build_topology
 from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig
 
@@ -63,3 +64,59 @@ async def test_four_peers_in_a_ring_average_their_vectors_over_libp2p() -> None:
     # Metropolis-Hastings on a 4-ring: the error shrinks by |lambda_2| = 1/3 per round.
     final_spread = max(float(np.abs(v - target).max()) for v in finals.values())
     assert final_spread < 1e-4 * initial_spread
+
+
+# py-libp2p leaves one TCP socket unclosed when both sides drop a refused connection while
+# a stream opens on it (seen before this fix too, once per redial); tracked in the notes.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_peer_of_another_network_is_not_redialled_every_half_second() -> None:
+    """A refused handshake (another network id) would only be refused again: both sides
+    hold off about dial_backoff_max before redialling. Measured before: a redial every
+    0.5 s, each a Noise handshake."""
+    identities = [generate_identity() for _ in range(2)]
+    ids = [identity.peer_id for identity in identities]
+    dials = [0, 0]
+    config = PeerConfig(
+        deadline=1.0, heartbeat_interval=0.5, heartbeat_timeout=2.0, dial_backoff_max=4.0
+    )
+    peers: list[Peer] = []
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            transports = [
+                await stack.enter_async_context(
+                    Libp2pTransport.open(
+                        identity=identity, allow=ids, config=TransportConfig(dial_timeout=5)
+                    )
+                )
+                for identity in identities
+            ]
+            for i, transport in enumerate(transports):
+                transport.add_peer_address(ids[1 - i], transports[1 - i].listen_addrs[0])
+                connect = transport.connect
+
+                async def counting(peer: str, _i: int = i, _connect: object = connect) -> None:
+                    dials[_i] += 1
+                    await _connect(peer)  # type: ignore[operator]
+
+                transport.connect = counting  # type: ignore[method-assign]
+
+            async def run(i: int) -> None:
+                hood = StaticNeighbourhood({ids[1 - i]: 0.5})
+                async with Peer(
+                    transport=transports[i],
+                    model={"x": np.zeros(3, np.float32)},
+                    neighbourhood=hood,
+                    config=PeerConfig(**{**config.__dict__, "network_id": f"net-{i}"}),
+                ) as peer:
+                    peers.append(peer)
+                    await peer.run(50)  # no neighbour: the rounds pass at once
+                    with trio.move_on_after(8):
+                        await peer.serve()  # still wanting the neighbour, still dialling
+
+            async with trio.open_nursery() as nursery:
+                for i in range(2):
+                    nursery.start_soon(run, i)
+    gc.collect()  # the leaked socket (see above) is reported here, not after the session
+    assert all(p.counters.refused >= 1 for p in peers)
+    # ~9 s: the first dial, then a few per 2-6 s hold-off (was one per ~0.2 s)
+    assert max(dials) <= 10, dials  # was 43-45

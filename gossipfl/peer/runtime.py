@@ -253,6 +253,9 @@ class Peer:
         self._step_done: tuple[float, LocalStepDone] | None = None  # simulated step end
         self._encoded: tuple[Vector, int, bool, dict[str, Frames]] | None = None
         self._codecs_of: dict[PeerId, tuple[str, ...]] = {}  # what each neighbour decodes
+        # Peers whose hello was refused (either way): another network, job or model does
+        # not change in a second, so they are not redialled before this trio time.
+        self._incompatible_until: dict[PeerId, float] = {}
         self._slow: frozenset[PeerId] = frozenset()
         self._anchor_time: float | None = None  # see SyncGossip(anchor_time=...)
         self._resumed_pace: float | None = None  # our round duration before a restart
@@ -862,6 +865,12 @@ class Peer:
             )
             self._penalize(peer, "bad_frame", str(exc))
 
+    def _hold_off(self, peer: PeerId) -> None:
+        """Do not redial ``peer`` for about ``dial_backoff_max`` (a refused handshake would
+        only be refused again: measured before this, a redial every 0.5 s)."""
+        wait = self.config.dial_backoff_max * (0.5 + self._rng.random())
+        self._incompatible_until[peer] = trio.current_time() + wait
+
     def _penalize(self, peer: PeerId, kind: str, detail: str) -> None:
         """Tell the transport's peer score (transports that keep one: libp2p's)."""
         penalize = getattr(self.transport, "penalize", None)
@@ -879,6 +888,7 @@ class Peer:
                 self._mark_up(peer)
                 return
             self.counters.refused += 1
+            self._hold_off(peer)
             self._warnings.warn(logger, peer, "%s: refusing %s: %s", self.name, peer, refusal.text)
             with contextlib.suppress(TransportError):
                 await self.transport.send(peer, wire.encode(refusal))
@@ -888,6 +898,8 @@ class Peer:
             self._warnings.warn(
                 logger, peer, "%s: %s refused us: %s", self.name, peer, message.text
             )
+            if message.code not in (wire.RefusalCode.BUSY, wire.RefusalCode.SHUTTING_DOWN):
+                self._hold_off(peer)
             self._mark_down(peer)
             return
         if peer not in self._verified:
@@ -959,6 +971,11 @@ class Peer:
         next_try: dict[PeerId, float] = {}
         while True:
             now = trio.current_time()
+            for peer, until in list(self._incompatible_until.items()):
+                if until <= now:
+                    del self._incompatible_until[peer]
+                else:
+                    next_try[peer] = max(next_try.get(peer, -math.inf), until)
             for peer in sorted(self._wanted() - self._connected):
                 if next_try.get(peer, -math.inf) > now:
                     continue
