@@ -21,11 +21,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-TASKS = {"digits-softmax": "digits, softmax", "digits-mlp": "digits, MLP", "mnist1d": "MNIST-1D, MLP"}
+TASKS = {
+    "digits-softmax": "digits, softmax",
+    "digits-mlp": "digits, MLP",
+    "mnist1d": "MNIST-1D, MLP",
+}
 PARTS = {"iid": "IID", "dirichlet": "Dirichlet 1.0"}
 
 
@@ -61,7 +65,9 @@ def main() -> None:
             runs = by.get(e, [])
             acc, auc = mean(runs, "honest_mean_acc"), mean(runs, "mia_auc")
             out.append(f"{100 * acc:.1f}% / {auc:.3f}" if runs else "–")
-        lines.append(f"| {TASKS.get(task, task)} | {PARTS.get(part, part)} | " + " | ".join(out) + " |")
+        lines.append(
+            f"| {TASKS.get(task, task)} | {PARTS.get(part, part)} | " + " | ".join(out) + " |"
+        )
     table = "\n".join(lines) + "\n"
     target = HERE / "results" / "privacy-dp-sgd"
     (target / "table.md").write_text(table, encoding="utf-8")
