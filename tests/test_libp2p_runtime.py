@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import trio
 
-from gossipfl.identity import generate_identity
+from gossipfl.identity import Identity, generate_identity
 from gossipfl.peer.config import PeerConfig
 from gossipfl.peer.runtime import Peer
 from gossipfl.protocol.neighbourhood import StaticNeighbourhood, TopologyNeighbourhood
@@ -19,6 +19,21 @@ from gossipfl.topology.build import build_topology
 from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
+
+
+async def open_transports(
+    stack: contextlib.AsyncExitStack, identities: list[Identity]
+) -> list[Libp2pTransport]:
+    """One transport per identity on 127.0.0.1, each allowing all of them."""
+    ids = [identity.peer_id for identity in identities]
+    return [
+        await stack.enter_async_context(
+            Libp2pTransport.open(
+                identity=identity, allow=ids, config=TransportConfig(dial_timeout=5)
+            )
+        )
+        for identity in identities
+    ]
 
 
 async def test_four_peers_in_a_ring_average_their_vectors_over_libp2p() -> None:
@@ -34,14 +49,7 @@ async def test_four_peers_in_a_ring_average_their_vectors_over_libp2p() -> None:
     config = PeerConfig(deadline=5.0, heartbeat_interval=0.5, heartbeat_timeout=3.0)
     with trio.fail_after(45):
         async with contextlib.AsyncExitStack() as stack:
-            transports = [
-                await stack.enter_async_context(
-                    Libp2pTransport.open(
-                        identity=identity, allow=ids, config=TransportConfig(dial_timeout=5)
-                    )
-                )
-                for identity in identities
-            ]
+            transports = await open_transports(stack, identities)
             for i, transport in enumerate(transports):
                 for j in (i - 1) % n, (i + 1) % n:
                     transport.add_peer_address(ids[j], transports[j].listen_addrs[0])
@@ -82,14 +90,7 @@ async def test_a_peer_of_another_network_is_not_redialled_every_half_second() ->
     peers: list[Peer] = []
     with trio.fail_after(30):
         async with contextlib.AsyncExitStack() as stack:
-            transports = [
-                await stack.enter_async_context(
-                    Libp2pTransport.open(
-                        identity=identity, allow=ids, config=TransportConfig(dial_timeout=5)
-                    )
-                )
-                for identity in identities
-            ]
+            transports = await open_transports(stack, identities)
             for i, transport in enumerate(transports):
                 transport.add_peer_address(ids[1 - i], transports[1 - i].listen_addrs[0])
                 connect = transport.connect

@@ -114,3 +114,5 @@ def test_calibration_removes_what_sample_difficulty_hides() -> None:
     fixed = calibrated_attack(members, member_difficulty, outsiders, outsider_difficulty)
     assert fixed.auc > 0.99
     assert fixed.tpr_at_1pct_fpr > 0.9
+    with pytest.raises(ConfigError, match="under both models"):
+        calibrated_attack(members, member_difficulty[:-1], outsiders, outsider_difficulty)

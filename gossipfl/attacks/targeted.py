@@ -71,6 +71,17 @@ def searched_scale(
     return line_maximize(deviation_objective(merge, honest_target, message), evals=evals)
 
 
+def _scaled_along(view: AttackView, direction: F64, scale: float | None, evals: int) -> F64:
+    """``x_i + s · direction``, with ``s`` given or (``None``) searched."""
+    ref = view.reference().astype(np.float64)
+
+    def message(s: float) -> F64:
+        out: F64 = ref + s * direction
+        return out
+
+    return message(searched_scale(view, message, evals=evals) if scale is None else scale)
+
+
 @dataclass(kw_only=True, eq=False)
 class Dissensus(Attack):
     """``x_i − ε Σ_{j honest} W_ij (x_j − x_i) / δ_i`` (δ_i: the target's Byzantine weight).
@@ -91,15 +102,7 @@ class Dissensus(Attack):
 
     def _craft(self, view: AttackView, rng: np.random.Generator) -> npt.NDArray[Any]:
         step = _honest_step(view, np.asarray(view.weights, np.float64))
-        ref = view.reference().astype(np.float64)
-        direction = step / -view.byzantine_weight
-
-        def message(scale: float) -> F64:
-            out: F64 = ref + scale * direction
-            return out
-
-        eps = self.epsilon
-        return message(searched_scale(view, message, evals=self.evals) if eps is None else eps)
+        return _scaled_along(view, step / -view.byzantine_weight, self.epsilon, self.evals)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -125,19 +128,12 @@ class Spectral(Attack):
         check_int(self.name, "evals", self.evals, 1)
 
     def _craft(self, view: AttackView, rng: np.random.Generator) -> npt.NDArray[Any]:
-        ref = view.reference().astype(np.float64)
         if view.spectral is not None:
             direction = np.asarray(view.spectral, np.float64)
         else:
             ones = np.ones(view.neighbours.shape[0], dtype=np.float64)
             direction = -_honest_step(view, ones)
-
-        def message(scale: float) -> F64:
-            out: F64 = ref + scale * direction
-            return out
-
-        scale = self.scale
-        return message(searched_scale(view, message, evals=self.evals) if scale is None else scale)
+        return _scaled_along(view, direction, self.scale, self.evals)
 
 
 @dataclass(kw_only=True, eq=False)

@@ -103,8 +103,11 @@ def loss_threshold_attack(
 ) -> MembershipLeakage:
     """The loss-threshold attack's quality, from per-sample losses of the attacked model
     on its owner's training samples (members) and on samples it never saw."""
-    pos = -_scores(member_losses, "member")
-    neg = -_scores(nonmember_losses, "non-member")
+    return _leakage(-_scores(member_losses, "member"), -_scores(nonmember_losses, "non-member"))
+
+
+def _leakage(pos: FloatArray, neg: FloatArray) -> MembershipLeakage:
+    """The quality of membership scores (higher: more likely a member)."""
     return MembershipLeakage(
         auc=auc(pos, neg),
         tpr_at_1pct_fpr=tpr_at_fpr(pos, neg, 0.01),
@@ -123,19 +126,17 @@ def calibrated_attack(
     """The difficulty-calibrated loss attack: each sample scored by its loss under the
     reference model minus its loss under the attacked one (members: the attacked model
     fits them better than the reference does)."""
-    pos = _scores(member_reference, "member reference") - _scores(member_losses, "member")
-    neg = _scores(nonmember_reference, "non-member reference") - _scores(
-        nonmember_losses, "non-member"
+    pairs = (
+        (_scores(member_reference, "member reference"), _scores(member_losses, "member")),
+        (
+            _scores(nonmember_reference, "non-member reference"),
+            _scores(nonmember_losses, "non-member"),
+        ),
     )
-    if pos.size != np.asarray(member_losses).size or neg.size != np.asarray(nonmember_losses).size:
+    if any(ref.size != loss.size for ref, loss in pairs):
         raise ConfigError("each sample needs its loss under both models")
-    return MembershipLeakage(
-        auc=auc(pos, neg),
-        tpr_at_1pct_fpr=tpr_at_fpr(pos, neg, 0.01),
-        advantage=_advantage(pos, neg),
-        members=int(pos.size),
-        nonmembers=int(neg.size),
-    )
+    (member_ref, member), (outsider_ref, outsider) = pairs
+    return _leakage(member_ref - member, outsider_ref - outsider)
 
 
 def sample_losses(learner: Any, vector: npt.ArrayLike, x: Any, y: Any) -> FloatArray:
