@@ -30,7 +30,7 @@ import numpy.typing as npt
 from gossipfl.daemon.config import DaemonConfig
 from gossipfl.data import Dataset
 from gossipfl.errors import ConfigError
-from gossipfl.privacy.dpsgd import DPPlan
+from gossipfl.privacy.dpsgd import DPPlan, enable_dp
 
 logger = logging.getLogger(__name__)
 
@@ -154,16 +154,9 @@ def _enable_dp(config: DaemonConfig, learner: object) -> DPPlan | None:
     settings = config.privacy.dp_settings()
     if settings is None:
         return None
-    enable = getattr(learner, "enable_dp", None)
-    if enable is None:
-        raise ConfigError(
-            f"privacy.mechanism = 'dp-sgd' needs a learner with enable_dp(); "
-            f"{type(learner).__name__} has none"
-        )
     tc = config.training
     rounds = min(tc.rounds, tc.leave_after) if tc.leave_after else tc.rounds
-    plan: DPPlan = enable(settings, rounds=rounds)
-    return plan
+    return enable_dp(learner, settings, rounds=rounds)
 
 
 def build_workload(

@@ -146,4 +146,18 @@ class DPPlan:
         return {"epsilon": self.epsilon, "noise_multiplier": self.noise_multiplier}
 
 
-__all__ = ["DPPlan", "DPSettings", "PrivacyBudgetExhausted"]
+def enable_dp(learner: object, settings: DPSettings, *, rounds: int) -> DPPlan:
+    """Switch ``learner`` to DP-SGD planned over ``rounds``; refuse a learner that cannot
+    (the built-in learners and ``ClassificationTask``'s have ``enable_dp``)."""
+    enable = getattr(learner, "enable_dp", None)
+    if enable is None:
+        raise ConfigError(
+            f"privacy.mechanism = 'dp-sgd' needs a learner with enable_dp(); "
+            f"{type(learner).__name__} has none (the built-in learners and "
+            "ClassificationTask's have it)"
+        )
+    plan: DPPlan = enable(settings, rounds=rounds)
+    return plan
+
+
+__all__ = ["DPPlan", "DPSettings", "PrivacyBudgetExhausted", "enable_dp"]

@@ -26,7 +26,7 @@ from gossipfl.errors import ConfigError
 from gossipfl.learning import Learner, evaluate_many
 from gossipfl.merge import make_rule
 from gossipfl.peer import Peer, PeerConfig, RoundReport
-from gossipfl.privacy.dpsgd import DPPlan
+from gossipfl.privacy.dpsgd import DPPlan, enable_dp
 from gossipfl.protocol import Neighbourhood, TopologyNeighbourhood
 from gossipfl.simulation.byzantine import (
     ByzantinePeer,
@@ -164,15 +164,8 @@ def _enable_dp(config: SimulationConfig, learners: list[Learner], ids: list[str]
         return []
     plans = []
     for i, learner in enumerate(learners):
-        enable = getattr(learner, "enable_dp", None)
-        if enable is None:
-            raise ConfigError(
-                f"privacy.mechanism = 'dp-sgd' needs a learner with enable_dp(); "
-                f"{type(learner).__name__} has none (the built-in learners and "
-                "ClassificationTask's have it)"
-            )
         try:
-            plans.append(enable(settings, rounds=config.rounds))
+            plans.append(enable_dp(learner, settings, rounds=config.rounds))
         except ConfigError as exc:
             raise ConfigError(f"peer {ids[i]}: {exc}") from None
     return plans
