@@ -17,7 +17,7 @@ all: test
 # One install step, re-run when the dependency spec changes. constraints.txt pins the
 # CPU build of torch (a bare `torch` would pull several GB of CUDA packages) and the
 # versions CI was green with.
-$(STAMP): pyproject.toml constraints.txt tests/js/package-lock.json
+$(STAMP): pyproject.toml constraints.txt $(wildcard tests/js/package-lock.json)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install --quiet -e '.[dev,torch]'
@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml constraints.txt tests/js/package-lock.json
 	@command -v ip >/dev/null || apt-get install -y -qq iproute2 >/dev/null 2>&1 \
 		|| echo "note: iproute2 not installed; the network-namespace test will be skipped"
 	@# The js-libp2p interoperability tests use the packages pinned in tests/js.
-	@if command -v npm >/dev/null; then npm ci --prefix tests/js --no-audit --no-fund --silent; \
+	@if command -v npm >/dev/null && test -f tests/js/package-lock.json; then \
+		npm ci --prefix tests/js --no-audit --no-fund --silent; \
 		else echo "note: npm not found; the js-libp2p interoperability tests will be skipped"; fi
 	touch $(STAMP)
 

@@ -157,7 +157,8 @@ def test_the_environment_variable_is_honoured_end_to_end(tmp_path: Path) -> None
 def test_template_defaults_are_valid_names() -> None:
     config = tomllib.loads(config_template(peer_id=generate_identity().peer_id))
     assert set(config) == {
-        "identity", "network", "topology", "rule", "training", "data", "task", "output"
+        "identity", "network", "topology", "rule", "training", "data", "task", "privacy",
+        "output",
     }  # fmt: skip
     assert config["topology"]["name"] in FAMILIES
     assert config["rule"]["name"] in RULES
