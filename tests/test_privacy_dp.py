@@ -210,3 +210,18 @@ def test_cli_privacy_flags_run_and_report_the_guarantee(
     assert 1.99 <= summary["epsilon"] <= 2.0
     assert main([*argv, "--privacy", "dp_sdg", "--out", str(tmp_path)]) == 2
     assert "did you mean 'dp-sgd'" in capsys.readouterr().err
+
+
+def test_a_model_opacus_cannot_privatize_is_refused_with_the_reason() -> None:
+    import torch
+
+    from gossipfl.learning.torch_models import TorchLearner
+
+    data = load_dataset("digits", seed=0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 10)
+    )
+    config = LearnerConfig(model="custom", backend="torch")
+    learner = TorchLearner(config, data.x_train[:64], data.y_train[:64], 10, seed=0, module=module)
+    with pytest.raises(ConfigError, match=r"DP-SGD cannot train this model.*BatchNorm1d"):
+        learner.enable_dp(DPSettings(epsilon=2.0), rounds=5)
