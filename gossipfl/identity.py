@@ -76,16 +76,15 @@ class Identity:
         """Parse a libp2p protobuf-encoded Ed25519 private key: the spec's 64-byte
         ``Data`` (seed and public key, which must match), or the legacy 32-byte seed."""
         from libp2p.crypto.ed25519 import Ed25519PrivateKey
-        from libp2p.crypto.keys import KeyPair
+        from libp2p.crypto.keys import KeyPair, KeyType
         from libp2p.peer.id import ID
 
         where = f"key file {path}" if path is not None else "private key"
         key_type, payload = _parse_private_key(data, where)
-        if key_type != 1:
-            names = {0: "RSA", 2: "Secp256k1", 3: "ECDSA"}
+        if key_type != KeyType.Ed25519.value:
+            name = KeyType(key_type).name if key_type in {k.value for k in KeyType} else None
             raise IdentityError(
-                f"{where} holds a {names.get(key_type, f'type-{key_type}')} key; "
-                "gossipfl uses Ed25519"
+                f"{where} holds a {name or f'type-{key_type}'} key; gossipfl uses Ed25519"
             )
         if len(payload) not in (32, 64, 96):
             raise IdentityError(

@@ -155,6 +155,7 @@ class MetricsCollector:
             avg_acc = float(avg_acc_arr[0])
         train_losses = [reports[p].train_metrics.get("loss", math.nan) for p in peers]
         sent = 0
+        spent: list[float] = []  # DP-SGD's epsilon of each peer that reports one
         for i, p in enumerate(peers):
             rep = reports[p]
             delta = rep.bytes_sent - self._bytes_before.get(p, 0)
@@ -178,15 +179,12 @@ class MetricsCollector:
             if acc is not None and loss is not None:
                 row["accuracy"] = float(acc[i])
                 row["loss"] = float(loss[i])
-            if "epsilon" in rep.train_metrics:
-                row["epsilon"] = float(rep.train_metrics["epsilon"])
+            epsilon = rep.train_metrics.get("epsilon")
+            if epsilon is not None:
+                row["epsilon"] = float(epsilon)
+                spent.append(float(epsilon))
             self.peer_rows.append(row)
         finite = [x for x in train_losses if math.isfinite(x)]
-        spent = [
-            reports[p].train_metrics["epsilon"]
-            for p in peers
-            if "epsilon" in reports[p].train_metrics
-        ]
         summary = RoundSummary(
             round=round,
             peers=len(peers),
@@ -203,7 +201,7 @@ class MetricsCollector:
             late=sum(reports[p].stats.late for p in peers),
             duplicates=sum(reports[p].stats.duplicates for p in peers),
             time=max(reports[p].time for p in peers),
-            epsilon=float(max(spent)) if spent else None,
+            epsilon=max(spent) if spent else None,
         )
         self.summaries.append(summary)
         if self._on_round is not None:

@@ -26,7 +26,7 @@ from gossipfl.errors import ConfigError
 from gossipfl.learning import Learner, evaluate_many
 from gossipfl.merge import make_rule
 from gossipfl.peer import Peer, PeerConfig, RoundReport
-from gossipfl.privacy.dpsgd import DPPlan, enable_dp
+from gossipfl.privacy.dpsgd import DPPlan
 from gossipfl.protocol import Neighbourhood, TopologyNeighbourhood
 from gossipfl.simulation.byzantine import (
     ByzantinePeer,
@@ -39,6 +39,7 @@ from gossipfl.simulation.byzantine import (
 )
 from gossipfl.simulation.collector import MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
+from gossipfl.simulation.privacy import dp_summary, enable_dp_all, membership_leakage
 from gossipfl.topology import Topology, build_topology
 from gossipfl.transport import LinkProfile, MemoryNetwork, NetworkStats
 
@@ -156,102 +157,6 @@ def check_rule_fits(config: SimulationConfig, topology: Topology, honest: int) -
             raise ConfigError(f"node {node} of {topology.name!r}: {exc}") from None
 
 
-def _enable_dp(config: SimulationConfig, learners: list[Learner], ids: list[str]) -> list[DPPlan]:
-    """Switch every honest learner to DP-SGD when ``[privacy]`` asks for it (each peer's
-    noise calibrated to its own sampling rate); refuse a learner that cannot."""
-    settings = config.dp_settings()
-    if settings is None:
-        return []
-    plans = []
-    for i, learner in enumerate(learners):
-        try:
-            plans.append(enable_dp(learner, settings, rounds=config.rounds))
-        except ConfigError as exc:
-            raise ConfigError(f"peer {ids[i]}: {exc}") from None
-    return plans
-
-
-def _dp_summary(plans: list[DPPlan]) -> dict[str, float]:
-    """What DP-SGD spent, for the summary: ε of the peer that spent most (every peer's
-    guarantee holds at that ε or better), the mean, δ, and the noise used."""
-    spent = [p.epsilon for p in plans]
-    return {
-        "epsilon": float(max(spent)),
-        "epsilon_mean": float(np.mean(spent)),
-        "delta": float(plans[0].delta),
-        "noise_multiplier_mean": float(np.mean([p.noise_multiplier for p in plans])),
-        "dp_clip": float(plans[0].clip),
-    }
-
-
-def _membership_leakage(
-    config: SimulationConfig,
-    learners: list[Learner],
-    dataset: Any,
-    parts: list[Any],
-    topology: Topology,
-    make: Any,
-) -> dict[str, float]:
-    """Membership inference against every honest peer's final model, by a curious
-    neighbour: its own training samples (members) against test samples of the same
-    classes in the same numbers (so that a skewed shard's class mix is not mistaken for
-    membership), drawn from the seed. Two attacks: the loss threshold, and the same
-    calibrated by a reference model that never saw the target's data: one the attacking
-    neighbour (the target's lowest-numbered honest neighbour) trains alone on its own
-    shard for the run's rounds, as a shadow of the target's model. Averaged over the
-    peers, with the worst case (the largest AUC)."""
-    from gossipfl.privacy import calibrated_attack, loss_threshold_attack, sample_losses
-
-    rng = np.random.default_rng([config.seed, 7])
-    probe = learners[0]
-    by_class = {c: np.flatnonzero(dataset.y_test == c) for c in np.unique(dataset.y_test)}
-    plain, calibrated = [], []
-    shadows: dict[int, Any] = {}
-
-    def shadow(attacker: int) -> Any:
-        """The attacker's model trained alone on its own shard, never merged."""
-        if attacker not in shadows:
-            alone = make(dataset, parts[attacker], config.seed * 100_003 + 50_000 + attacker)
-            for r in range(config.rounds):
-                alone.train(r)
-            shadows[attacker] = alone.adapter.get_flat()
-        return shadows[attacker]
-
-    for node, (learner, shard) in enumerate(zip(learners, parts, strict=True)):
-        members = np.asarray(shard)
-        members = members[[len(by_class.get(dataset.y_train[m], ())) > 0 for m in members]]
-        if members.size == 0:
-            continue
-        outside = np.array([rng.choice(by_class[dataset.y_train[m]]) for m in members])
-        sets = (
-            (dataset.x_train[members], dataset.y_train[members]),
-            (dataset.x_test[outside], dataset.y_test[outside]),
-        )
-        vector = learner.adapter.get_flat()
-        inside, unseen = (sample_losses(probe, vector, x, y) for x, y in sets)
-        plain.append(loss_threshold_attack(inside, unseen))
-        honest = [j for j in topology.in_neighbours(node, 0) if j < len(learners)]
-        if honest:
-            reference = shadow(min(honest))
-            ref_in, ref_out = (sample_losses(probe, reference, x, y) for x, y in sets)
-            calibrated.append(calibrated_attack(inside, ref_in, unseen, ref_out))
-    if not plain:
-        return {}
-    out = {
-        "mia_auc": float(np.mean([f.auc for f in plain])),
-        "mia_auc_max": float(np.max([f.auc for f in plain])),
-        "mia_tpr_at_1pct_fpr": float(np.mean([f.tpr_at_1pct_fpr for f in plain])),
-        "mia_advantage": float(np.mean([f.advantage for f in plain])),
-    }
-    if calibrated:
-        out["mia_calibrated_auc"] = float(np.mean([f.auc for f in calibrated]))
-        out["mia_calibrated_auc_max"] = float(np.max([f.auc for f in calibrated]))
-        out["mia_calibrated_tpr_at_1pct_fpr"] = float(
-            np.mean([f.tpr_at_1pct_fpr for f in calibrated])
-        )
-    return out
-
-
 def run_simulation(
     config: SimulationConfig,
     *,
@@ -334,7 +239,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
 
                 torch.set_num_threads(1)  # many small models in one process: no threads
         learners = [make(dataset, parts[i], config.seed * 100_003 + i) for i in range(honest)]
-        dp_plans = _enable_dp(config, learners, ids)
+        dp_plans = enable_dp_all(config, learners, ids)
         probe = learners[0]
         test_x, test_y = dataset.x_test, dataset.y_test
 
@@ -522,9 +427,9 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     if byzantine is not None:
         result.extra.update(byzantine.summary())
     if dp_plans:
-        result.extra.update(_dp_summary(dp_plans))
+        result.extra.update(dp_summary(dp_plans))
     if config.mode == "train" and config.privacy.mia and learners:
-        result.extra.update(_membership_leakage(config, learners, dataset, parts, topology, make))
+        result.extra.update(membership_leakage(config, learners, dataset, parts, topology, make))
     if config.mode == "consensus":
         assert initial_mean is not None
         finals = [np.asarray(m["x"], np.float64) for m in models]
