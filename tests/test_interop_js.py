@@ -7,17 +7,20 @@ tests/js when npm is present); elsewhere every test here is skipped with the rea
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gossipfl.daemon.testing import kill_all, start_daemon, wait_for
+from gossipfl.daemon.testing import Daemon, kill_all, metrics, rounds_done, start_daemon, wait_for
 from gossipfl.identity import create_identity, load_identity
 
 JS = Path(__file__).parent / "js"
+VECTORS = Path(__file__).parent.parent / "docs" / "conformance" / "vectors.json"
 NODE = shutil.which("node")
 
 pytestmark = pytest.mark.skipif(
@@ -82,4 +85,197 @@ def test_a_js_libp2p_node_dials_a_gossipfl_peer_identifies_it_and_pings(tmp_path
             what="the refusal logged with the stranger's peer ID",
         )
     finally:
+        kill_all(daemons)
+
+
+# A gossipfl neighbour in js-libp2p, written from docs/protocol.md alone (tests/js/wire.mjs,
+# tests/js/peer.mjs). What the spec left open, and what the Python peer does there:
+#
+# - 5.1.1: the manifest keys of `gossipfl start` are listed with "...", and values are "as
+#   TOML would spell them", which they are not: strings are bare (`rule.name=mean`, not
+#   "mean") and floats that are whole lose their fraction (`data.alpha=1`, TOML: 1.0). The
+#   keys depend on the settings (train mode: data.*, training.lr, ...; consensus mode:
+#   training.dimension, no data.*). So peer.mjs cannot write the manifest: it sends a
+#   membership request without one and adopts the manifest of the reply (13.1 promises
+#   a reply holding it), or of the request when it is dialed. The Python peer logs a
+#   WARNING "runs another job" for that first request.
+# - 8: the layout of a built-in task (`weight float32 [64,10]`, `bias float32 [10]` for
+#   digits-softmax; `x float32 [100]` in consensus mode) is in no document; peer.mjs
+#   adopts the layout of the first hello. The Python peer sends its hello without waiting
+#   for ours, which 5.1 does not promise either.
+# - 13.2: the addresses in the Python peer's record end in /p2p/<its id>; the vectors'
+#   record has none. A record without addresses (a peer that only dials) is accepted.
+# - 5.2, 12.1: which round a new neighbour should send first, and when, is not in the
+#   spec (docs/gossip.md has the sync protocol); peer.mjs answers each round-r update
+#   with its own round r, which the Python peer merges in that round.
+# - 13.1: whether the requester half-closes before the reply is not said; the Python
+#   responder replies without waiting for it.
+
+
+def events(out: str) -> list[dict[str, Any]]:
+    """The JSON lines peer.mjs printed."""
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def updates_from(seen: list[dict[str, Any]], peer: str) -> list[dict[str, Any]]:
+    return [e for e in seen if e["event"] == "update" and e["from"] == peer]
+
+
+def check_python_side(peer: Daemon, js: str, rounds: int) -> None:
+    """The gossipfl peer's metrics: the js node was its neighbour, and its model arrived
+    in every round, none missing, nothing refused or dropped."""
+    wait_for(lambda: rounds_done(peer.home) >= rounds, timeout=30, what="the peer's rounds")
+    rows = metrics(peer.home)
+    start = next(r for r in rows if r["kind"] == "start")
+    assert start["neighbours"] == [js]
+    done = [r for r in rows if r["kind"] == "round"]
+    assert [r["round"] for r in done] == list(range(rounds))
+    for row in done:
+        assert (row["expected"], row["received"], row["missing"]) == (1, 1, 0), row
+        assert (row["unexpected"], row["late"], row["reused"]) == (0, 0, 0), row
+    stop = wait_for(
+        lambda: next((r for r in metrics(peer.home) if r["kind"] == "stop"), None),
+        timeout=30,
+        what="the peer's stop row",
+    )
+    assert stop["reason"] == "finished"
+    counters = stop["counters"]
+    assert counters["frames_received"] >= rounds
+    for kind in ("bad_frames", "unverified", "refused", "wrong_shape", "spoofed", "replayed"):
+        assert counters[kind] == 0, (kind, counters)
+
+
+def check_js_side(
+    seen: list[dict[str, Any]], peer: str, *, n: int, value: float, rounds: int
+) -> list[dict[str, Any]]:
+    """What the js node received from the gossipfl peer: a hello it accepted, then one
+    fp32 update a round, each with a valid digest, n finite values, from its owner."""
+    hellos = [e for e in seen if e["event"] == "hello" and e["from"] == peer]
+    assert len(hellos) == 1, seen
+    assert hellos[0]["n"] == n
+    assert hellos[0]["fingerprint_ok"]
+    assert "fp32" in hellos[0]["codecs"]
+    got = updates_from(seen, peer)
+    assert [u["round"] for u in got] == list(range(rounds)), got
+    for u in got:
+        for check in ("sender_ok", "digest_ok", "shape_ok", "finite"):
+            assert u[check] is True, (check, u)
+        assert (u["codec"], u["n"], u["problems"]) == ("fp32", n, []), u
+    sent = [e for e in seen if e["event"] == "sent" and e["to"] == peer]
+    assert [(e["round"], e["n"], e["value"]) for e in sent] == [
+        (r, n, value) for r in range(rounds)
+    ]
+    assert any(e["event"] == "done" for e in seen), seen
+    return got
+
+
+@pytest.mark.skipif(not VECTORS.is_file(), reason="docs/conformance/vectors.json is missing")
+def test_the_js_wire_code_writes_the_conformance_vectors_byte_for_byte() -> None:
+    results = json.loads(node("wire.mjs", str(VECTORS)))
+    assert len(results) >= 20, results
+    assert {"hello", "heartbeat", "update-fp32", "digest_example", "members_message"} <= set(
+        results
+    )
+    assert [k for k, ok in results.items() if ok is not True] == []
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+def test_a_js_peer_dials_a_gossipfl_peer_and_they_exchange_models(tmp_path: Path) -> None:
+    """The js node dials `gossipfl start`, joins its membership, and they swap a model a
+    round for 3 rounds. Consensus mode (no training) with `--rule mean` makes the Python
+    peer's round r+1 model exactly (its round r model + ours) / 2: the js node checks it
+    (`pull`). The job's codec is int8, which the js node cannot decode: the Python peer
+    must send fp32, the codec the js hello lists (5.1)."""
+    js = node("keys.mjs", "write", str(tmp_path / "js.key"))
+    rounds, value = 3, 1.0
+    daemons: list[Daemon | None] = []
+    try:
+        peer = start_daemon(
+            tmp_path / "peer", "--listen", "/ip4/127.0.0.1/tcp/0", "--rounds", str(rounds),
+            "--rule", "mean", "--allow", js, "--set", "training.mode=consensus",
+            "--set", "training.codec=int8",
+        )  # fmt: skip
+        daemons.append(peer)
+        done = subprocess.run(
+            [
+                NODE or "node", "peer.mjs", "--key", str(tmp_path / "js.key"),
+                "--dial", peer.addresses[0], "--value", str(value), "--rounds", str(rounds),
+                "--timeout", "60",
+            ],
+            cwd=JS, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        seen = events(done.stdout)
+        assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+        # the dimension of consensus mode: 100 ([training] dimension, config.toml's default)
+        got = check_js_side(seen, peer.peer_id, n=100, value=value, rounds=rounds)
+        hello = next(e for e in seen if e["event"] == "hello")
+        assert hello["connection"] == "outbound"  # on the connection the js node dialed
+        assert "training.codec=int8" in hello["job"]
+        assert abs(got[0]["mean"] - value) > 0.1  # a random start, far from ours
+        for u in got[1:]:
+            assert u["pull"] is not None, u
+            assert u["pull"] < 1e-6, u  # its previous model and ours, merged by a mean
+        check_python_side(peer, js, rounds)
+    finally:
+        kill_all(daemons)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+def test_a_gossipfl_peer_dials_a_listening_js_peer_and_they_exchange_models(
+    tmp_path: Path,
+) -> None:
+    """`gossipfl start --bootstrap` the listening js node: the Python peer dials it, they
+    swap a model a round for 3 rounds of the default workload (digits-softmax, 650
+    parameters: docs/tasks.md). The js model is all 1000s and the rule `mean`, so the
+    Python model's values jump to about (previous + 1000) / 2 each round; one step of
+    training moves them by far less than 1."""
+    js = node("keys.mjs", "write", str(tmp_path / "js.key"))
+    rounds, value = 3, 1000.0
+    out, err = tmp_path / "js.out", tmp_path / "js.err"
+    daemons: list[Daemon | None] = []
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [
+                NODE or "node", "peer.mjs", "--key", str(tmp_path / "js.key"),
+                "--listen", "/ip4/127.0.0.1/tcp/0", "--value", str(value),
+                "--rounds", str(rounds), "--timeout", "60",
+            ],
+            cwd=JS, stdout=stdout, stderr=stderr, text=True,
+        )  # fmt: skip
+    try:
+        listening = wait_for(
+            lambda: next((e for e in events(out.read_text()) if e["event"] == "listening"), None),
+            timeout=30,
+            what="the js node's listen address",
+            failed=lambda: None if proc.poll() is None else err.read_text()[-2000:],
+        )
+        address = listening["addrs"][0]
+        assert address.startswith("/ip4/127.0.0.1/tcp/")
+        assert address.endswith(f"/p2p/{js}")
+        peer = start_daemon(
+            tmp_path / "peer", "--listen", "/ip4/127.0.0.1/tcp/0", "--rounds", str(rounds),
+            "--rule", "mean", "--allow", js, "--bootstrap", address,
+        )  # fmt: skip
+        daemons.append(peer)
+        code = proc.wait(timeout=90)
+        seen = events(out.read_text())
+        assert code == 0, (out.read_text()[-3000:], err.read_text()[-3000:])
+        # the first the js node heard of the job was the Python peer's membership request
+        job = next(e for e in seen if e["event"] == "job")
+        assert job["from"] == f"members request of {peer.peer_id}"
+        got = check_js_side(seen, peer.peer_id, n=650, value=value, rounds=rounds)
+        hello = next(e for e in seen if e["event"] == "hello")
+        assert hello["connection"] == "inbound"  # the Python peer dialed
+        assert abs(got[0]["mean"]) < 1.0  # a fresh model, nowhere near ours
+        for before, after in itertools.pairwise(got):
+            assert abs(after["mean"] - (before["mean"] + value) / 2) < 0.1, (before, after)
+            assert after["pull"] is not None, after
+            assert after["pull"] < 1.0, after
+        check_python_side(peer, js, rounds)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         kill_all(daemons)
