@@ -89,27 +89,28 @@ def test_a_js_libp2p_node_dials_a_gossipfl_peer_identifies_it_and_pings(tmp_path
 
 
 # A gossipfl neighbour in js-libp2p, written from docs/protocol.md alone (tests/js/wire.mjs,
-# tests/js/peer.mjs). What the spec left open, and what the Python peer does there:
+# tests/js/peer.mjs). The spec gaps it first hit are closed in docs/protocol.md:
 #
-# - 5.1.1: the manifest keys of `gossipfl start` are listed with "...", and values are "as
-#   TOML would spell them", which they are not: strings are bare (`rule.name=mean`, not
-#   "mean") and floats that are whole lose their fraction (`data.alpha=1`, TOML: 1.0). The
-#   keys depend on the settings (train mode: data.*, training.lr, ...; consensus mode:
-#   training.dimension, no data.*). So peer.mjs cannot write the manifest: it sends a
-#   membership request without one and adopts the manifest of the reply (13.1 promises
-#   a reply holding it), or of the request when it is dialed. The Python peer logs a
-#   WARNING "runs another job" for that first request.
-# - 8: the layout of a built-in task (`weight float32 [64,10]`, `bias float32 [10]` for
-#   digits-softmax; `x float32 [100]` in consensus mode) is in no document; peer.mjs
-#   adopts the layout of the first hello. The Python peer sends its hello without waiting
-#   for ours, which 5.1 does not promise either.
-# - 13.2: the addresses in the Python peer's record end in /p2p/<its id>; the vectors'
-#   record has none. A record without addresses (a peer that only dials) is accepted.
-# - 5.2, 12.1: which round a new neighbour should send first, and when, is not in the
-#   spec (docs/gossip.md has the sync protocol); peer.mjs answers each round-r update
-#   with its own round r, which the Python peer merges in that round.
-# - 13.1: whether the requester half-closes before the reply is not said; the Python
-#   responder replies without waiting for it.
+# - 5.1.1 states which keys `gossipfl start` puts in its manifest and how values are
+#   spelled (bare strings, whole floats without a fraction); the consensus-mode test
+#   gives peer.mjs the manifest built by that rule, and the Python peer must take it as
+#   its own. Adoption stays the supported way to join a job whose settings a foreign peer
+#   cannot know (13.1 gives the procedure): the listening test adopts the manifest of the
+#   Python peer's membership request.
+# - 8 lists the layouts of the built-in workloads (checked against the code in
+#   tests/test_wire_spec.py) and names adopting the first hello's layout; 5.1 and 12.1
+#   say that a peer knowing its layout MUST send its hello without waiting (the Python
+#   peer does), so an adopting peer works against it.
+# - 13.2: the Python peer's addresses end in /p2p/<its id>; both forms, and an empty
+#   list (a peer that only dials, as peer.mjs without --listen), are accepted.
+# - 12.1: rounds count from 0; the reference sends its round-r model without waiting and
+#   merges the round-r models that arrive before its deadline, so answering round r with
+#   round r (peer.mjs, which does no local work) is specified behaviour.
+# - 13.1: the responder replies without waiting for the requester's half-close; the
+#   Python requester never half-closes, and resets the stream after the reply.
+#
+# Left open: a manifest of more than 64 entries folds the task's parameters into a digest
+# of a Python repr, which no foreign peer can compute; it can only adopt such a manifest.
 
 
 def events(out: str) -> list[dict[str, Any]]:
@@ -186,9 +187,24 @@ def test_a_js_peer_dials_a_gossipfl_peer_and_they_exchange_models(tmp_path: Path
     round for 3 rounds. Consensus mode (no training) with `--rule mean` makes the Python
     peer's round r+1 model exactly (its round r model + ours) / 2: the js node checks it
     (`pull`). The job's codec is int8, which the js node cannot decode: the Python peer
-    must send fp32, the codec the js hello lists (5.1)."""
+    must send fp32, the codec the js hello lists (5.1). The js node is given the job
+    manifest and the layout as docs/protocol.md derives them from these settings (5.1.1,
+    8), so it states both from its first message: the Python peer must accept them as its
+    own, and says hello without waiting for the js node's (5.1)."""
     js = node("keys.mjs", "write", str(tmp_path / "js.key"))
     rounds, value = 3, 1.0
+    manifest = "\n".join(
+        [
+            "rule.name=mean",
+            "topology.name=exponential",
+            "training.codec=int8",
+            "training.dimension=100",  # config.toml's default
+            "training.mode=consensus",
+            "training.protocol=sync",
+            f"training.rounds={rounds}",
+            "training.seed=0",
+        ]
+    )
     daemons: list[Daemon | None] = []
     try:
         peer = start_daemon(
@@ -201,7 +217,7 @@ def test_a_js_peer_dials_a_gossipfl_peer_and_they_exchange_models(tmp_path: Path
             [
                 NODE or "node", "peer.mjs", "--key", str(tmp_path / "js.key"),
                 "--dial", peer.addresses[0], "--value", str(value), "--rounds", str(rounds),
-                "--timeout", "60",
+                "--timeout", "60", "--job", manifest, "--layout", "x float32 [100]\n",
             ],
             cwd=JS, capture_output=True, text=True, timeout=90, check=False,
         )  # fmt: skip
@@ -211,7 +227,9 @@ def test_a_js_peer_dials_a_gossipfl_peer_and_they_exchange_models(tmp_path: Path
         got = check_js_side(seen, peer.peer_id, n=100, value=value, rounds=rounds)
         hello = next(e for e in seen if e["event"] == "hello")
         assert hello["connection"] == "outbound"  # on the connection the js node dialed
-        assert "training.codec=int8" in hello["job"]
+        assert hello["job"] == manifest
+        assert not any(e["event"] == "job" for e in seen)  # stated, not adopted
+        assert "runs another job" not in peer.stderr()  # its first request was of this job
         assert abs(got[0]["mean"] - value) > 0.1  # a random start, far from ours
         for u in got[1:]:
             assert u["pull"] is not None, u

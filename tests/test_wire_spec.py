@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gossipfl import wire
 
@@ -39,3 +41,42 @@ def test_protocol_ids() -> None:
 def test_announce_is_small_enough_for_pubsub() -> None:
     data = wire.encode(wire.Announce(round=1 << 40, codec="int8", digest=bytes(32)))
     assert len(data) < 100
+
+
+PROTOCOL_MD = Path(__file__).parent.parent / "docs" / "protocol.md"
+
+
+@pytest.mark.parametrize("sets", [[], ["training.mode=consensus"]])
+def test_the_manifests_of_section_5_1_1_are_what_gossipfl_start_states(sets: list[str]) -> None:
+    from gossipfl.daemon.config import DaemonConfig
+    from gossipfl.daemon.job import job_manifest
+
+    text = wire.job_text(job_manifest(DaemonConfig().with_overrides(sets)))
+    assert f"```\n{text}\n```" in PROTOCOL_MD.read_text()
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["training.mode=consensus"],
+        [],
+        ["training.backend=torch"],
+        ["task.name=digits-mlp"],
+        ["task.name=synthetic"],
+    ],
+)
+def test_the_layouts_of_section_8_are_what_gossipfl_start_states(sets: list[str]) -> None:
+    from gossipfl.daemon.config import DaemonConfig
+    from gossipfl.daemon.workload import build_workload, load_data
+    from gossipfl.peer.runtime import as_adapter
+
+    config = DaemonConfig().with_overrides(sets)
+    data = None if config.training.mode == "consensus" else load_data(config)
+    adapter = as_adapter(build_workload(config, data, shard=0, shards=2).model)
+    layout, n = adapter.layout.text, f"{adapter.get_flat().size:,}"
+    if config.training.mode == "consensus":  # the table writes D for training.dimension
+        assert (layout, n) == ("x float32 [100]\n", "100")
+        layout, n = "x float32 [D]\n", "`D`"
+    cell = ", ".join(f"`{line}`" for line in layout.splitlines())
+    rows = [r for r in PROTOCOL_MD.read_text().splitlines() if f"| {cell} | {n} |" in r]
+    assert rows, f"no row of section 8 states {cell} with n = {n}"

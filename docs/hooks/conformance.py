@@ -29,7 +29,16 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "conformance" / "vectors.json"
 
 LAYOUT = [("bias", "float32", [2]), ("weight", "float32", [2, 3])]
-JOB = {"rounds": "100", "rule.name": "cs-plus", "task": "digits-softmax"}
+JOB = {  # what `gossipfl start --set training.mode=consensus` states (protocol.md, 5.1.1)
+    "rule.name": "cs-plus",
+    "topology.name": "exponential",
+    "training.codec": "fp32",
+    "training.dimension": "100",
+    "training.mode": "consensus",
+    "training.protocol": "sync",
+    "training.rounds": "100",
+    "training.seed": "0",
+}
 
 
 #: The receiver's frame limit the chunked vectors are cut for (a real peer's is 16 MiB).
@@ -138,11 +147,14 @@ def members() -> dict[str, Any]:
     records = []
     signed = []
     heard = []
-    for index, (addrs, inc, hb, rnd, left, age) in enumerate(
-        [(["/ip4/127.0.0.1/tcp/4001"], 1, 5, 12, False, 0.25), ([], 2, 9, 0, True, 1.5)]
+    # The first record's owner listens (its address ends in its peer ID, as the reference
+    # writes it); the second only dials (no addresses) and is leaving.
+    for index, (listens, inc, hb, rnd, left, age) in enumerate(
+        [(True, 1, 5, 12, False, 0.25), (False, 2, 9, 0, True, 1.5)]
     ):
         seed = hashlib.sha256(f"gossipfl conformance key {index}".encode()).digest()
         peer = str(ID.from_pubkey(Libp2pKey.from_bytes(seed).get_public_key()))
+        addrs = [f"/ip4/127.0.0.1/tcp/4001/p2p/{peer}"] if listens else []
         record = MemberRecord(
             peer=peer, addrs=tuple(addrs), incarnation=inc, heartbeat=hb, round=rnd, left=left
         )

@@ -18,8 +18,9 @@
 // after --linger seconds), 1 on --timeout.
 //
 // `--job auto` and `--layout auto` adopt the first job manifest / layout a peer states
-// (in a membership message or a hello): the spec does not say how to derive either from
-// `gossipfl start`'s settings (see the gaps listed in tests/test_interop_js.py).
+// (in a membership message or a hello): the ways the spec names to learn them (13.1, 8).
+// Given, they are stated from the start (5.1.1 and 8 say how `gossipfl start` derives
+// both from its settings), and the hello goes out without waiting for the other's (5.1).
 import "./polyfill.mjs";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
