@@ -124,3 +124,36 @@ def test_membership_vector_signs_and_reads_back() -> None:
             signature=record.signature,
         )  # fmt: skip
         assert not forged.verify(network)
+
+
+def test_the_secure_averaging_example_recomputes_from_its_keys() -> None:
+    """Section 5.8 by hand: pair secrets and masks from the seeded keys, the shares and
+    corrections as frames, and the sum they unmask to."""
+    from gossipfl.privacy.secagg import MaskKey, pair_mask, unmask
+
+    example = VECTORS["secure_averaging"]
+    receiver, round, epoch = example["receiver"], example["round"], example["epoch"]
+    keys = {p: MaskKey.from_seed(bytes.fromhex(k["seed"])) for p, k in example["keys"].items()}
+    for peer, key in keys.items():
+        assert key.public.hex() == example["keys"][peer]["public"]
+    for pair, secret in example["pair_secrets"].items():
+        a, b = pair.split("|")
+        assert keys[a].pair_secret(a, b, keys[b].public).hex() == secret
+        assert keys[b].pair_secret(b, a, keys[a].public).hex() == secret  # both sides agree
+        mask = pair_mask(bytes.fromhex(secret), receiver, round, 3, epoch=epoch)
+        assert [str(int(v)) for v in mask] == example["pair_masks"][pair]
+    limits = wire.Limits.for_params(3)
+    group = wire.decode(bytes.fromhex(example["frames"]["secure-group"])[4:], limits=limits)
+    assert isinstance(group, wire.SecureGroup)
+    assert group.epoch == epoch
+    assert {m.peer: m.weight for m in group.members} == example["weights"]
+    fix = wire.decode(bytes.fromhex(example["frames"]["secure-fix"])[4:], limits=limits)
+    assert fix == wire.SecureFix(round=round, epoch=epoch, missing=tuple(example["missing"]))
+    shares, fixes = [], []
+    for frames, into in ((example["shares"], shares), (example["corrections"], fixes)):
+        for peer, frame in frames.items():
+            message = wire.decode(bytes.fromhex(frame)[4:], limits=limits)
+            assert isinstance(message, wire.SecureShare)
+            assert (message.sender, message.round, message.epoch) == (peer, round, epoch)
+            into.append(message.vector)
+    np.testing.assert_allclose(unmask(shares, fixes), example["sum"], atol=2**-23)

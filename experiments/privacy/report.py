@@ -6,7 +6,10 @@ Reads ``results/privacy-dp-sgd/`` (DP-SGD at each ε) and ``results/privacy-leak
 (the same setting without privacy: ε = ∞, same seeds), and writes
 ``results/privacy-dp-sgd/table.md`` and ``epsilon.png`` (also into
 docs/assets/studies/privacy-dp-sgd/): per task and partition, mean over seeds, the
-honest mean accuracy and the loss-threshold attack's AUC at each ε.
+honest mean accuracy and the loss-threshold attack's AUC at each ε. With the secure
+averaging studies recorded (``privacy-dp-sgd-secure``, ``privacy-leakage-secure``), also
+``table-secure.md`` and ``secure.png``: the same with secure averaging, and the attack's
+AUC with and without it side by side.
 """
 
 from __future__ import annotations
@@ -38,20 +41,25 @@ def rows(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def main() -> None:
-    cells: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    for row in rows("privacy-dp-sgd"):
+Cells = dict[tuple[str, str], dict[float, list[dict[str, Any]]]]
+
+
+def collect(dp: str, plain: str) -> Cells:
+    """Runs by (task, partition) and ε (∞: the study without DP)."""
+    cells: Cells = defaultdict(lambda: defaultdict(list))
+    for row in rows(dp):
         cells[(row["task.name"], row["data.partition"])][float(row["privacy.epsilon"])].append(row)
-    for row in rows("privacy-leakage"):
+    for row in rows(plain):
         cells[(row["task.name"], row["data.partition"])][math.inf].append(row)
-    budgets = sorted({e for by in cells.values() for e in by})
+    return cells
 
-    def mean(runs: list[dict[str, Any]], key: str) -> float:
-        values = [float(r[key]) for r in runs if r.get(key) is not None]
-        return statistics.fmean(values) if values else math.nan
 
+def mean(runs: list[dict[str, Any]], key: str) -> float:
+    values = [float(r[key]) for r in runs if r.get(key) is not None]
+    return statistics.fmean(values) if values else math.nan
+
+
+def table(cells: Cells, budgets: list[float]) -> str:
     lines = [
         "| task | shards | "
         + " | ".join("ε = ∞" if math.isinf(e) else f"ε = {e:g}" for e in budgets)
@@ -68,9 +76,16 @@ def main() -> None:
         lines.append(
             f"| {TASKS.get(task, task)} | {PARTS.get(part, part)} | " + " | ".join(out) + " |"
         )
-    table = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    cells = collect("privacy-dp-sgd", "privacy-leakage")
+    budgets = sorted({e for by in cells.values() for e in by})
+
+    text = table(cells, budgets)
     target = HERE / "results" / "privacy-dp-sgd"
-    (target / "table.md").write_text(table, encoding="utf-8")
+    (target / "table.md").write_text(text, encoding="utf-8")
 
     positions = list(range(len(budgets)))
     labels = ["∞" if math.isinf(e) else f"{e:g}" for e in budgets]
@@ -96,7 +111,46 @@ def main() -> None:
     docs.mkdir(parents=True, exist_ok=True)
     for place in (target / "epsilon.png", docs / "epsilon.png"):
         fig.savefig(place, dpi=110)
-    print(table)
+    print(text)
+    if (HERE / "results" / "privacy-dp-sgd-secure" / "summary.jsonl").is_file():
+        secure(cells, budgets, docs)
+
+
+def secure(plain: Cells, budgets: list[float], docs: Path) -> None:
+    """The secure-averaging studies: their table, and the attack's AUC with and without
+    secure averaging side by side (mean over partitions and seeds)."""
+    cells = collect("privacy-dp-sgd-secure", "privacy-leakage-secure")
+    text = table(cells, budgets)
+    target = HERE / "results" / "privacy-dp-sgd-secure"
+    (target / "table.md").write_text(text, encoding="utf-8")
+    print(text)
+    positions = list(range(len(budgets)))
+    labels = ["∞" if math.isinf(e) else f"{e:g}" for e in budgets]
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(13, 4), sharey=True)
+    for ax, (task, title) in zip(axes, TASKS.items(), strict=True):
+        for name, source, style in (
+            ("plain gossip", plain, "-"),
+            ("secure averaging", cells, "--"),
+        ):
+            runs = [
+                [r for part in PARTS for r in source.get((task, part), {}).get(e, [])]
+                for e in budgets
+            ]
+            ax.plot(positions, [mean(r, "mia_auc") for r in runs], style, marker="o", label=name)
+        ax.axhline(0.5, color="grey", lw=1, ls=":")
+        ax.set_xticks(positions, labels)
+        ax.set_xlabel("privacy budget ε per peer (δ = 1e-5)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("membership inference AUC")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "What a curious neighbour learns: the target's model (plain) or its neighbourhood's "
+        "sum (secure); 16 peers, 4×4 torus, mean of 2 partitions × 2 seeds"
+    )
+    fig.tight_layout()
+    for place in (target / "secure.png", docs / "secure.png"):
+        fig.savefig(place, dpi=110)
 
 
 if __name__ == "__main__":

@@ -352,8 +352,10 @@ name = ""
 
 [privacy]
 # Differential privacy for this peer's own data (docs/privacy.md): "dp-sgd" trains
-# with DP-SGD (per-sample clipping, Gaussian noise) and reports the epsilon spent every
-# round; "none" trains plainly. Each peer's own choice: peers of one job may differ.
+# with DP-SGD (per-sample clipping, Gaussian noise: each sample protected);
+# "model-noise" clips each round's update to `clip` and adds noise to the model it
+# shares (its whole data set protected); either reports the epsilon spent every round.
+# "none" trains plainly. Each peer's own choice: peers of one job may differ.
 mechanism = "none"
 # The budget over this peer's rounds: the noise is calibrated to spend it (--epsilon).
 # Or set noise_multiplier and read epsilon in metrics.jsonl; with both, a plan over
@@ -362,6 +364,10 @@ mechanism = "none"
 # noise_multiplier = 1.0
 delta = 1e-05
 clip = 1.0
+# Secure averaging (--secure-averaging): send masked shares instead of models, so that
+# each neighbour learns only the weighted sum of its neighbours' models. Part of the
+# job (every peer or none); needs rule "mean" and a static topology.
+secure_averaging = false
 
 [output]
 # Checkpoints (a restarted peer resumes from its latest one) and metrics, relative to

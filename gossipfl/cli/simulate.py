@@ -45,6 +45,7 @@ FLAG_KEYS = {
     "task": "task.name",
     "privacy": "privacy.mechanism",
     "epsilon": "privacy.epsilon",
+    "secure_averaging": "privacy.secure_averaging",
 }
 
 
@@ -108,12 +109,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--privacy",
         metavar="MECHANISM",
-        help="dp-sgd: every peer trains with differential privacy (see docs/privacy.md)",
+        help="dp-sgd (each sample protected) or model-noise (each peer's whole data, "
+        "Muffliato's noise on the shared model): differential privacy, see docs/privacy.md",
     )
     p.add_argument(
         "--epsilon",
         type=float,
         help="the privacy budget per peer; the noise is calibrated to spend it",
+    )
+    p.add_argument(
+        "--secure-averaging",
+        action="store_const",
+        const=True,
+        help="peers send masked shares, so each sees only its neighbours' weighted sum "
+        "(needs --rule mean; see docs/privacy.md)",
     )
     p.add_argument("--transport", help="memory (default) or libp2p (one OS process per peer)")
     p.add_argument("--out", metavar="DIR", help="where run directories go (default: runs)")
@@ -459,8 +468,9 @@ def _print_table(result: Any, console: Any) -> None:
         f"{_fmt(summary['spectral_gap'], pct=False)}"
     )
     if private:
+        mechanism = "DP-SGD" if cfg.privacy.mechanism == "dp-sgd" else "noise on the model"
         console.print(
-            f"differential privacy (DP-SGD): every peer within epsilon = "
+            f"differential privacy ({mechanism}): every peer within epsilon = "
             f"{summary['epsilon']:.3g} at delta = {summary['delta']:g} (mean "
             f"{summary['epsilon_mean']:.3g}), noise multiplier "
             f"{summary['noise_multiplier_mean']:.3g} (mean), clip {summary['dp_clip']:g}"

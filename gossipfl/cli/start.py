@@ -106,12 +106,18 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--privacy",
         metavar="MECHANISM",
-        help="dp-sgd: train with differential privacy (see docs/privacy.md)",
+        help="dp-sgd or model-noise: train with differential privacy (see docs/privacy.md)",
     )
     p.add_argument(
         "--epsilon",
         type=float,
         help="this peer's privacy budget over its rounds; the noise is calibrated to it",
+    )
+    p.add_argument(
+        "--secure-averaging",
+        action="store_true",
+        help="send masked shares, so that neighbours see only sums (part of the job; needs "
+        "--rule mean; see docs/privacy.md)",
     )
     p.add_argument(
         "--attack",
@@ -193,6 +199,8 @@ def flag_overrides(args: argparse.Namespace, config: Any) -> list[str]:
         sets.append(f"privacy.mechanism={args.privacy}")
     if getattr(args, "epsilon", None) is not None:
         sets.append(f"privacy.epsilon={args.epsilon}")
+    if getattr(args, "secure_averaging", False):
+        sets.append("privacy.secure_averaging=true")
     return [*sets, *args.overrides]
 
 

@@ -169,7 +169,7 @@ class DaemonConfig(TomlConfig):
     ``[training]`` choose a built-in workload."""
     privacy: DPSection = field(default_factory=DPSection)
     """Differential privacy for this peer's training data (DP-SGD); a local choice, not
-    part of the job: peers of one job may differ."""
+    part of the job: peers of one job may differ. Secure averaging is part of the job."""
     base_dir: Path = field(default_factory=Path.cwd, compare=False, metadata={"setting": False})
     """Where relative paths start (the config file's directory); not a setting."""
 
@@ -209,6 +209,10 @@ class DaemonConfig(TomlConfig):
         self._validate_training()
         self._validate_data()
         self.privacy.check(self.training.mode)
+        if self.privacy.secure_averaging:
+            from gossipfl.privacy.secure_averaging import check_secure_averaging
+
+            check_secure_averaging(rule=self.rule.name, protocol=self.training.protocol)
         out = self.output
         if out.checkpoint_every < 1 or out.eval_every < 0:
             raise ConfigError("output.checkpoint_every must be >= 1 and output.eval_every >= 0")

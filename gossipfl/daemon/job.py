@@ -44,6 +44,8 @@ def job_settings(config: DaemonConfig) -> dict[str, Any]:
         out.update({f"training.{k}": getattr(training, k) for k in _LEARNING})
         if training.model == "mlp":
             out["training.hidden"] = training.hidden
+    if config.privacy.secure_averaging:  # masked shares are no models: all or none
+        out["privacy.secure_averaging"] = True
     out["rule.name"] = config.rule.name
     out.update({f"rule.params.{k}": v for k, v in config.rule.params.items()})
     if not config.topology.roster:

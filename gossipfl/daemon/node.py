@@ -635,6 +635,7 @@ class Node:
             checkpoint_every=cfg.output.checkpoint_every,
             seed=tc.seed,
             job=self.job,
+            secure_averaging=cfg.privacy.secure_averaging,
         )
         name = self._name()
         assert self._metrics is not None
@@ -661,13 +662,20 @@ class Node:
             )
             if workload.dp is not None:
                 # counted as if every round so far trained: never less than was spent
-                workload.dp.steps_taken = (checkpoint.round + 1) * cfg.training.local_steps
+                per_round = 1 if workload.dp.mechanism == "model-noise" else None
+                workload.dp.steps_taken = (checkpoint.round + 1) * (
+                    per_round or cfg.training.local_steps
+                )
         if workload.dp is not None:
             dp = workload.dp
+            how = (
+                f"noise on the model (each round's update clipped to {dp.clip:g})"
+                if dp.mechanism == "model-noise"
+                else f"DP-SGD, clip {dp.clip:g}, sampling rate {dp.sampling_rate:.3g}"
+            )
             self.reporter.say(
-                f"differential privacy: DP-SGD, noise multiplier {dp.noise_multiplier:.3g}, "
-                f"clip {dp.clip:g}, sampling rate {dp.sampling_rate:.3g}; epsilon "
-                f"{dp.epsilon:.3g} spent"
+                f"differential privacy: {how}, noise multiplier {dp.noise_multiplier:.3g}; "
+                f"epsilon {dp.epsilon:.3g} spent"
                 + (f" of {dp.budget:g}" if dp.budget is not None else "")
                 + f" at delta {dp.delta:g}"
             )

@@ -31,6 +31,7 @@ from gossipfl.daemon.config import DaemonConfig
 from gossipfl.data import Dataset
 from gossipfl.errors import ConfigError
 from gossipfl.privacy.dpsgd import DPPlan, enable_dp
+from gossipfl.privacy.model_noise import with_model_noise
 
 logger = logging.getLogger(__name__)
 
@@ -148,15 +149,19 @@ def consensus_vector(seed: int, index: int, dimension: int) -> Vector:
     return vector
 
 
-def _enable_dp(config: DaemonConfig, learner: object) -> DPPlan | None:
-    """Switch the learner to DP-SGD when ``[privacy]`` asks for it, planned over the
-    rounds this peer will train (``training.leave_after`` if it leaves early)."""
+def _enable_dp(config: DaemonConfig, learner: Any) -> tuple[Any, DPPlan | None]:
+    """The learner with the privacy ``[privacy]`` asks for: switched to DP-SGD, or with
+    noise on its model (then wrapped), planned over the rounds this peer will train
+    (``training.leave_after`` if it leaves early); and its plan."""
     settings = config.privacy.dp_settings()
     if settings is None:
-        return None
+        return learner, None
     tc = config.training
     rounds = min(tc.rounds, tc.leave_after) if tc.leave_after else tc.rounds
-    return enable_dp(learner, settings, rounds=rounds)
+    if config.privacy.mechanism == "model-noise":
+        noisy = with_model_noise(learner, settings, rounds=rounds, seed=tc.seed)
+        return noisy, noisy.plan
+    return learner, enable_dp(learner, settings, rounds=rounds)
 
 
 def build_workload(
@@ -201,7 +206,7 @@ def build_workload(
 
             torch.set_num_threads(1)  # small models: threads cost more than they give
     learner = make(data, parts[shard], tc.seed * SEED_STRIDE + shard)
-    dp = _enable_dp(config, learner)
+    learner, dp = _enable_dp(config, learner)
     x_test, y_test = dataset.x_test, dataset.y_test
 
     def evaluate(vector: Vector) -> tuple[float, float]:

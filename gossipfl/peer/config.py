@@ -80,6 +80,10 @@ class PeerConfig:
     """Received models queued for the protocol; beyond it they are dropped and counted."""
     checkpoint_every: int = 1
     seed: int = 0
+    secure_averaging: bool = False
+    """Send masked shares instead of models, so that a peer learns only the weighted sum
+    of its in-neighbours' models (:mod:`gossipfl.peer.secure`). Needs the ``mean`` rule
+    and the ``sync`` protocol; see docs/privacy.md."""
 
     def validate(self) -> None:
         try:
@@ -109,5 +113,10 @@ class PeerConfig:
             raise ConfigError("need max_reuse >= 0, max_ahead >= 1 and catch_up_lag >= 1")
         if not self.catch_up_speedup >= 1:
             raise ConfigError(f"catch_up_speedup must be >= 1, got {self.catch_up_speedup}")
+        if self.secure_averaging and self.protocol != "sync":
+            raise ConfigError(
+                "secure averaging needs the sync protocol: its masks cancel only among the "
+                f"shares of one round, and the {self.protocol!r} protocol has no common round"
+            )
         if self.fanout < 1 or self.max_staleness < 0:
             raise ConfigError("async gossip needs fanout >= 1 and max_staleness >= 0")

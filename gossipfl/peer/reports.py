@@ -41,6 +41,20 @@ class PeerCounters:
     """Times an in-neighbour was found to keep us waiting and dropped from the wait set."""
     implausible_claims: int = 0
     """Round claims not believed because the elapsed time makes them impossible."""
+    secure_merges: int = 0
+    """Secure averaging: rounds merged from masked shares."""
+    secure_fixes: int = 0
+    """Secure averaging: of those, rounds that needed corrections for missing members."""
+    secure_failed: int = 0
+    """Secure averaging: rounds whose shares could not be unmasked (fewer than two
+    present, or a correction missing); our own model was kept."""
+    secure_unsent: int = 0
+    """Secure averaging: shares not sent because the receiver's group was not known yet."""
+    secure_stale: int = 0
+    """Secure averaging: shares masked for a group we had replaced (dropped)."""
+    secure_refused: int = 0
+    """Secure averaging: keys, groups, fix requests or corrections refused (the log says
+    why)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
@@ -69,6 +69,9 @@ from gossipfl.transport import (
     TransportError,
     TransportEvent,
 )
+
+if TYPE_CHECKING:
+    from gossipfl.peer.secure import SecureExchange
 
 logger = logging.getLogger(__name__)
 
@@ -259,11 +262,34 @@ class Peer:
         self._slow: frozenset[PeerId] = frozenset()
         self._anchor_time: float | None = None  # see SyncGossip(anchor_time=...)
         self._resumed_pace: float | None = None  # our round duration before a restart
+        self._secure: SecureExchange | None = None
+        if self.config.secure_averaging:
+            self._secure = self._secure_exchange()
         self._save_lock = trio.Lock()
         self._saved_round = -1
         self._nursery: trio.Nursery | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._final_vector: Vector | None = None
+
+    def _secure_exchange(self) -> SecureExchange:
+        """Secure averaging's state, once the rule and model are known to allow it."""
+        from gossipfl.peer.secure import SecureExchange
+        from gossipfl.privacy.secure_averaging import check_secure_averaging
+
+        check_secure_averaging(
+            rule=self.rule.name,
+            protocol=self.config.protocol,
+            num_params=self._num_params,
+            max_frame=self.config.max_frame,
+            static=bool(getattr(self.neighbourhood, "static", False)),
+        )
+        return SecureExchange(
+            self.id,
+            self._num_params,
+            send=self._outbox.send,
+            counters=self.counters,
+            name=self.name,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -335,6 +361,8 @@ class Peer:
         self.neighbourhood = neighbourhood
         if self._core is not None:
             self._core.neighbourhood = neighbourhood
+        if self._secure is not None:
+            self._secure.regroup(neighbourhood.receive_from(self.round))
         self._connectivity.set()
 
     # ------------------------------------------------------------------------ run
@@ -385,7 +413,8 @@ class Peer:
                 max_ahead=cfg.max_ahead,
                 catch_up_lag=cfg.catch_up_lag,
                 tolerance=self.rule.byzantine_tolerance,
-                max_reuse=cfg.max_reuse,
+                # A share is masked for its round: an old one would not cancel.
+                max_reuse=0 if self._secure is not None else cfg.max_reuse,
                 clock=trio.current_time,
                 wait=cfg.wait,
                 speedup=cfg.catch_up_speedup,
@@ -521,7 +550,9 @@ class Peer:
             self._deadline = (action.round, trio.current_time() + action.delay)
         elif isinstance(action, Merge):
             self._deadline = None
-            if self._threads and self._num_params > self.config.thread_threshold:
+            if self._secure is not None:
+                self._nursery.start_soon(self._secure_merge, action)
+            elif self._threads and self._num_params > self.config.thread_threshold:
                 self._nursery.start_soon(self._merge_in_thread, action, total_rounds)
             else:
                 merged = self._merge(action, total_rounds)
@@ -558,6 +589,13 @@ class Peer:
             return []
         assert self._core is not None
         return self._core.handle(done)
+
+    async def _secure_merge(self, action: Merge) -> None:
+        """The masked merge (:meth:`SecureExchange.merge`): it may wait for corrections."""
+        assert self._secure is not None
+        merged = await self._secure.merge(action, self.config.deadline)
+        self.adapter.set_flat(merged)
+        self._post(MergeDone(action.round, merged))
 
     def _merge(self, action: Merge, total_rounds: int) -> Vector:
         """Merge a round's models (in the event loop); see :meth:`_merged`."""
@@ -680,6 +718,12 @@ class Peer:
             if tampered is None:
                 return
             vector = tampered
+        if self._secure is not None:
+            # A share is masked for its receiver: nothing to share between neighbours.
+            shared = self._secure.share(action.peer, action.round, vector)
+            if shared is not None:
+                self._outbox.send(action.peer, shared)
+            return
         # The same model goes to every neighbour of a round: encode it once per codec. The
         # cache holds the vector itself (compared by identity), so a recycled id() cannot
         # alias.
@@ -712,6 +756,8 @@ class Peer:
 
     def _round_done(self, action: RoundDone) -> None:
         self.round = action.round + 1
+        if self._secure is not None:
+            self._secure.round = self.round
         self._final_vector = action.vector
         self._log_pacing(action)
         if self._on_round is not None:
@@ -886,6 +932,8 @@ class Peer:
                 self._codecs_of[peer] = tuple(message.codecs)
                 self._notify()
                 self._mark_up(peer)
+                if self._secure is not None:
+                    self._secure.greet(peer)
                 return
             self.counters.refused += 1
             self._hold_off(peer)
@@ -907,7 +955,16 @@ class Peer:
             return
         if peer in self._reported_down:
             self._mark_up(peer)  # a silent peer spoke again
-        if isinstance(message, wire.Update):
+        if isinstance(message, wire.SecureKey | wire.SecureGroup | wire.SecureFix):
+            if self._secure is None:
+                self._not_secure(peer, message)
+            else:
+                self._secure.on_control(peer, message, self.neighbourhood.receive_from(self.round))
+            return
+        if isinstance(message, wire.Update | wire.SecureShare):
+            if isinstance(message, wire.Update) != (self._secure is None):
+                self._not_secure(peer, message)
+                return
             if message.sender != peer:
                 # The sender is whoever the transport authenticated; a message that says
                 # otherwise is a lie (or a relay we never asked for): drop it.
@@ -935,6 +992,10 @@ class Peer:
                 )
                 self._penalize(peer, "bad_frame", "a model of the wrong size")
                 return
+            if isinstance(message, wire.SecureShare) and message.missing:
+                assert self._secure is not None
+                self._secure.on_share(peer, message)  # a correction: not a round of its own
+                return
             newest = self._newest.get(peer, -1)
             if message.round < newest and self.config.protocol != "async":
                 # Links are ordered and a synchronous peer sends each round once, forward:
@@ -955,8 +1016,30 @@ class Peer:
             if self._queued_models >= self.config.inbox_size:
                 self.counters.inbox_drops += 1
                 return
+            if isinstance(message, wire.SecureShare):
+                assert self._secure is not None
+                share = self._secure.on_share(peer, message)
+                if share is not None:
+                    self._queued_models += 1
+                    self._post(ModelReceived(peer, message.round, share))
+                return
             self._queued_models += 1
             self._post(ModelReceived(peer, message.round, message.vector, message.reply))
+
+    def _not_secure(self, peer: PeerId, message: object) -> None:
+        """A secure-averaging message without secure averaging, or the other way round:
+        the two peers run different jobs (their manifests should have said so)."""
+        self.counters.secure_refused += 1
+        ours = "on" if self._secure is not None else "off"
+        self._warnings.warn(
+            logger,
+            peer,
+            "%s: %s sent a %s message, but secure averaging is %s here; dropped",
+            self.name,
+            peer,
+            type(message).__name__,
+            ours,
+        )
 
     # ------------------------------------------------------------ liveness upkeep
 

@@ -114,6 +114,9 @@ class DPPlan:
     budget: float | None
     planned_steps: int
     steps_taken: int = field(default=0)
+    mechanism: str = "dp-sgd"
+    """``dp-sgd`` (a step is a local mini-batch step) or ``model-noise`` (a step is a
+    round: :mod:`gossipfl.privacy.model_noise`)."""
 
     def epsilon_after(self, steps: int) -> float:
         """ε after ``steps`` steps in all."""

@@ -112,12 +112,13 @@ class MaskKey:
         return HKDF(SHA256(), length=32, salt=salt, info=_HKDF_INFO).derive(shared)
 
 
-def pair_mask(secret: bytes, receiver: str, round: int, size: int) -> U64:
-    """The mask two peers sharing ``secret`` both derive for ``receiver`` in ``round``:
-    ``size`` uniform 64-bit integers, ChaCha20's keystream under a key bound to the
-    receiver and the round (never reused across receivers or rounds)."""
+def pair_mask(secret: bytes, receiver: str, round: int, size: int, *, epoch: int = 0) -> U64:
+    """The mask two peers sharing ``secret`` both derive for ``receiver`` in ``round``
+    under the receiver's group ``epoch``: ``size`` uniform 64-bit integers, ChaCha20's
+    keystream under a key bound to all three (never reused across receivers, rounds or
+    groups: a model shared again under a new group gets independent masks)."""
     key = hashlib.blake2b(
-        secret + receiver.encode() + struct.pack("<q", round),
+        secret + receiver.encode() + struct.pack("<qq", round, epoch),
         digest_size=32,
         person=_MASK_PERSON,
     ).digest()
@@ -138,6 +139,7 @@ def _masks(
     others: Iterable[str],
     secrets: Mapping[str, bytes],
     size: int,
+    epoch: int,
 ) -> U64:
     total = np.zeros(size, np.uint64)
     for other in others:
@@ -146,7 +148,7 @@ def _masks(
         secret = secrets.get(other)
         if secret is None:
             raise SecureAggregationError(f"no shared secret with {other}")
-        mask = pair_mask(secret, receiver, round, size)
+        mask = pair_mask(secret, receiver, round, size, epoch=epoch)
         if _sign(me, other):
             total += mask
         else:
@@ -163,9 +165,10 @@ def masked_contribution(
     round: int,
     group: Iterable[str],
     secrets: Mapping[str, bytes],
+    epoch: int = 0,
 ) -> U64:
     """What ``me`` sends ``receiver``: its weighted model in fixed point plus its masks
-    with every other member of ``group`` (the receiver's neighbours)."""
+    with every other member of ``group`` (the receiver's neighbours, at ``epoch``)."""
     encoded = encode(x, weight)
     members = [g for g in group if g != me]
     if len(members) + 1 < MIN_GROUP:
@@ -173,7 +176,7 @@ def masked_contribution(
             f"{receiver} has no other neighbour to mask {me}'s model with: alone, it "
             "would be sent in the clear"
         )
-    return encoded + _masks(me, receiver, round, members, secrets, encoded.size)
+    return encoded + _masks(me, receiver, round, members, secrets, encoded.size, epoch)
 
 
 def correction(
@@ -185,6 +188,7 @@ def correction(
     missing: Iterable[str],
     secrets: Mapping[str, bytes],
     size: int,
+    epoch: int = 0,
 ) -> U64:
     """The part of ``me``'s masks that ``missing`` neighbours did not cancel, for the
     receiver to subtract. Refused when fewer than :data:`MIN_GROUP` of ``group`` would
@@ -200,7 +204,7 @@ def correction(
             f"{len(members - gone)} neighbour(s) of {receiver} would remain: a correction "
             f"would reveal {me}'s model; at least {MIN_GROUP} must be present"
         )
-    return _masks(me, receiver, round, sorted(gone), secrets, size)
+    return _masks(me, receiver, round, sorted(gone), secrets, size, epoch)
 
 
 def unmask(contributions: Iterable[U64], corrections: Iterable[U64] = ()) -> F64:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from gossipfl.errors import ConfigError
 from gossipfl.privacy.dpsgd import DPSettings
 
-PRIVACY_MECHANISMS = ("none", "dp-sgd")
+PRIVACY_MECHANISMS = ("none", "dp-sgd", "model-noise")
 
 
 @dataclass
@@ -16,7 +16,10 @@ class DPSection:
     mechanism: str = "none"
     """``dp-sgd``: the peer trains with DP-SGD (:mod:`gossipfl.privacy.dpsgd`): per-sample
     clipping to ``clip``, Gaussian noise, Poisson mini-batches; its ε is counted after
-    every round. ``none``: plain SGD."""
+    every round and protects each sample. ``model-noise``: each round's model update is
+    clipped to ``clip`` and Gaussian noise added to the model it shares (Muffliato's
+    mechanism, :mod:`gossipfl.privacy.model_noise`); ε protects the peer's whole data
+    set. ``none``: plain SGD."""
     epsilon: float | None = None
     """DP-SGD's budget ε per peer over the planned rounds. With ``noise_multiplier``
     unset, each peer's noise is calibrated to spend exactly this much; with both set, a
@@ -24,13 +27,20 @@ class DPSection:
     delta: float = 1e-5
     """δ of the (ε, δ) guarantee."""
     clip: float = 1.0
-    """DP-SGD's per-sample gradient norm bound C."""
+    """The norm bound C: of each sample's gradient (DP-SGD), or of a round's model update
+    (model-noise)."""
     noise_multiplier: float | None = None
     """DP-SGD's noise σ in units of ``clip``; unset: calibrated to ``epsilon``."""
+    secure_averaging: bool = False
+    """Peers send masked shares instead of models, so that each learns only the weighted
+    sum of its in-neighbours' models, never one model (:mod:`gossipfl.peer.secure`).
+    Needs the ``mean`` rule (robust rules must see each model), the ``sync`` protocol
+    and a static topology; a model travels as 8 bytes per parameter. Part of the job:
+    all peers must agree."""
 
     def dp_settings(self) -> DPSettings | None:
-        """The DP-SGD request (None without DP-SGD)."""
-        if self.mechanism != "dp-sgd":
+        """The differential-privacy request of either mechanism (None without)."""
+        if self.mechanism not in ("dp-sgd", "model-noise"):
             return None
         return DPSettings(
             clip=self.clip,
@@ -50,12 +60,15 @@ class DPSection:
         if settings is None:
             if self.epsilon is not None or self.noise_multiplier is not None:
                 raise ConfigError(
-                    "privacy.epsilon and privacy.noise_multiplier configure DP-SGD, which is "
-                    "off: set privacy.mechanism = 'dp-sgd' (--privacy dp-sgd) to use them"
+                    "privacy.epsilon and privacy.noise_multiplier configure differential "
+                    "privacy, which is off: set privacy.mechanism = 'dp-sgd' or 'model-noise' "
+                    "(--privacy) to use them"
                 )
             return
         if mode != "train":
-            raise ConfigError("privacy.mechanism = 'dp-sgd' protects training data: mode = 'train'")
+            raise ConfigError(
+                f"privacy.mechanism = {self.mechanism!r} protects training data: mode = 'train'"
+            )
         settings.validate()
 
 

@@ -59,6 +59,11 @@ class TopologyNeighbourhood:
     def receive_from(self, round: int) -> Mapping[PeerId, float]:
         return self._static_in if self._static_in is not None else self._in(round)
 
+    @property
+    def static(self) -> bool:
+        """The same neighbours and weights in every round."""
+        return self._static_in is not None
+
     def send_to(self, round: int) -> Sequence[PeerId]:
         return self._static_out if self._static_out is not None else self._out(round)
 
@@ -74,6 +79,9 @@ class StaticNeighbourhood:
 
     def receive_from(self, round: int) -> Mapping[PeerId, float]:
         return self._receive
+
+    static = True
+    """The same neighbours and weights in every round."""
 
     def send_to(self, round: int) -> Sequence[PeerId]:
         return self._send

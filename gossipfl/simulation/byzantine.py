@@ -202,6 +202,10 @@ class DetectorNeighbourhood:
         self._byzantine = frozenset(byzantine)
         self._last: tuple[Mapping[PeerId, float], dict[PeerId, float]] | None = None
 
+    @property
+    def static(self) -> bool:
+        return bool(getattr(self._inner, "static", False))
+
     def receive_from(self, round: int) -> Mapping[PeerId, float]:
         heard = self._inner.receive_from(round)
         if self._last is None or self._last[0] is not heard:  # static: filtered once

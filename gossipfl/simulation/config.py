@@ -231,5 +231,9 @@ class SimulationConfig(TomlConfig):
         if self.task.name.strip():
             self.task.build()  # an unknown task or parameter is a config error, now
         self.privacy.check(self.mode)
+        if self.privacy.secure_averaging:
+            from gossipfl.privacy.secure_averaging import check_secure_averaging
+
+            check_secure_averaging(rule=self.rule.name, protocol=self.protocol)
         if self.byzantine.count < 0 or self.byzantine.degree < 1:
             raise ConfigError("byzantine.count must be >= 0 and byzantine.degree >= 1")

@@ -11,6 +11,7 @@ from gossipfl.errors import ConfigError
 from gossipfl.learning import Learner
 from gossipfl.privacy import calibrated_attack, loss_threshold_attack, sample_losses
 from gossipfl.privacy.dpsgd import DPPlan, enable_dp
+from gossipfl.privacy.model_noise import with_model_noise
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.topology import Topology
 
@@ -19,14 +20,22 @@ def enable_dp_all(
     config: SimulationConfig, learners: list[Learner], ids: list[str]
 ) -> list[DPPlan]:
     """Switch every honest learner to DP-SGD when ``[privacy]`` asks for it (each peer's
-    noise calibrated to its own sampling rate); refuse a learner that cannot."""
+    noise calibrated to its own sampling rate; refuse a learner that cannot), or wrap it
+    with noise on its model (``model-noise``, any learner), in place in ``learners``."""
     settings = config.dp_settings()
     if settings is None:
         return []
-    plans = []
+    plans: list[DPPlan] = []
     for i, learner in enumerate(learners):
         try:
-            plans.append(enable_dp(learner, settings, rounds=config.rounds))
+            if config.privacy.mechanism == "model-noise":
+                noisy = with_model_noise(
+                    learner, settings, rounds=config.rounds, seed=config.seed * 100_003 + i
+                )
+                learners[i] = noisy
+                plans.append(noisy.plan)
+            else:
+                plans.append(enable_dp(learner, settings, rounds=config.rounds))
         except ConfigError as exc:
             raise ConfigError(f"peer {ids[i]}: {exc}") from None
     return plans
@@ -60,7 +69,12 @@ def membership_leakage(
     calibrated by a reference model that never saw the target's data: one the attacking
     neighbour (the target's lowest-numbered honest neighbour) trains alone on its own
     shard for the run's rounds, as a shadow of the target's model. Averaged over the
-    peers, with the worst case (the largest AUC)."""
+    peers, with the worst case (the largest AUC).
+
+    With secure averaging no neighbour ever holds the target's model: the attacking
+    neighbour holds the weighted average of its own in-neighbours' models, the target's
+    among them (the sum its shares unmask to; approximated by their final models), and
+    attacks that."""
     rng = np.random.default_rng([config.seed, 7])
     probe = learners[0]
     by_class = {c: np.flatnonzero(dataset.y_test == c) for c in np.unique(dataset.y_test)}
@@ -87,6 +101,8 @@ def membership_leakage(
             (dataset.x_test[outside], dataset.y_test[outside]),
         )
         vector = learner.adapter.get_flat()
+        if config.privacy.secure_averaging:
+            vector = _neighbourhood_view(topology, node, learners)
         inside, unseen = (sample_losses(probe, vector, x, y) for x, y in sets)
         plain.append(loss_threshold_attack(inside, unseen))
         honest = [j for j in topology.in_neighbours(node, 0) if j < len(learners)]
@@ -109,6 +125,15 @@ def membership_leakage(
             np.mean([f.tpr_at_1pct_fpr for f in calibrated])
         )
     return out
+
+
+def _neighbourhood_view(topology: Topology, target: int, learners: list[Learner]) -> Any:
+    """What secure averaging shows the target's lowest-numbered honest out-neighbour:
+    the weighted average of that neighbour's honest in-neighbours' models."""
+    receivers = [i for i in topology.out_neighbours(target, 0) if i < len(learners)]
+    weights = {j: w for j, w in topology.weights(min(receivers), 0).items() if j < len(learners)}
+    total = sum(weights.values())
+    return sum(w / total * learners[j].adapter.get_flat() for j, w in weights.items())
 
 
 __all__ = ["dp_summary", "enable_dp_all", "membership_leakage"]

@@ -147,6 +147,17 @@ def check_rule_fits(config: SimulationConfig, topology: Topology, honest: int) -
         if placement is not None:
             topology = placement.topology
     rule = make_rule(config.rule.name, **config.rule.params)
+    if config.privacy.secure_averaging:
+        from gossipfl.privacy.secure_averaging import check_secure_averaging
+
+        check_secure_averaging(
+            rule=rule.name,
+            protocol=config.protocol,
+            static=topology.is_static,
+            in_degrees={
+                f"node {node}": len(topology.in_neighbours(node, 0)) for node in range(honest)
+            },
+        )
     if config.protocol == "async":
         return
     for node in range(honest):
@@ -291,6 +302,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
         heartbeat_interval=None,
         inbox_size=1_000_000,
         seed=config.seed,
+        secure_averaging=config.privacy.secure_averaging,
     )
     rng = np.random.default_rng(config.seed)
     models: list[Any]

@@ -81,6 +81,7 @@ from gossipfl.wire.job import (
 )
 from gossipfl.wire.limits import DEFAULT_MAX_FRAME, Limits
 from gossipfl.wire.messages import (
+    MAX_SECURE_GROUP,
     PROTOCOL_VERSION,
     Announce,
     Chunk,
@@ -89,6 +90,11 @@ from gossipfl.wire.messages import (
     Message,
     PullRequest,
     Refusal,
+    SecureFix,
+    SecureGroup,
+    SecureKey,
+    SecureMember,
+    SecureShare,
     Update,
     UpdateHead,
 )
@@ -102,6 +108,7 @@ __all__ = [
     "DIGEST_SIZE",
     "FP16_MAX",
     "LEAF_SIZE",
+    "MAX_SECURE_GROUP",
     "PROTOCOL_GOSSIP",
     "PROTOCOL_PULL",
     "PROTOCOL_VERSION",
@@ -132,6 +139,11 @@ __all__ = [
     "Refusal",
     "RefusalCode",
     "SchemaError",
+    "SecureFix",
+    "SecureGroup",
+    "SecureKey",
+    "SecureMember",
+    "SecureShare",
     "SequenceError",
     "StreamDecoder",
     "TooLargeError",

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from gossipfl.model.errors import LayoutError
 from gossipfl.model.layout import FINGERPRINT_SIZE, Layout
@@ -53,6 +54,11 @@ from gossipfl.wire.messages import (
     Message,
     PullRequest,
     Refusal,
+    SecureFix,
+    SecureGroup,
+    SecureKey,
+    SecureMember,
+    SecureShare,
     Update,
     UpdateHead,
     check_digest,
@@ -316,6 +322,58 @@ def _decode_refusal(h: dict[str, Any], payload: memoryview, *_: Any) -> Refusal:
     return Refusal(code=RefusalCode(code), text=h["text"])
 
 
+def _decode_secure_key(h: dict[str, Any], payload: memoryview, *_: Any) -> SecureKey:
+    _no_payload("secure-key", payload)
+    return SecureKey(key=h["key"])
+
+
+def _decode_secure_group(h: dict[str, Any], payload: memoryview, *_: Any) -> SecureGroup:
+    _no_payload("secure-group", payload)
+    raw = h["members"]
+    if type(raw) is not list:
+        raise SchemaError("SecureGroup.members must be an array")
+    members = []
+    for item in raw:
+        if type(item) is not list or len(item) != 3:
+            raise SchemaError("a SecureGroup member must be an array [peer, key, weight]")
+        peer, key, weight = item
+        members.append(SecureMember(peer, key, weight))
+    return SecureGroup(epoch=h["epoch"], members=tuple(members))
+
+
+def _decode_secure_share(
+    h: dict[str, Any], payload: memoryview, limits: Limits, *_: Any
+) -> SecureShare:
+    n = h["n"]
+    if type(n) is not int or n < 1:
+        raise SchemaError(f"SecureShare.n must be a positive int, got {n!r:.40}")
+    if n > limits.max_params:
+        raise TooLargeError(f"a share of {n} parameters exceeds max_params {limits.max_params}")
+    if payload.nbytes != 8 * n:
+        kind = TruncatedError if payload.nbytes < 8 * n else MalformedError
+        raise kind(f"a share of {n} parameters needs {8 * n} payload bytes, got {payload.nbytes}")
+    vector = np.frombuffer(payload, dtype="<u8").astype(np.uint64, copy=False)
+    vector.flags.writeable = False
+    missing = h["missing"]
+    if type(missing) is not list:
+        raise SchemaError("SecureShare.missing must be an array of peer IDs")
+    return SecureShare(
+        sender=h["sender"],
+        round=h["round"],
+        epoch=h["epoch"],
+        vector=vector,
+        missing=tuple(missing),
+    )
+
+
+def _decode_secure_fix(h: dict[str, Any], payload: memoryview, *_: Any) -> SecureFix:
+    _no_payload("secure-fix", payload)
+    missing = h["missing"]
+    if type(missing) is not list:
+        raise SchemaError("SecureFix.missing must be an array of peer IDs")
+    return SecureFix(round=h["round"], epoch=h["epoch"], missing=tuple(missing))
+
+
 _DECODERS: Mapping[
     str, Callable[[dict[str, Any], memoryview, Limits, CodecRegistry, bool], Message]
 ] = MappingProxyType(
@@ -328,6 +386,10 @@ _DECODERS: Mapping[
         "heartbeat": _decode_heartbeat,
         "announce": _decode_announce,
         "refusal": _decode_refusal,
+        "secure-key": _decode_secure_key,
+        "secure-group": _decode_secure_group,
+        "secure-share": _decode_secure_share,
+        "secure-fix": _decode_secure_fix,
     }
 )
 

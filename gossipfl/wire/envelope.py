@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from gossipfl.wire.arrays import spec_of, wire_bytes
 from gossipfl.wire.codecs import DEFAULT_CODECS, CodecRegistry, check_encodable
@@ -37,6 +38,10 @@ from gossipfl.wire.messages import (
     Message,
     PullRequest,
     Refusal,
+    SecureFix,
+    SecureGroup,
+    SecureKey,
+    SecureShare,
     Update,
     UpdateHead,
 )
@@ -65,6 +70,10 @@ KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
         "heartbeat": frozenset({"v", "kind", "round"}),
         "announce": frozenset({"v", "kind", "round", "codec", "digest"}),
         "refusal": frozenset({"v", "kind", "code", "text"}),
+        "secure-key": frozenset({"v", "kind", "key"}),
+        "secure-group": frozenset({"v", "kind", "epoch", "members"}),
+        "secure-share": frozenset({"v", "kind", "sender", "round", "epoch", "n", "missing"}),
+        "secure-fix": frozenset({"v", "kind", "round", "epoch", "missing"}),
     }
 )
 #: Keys a header may leave out (added after the kind, so that older peers interoperate).
@@ -186,6 +195,35 @@ def encode_parts(
             "kind": "refusal",
             "code": int(message.code),
             "text": message.text,
+        }
+    elif isinstance(message, SecureKey):
+        header = {"v": WIRE_VERSION, "kind": "secure-key", "key": message.key}
+    elif isinstance(message, SecureGroup):
+        header = {
+            "v": WIRE_VERSION,
+            "kind": "secure-group",
+            "epoch": message.epoch,
+            "members": [[m.peer, m.key, m.weight] for m in message.members],
+        }
+    elif isinstance(message, SecureShare):
+        header = {
+            "v": WIRE_VERSION,
+            "kind": "secure-share",
+            "sender": message.sender,
+            "round": message.round,
+            "epoch": message.epoch,
+            "n": message.vector.size,
+            "missing": list(message.missing),
+        }
+        # Ring elements, little-endian u64: the payload is the vector's own memory.
+        payload = [np.ascontiguousarray(message.vector, dtype="<u8").data.cast("B")]
+    elif isinstance(message, SecureFix):
+        header = {
+            "v": WIRE_VERSION,
+            "kind": "secure-fix",
+            "round": message.round,
+            "epoch": message.epoch,
+            "missing": list(message.missing),
         }
     else:
         raise SchemaError(f"cannot encode {type(message).__name__}: not a gossipfl.wire message")

@@ -8,7 +8,10 @@ we send and what we accept. Field limits are module constants, listed in
 Kinds and their wire names: :class:`Hello` ``hello``, :class:`Update` ``update``,
 :class:`UpdateHead` ``update-head`` + :class:`Chunk` ``chunk`` (the chunked form of an
 Update), :class:`PullRequest` ``pull``, :class:`Heartbeat` ``heartbeat``,
-:class:`Announce` ``announce``, :class:`Refusal` ``refusal``.
+:class:`Announce` ``announce``, :class:`Refusal` ``refusal``; for secure averaging
+(:mod:`gossipfl.privacy.secagg`) :class:`SecureKey` ``secure-key``, :class:`SecureGroup`
+``secure-group``, :class:`SecureShare` ``secure-share`` and :class:`SecureFix`
+``secure-fix``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ MAX_META_ENTRIES = 16
 MAX_META_KEY = 32
 MAX_META_STR = 256
 MAX_REFUSAL_TEXT = 1024
+#: Secure averaging: an X25519 public key, and the most members a group (a receiver's
+#: in-neighbours) may have (msgpack arrays in headers hold at most 16 entries).
+SECURE_KEY_SIZE = 32
+MAX_SECURE_GROUP = 16
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 MetaValue: TypeAlias = int | float | str
@@ -300,6 +307,129 @@ class Refusal:
         check_str(self.text, "Refusal.text", MAX_REFUSAL_TEXT, empty=True)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecureKey:
+    """My X25519 public key for secure averaging (sent after the Hello)."""
+
+    key: bytes
+
+    def __post_init__(self) -> None:
+        check_secure_key(self.key, "SecureKey.key")
+
+
+def check_secure_key(value: object, what: str) -> bytes:
+    if type(value) is not bytes or len(value) != SECURE_KEY_SIZE:
+        raise SchemaError(f"{what} must be {SECURE_KEY_SIZE} bytes")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SecureMember:
+    """One member of a receiver's group: its peer ID, its mask key and the weight the
+    receiver gives its model."""
+
+    peer: str
+    key: bytes
+    weight: float
+
+    def __post_init__(self) -> None:
+        check_token(self.peer, "SecureMember.peer", MAX_PEER_ID)
+        check_secure_key(self.key, "SecureMember.key")
+        if type(self.weight) is not float or not 0.0 < self.weight <= 1.0:
+            raise SchemaError(
+                f"SecureMember.weight must be a float in (0, 1], got {self.weight!r:.40}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecureGroup:
+    """The receiver's group from ``epoch`` on: the in-neighbours whose masks cancel in its
+    sum, with their keys and weights. A new epoch replaces the group."""
+
+    epoch: int
+    members: tuple[SecureMember, ...]
+
+    def __post_init__(self) -> None:
+        check_uint(self.epoch, "SecureGroup.epoch")
+        members: object = self.members
+        if isinstance(members, list):
+            members = tuple(members)
+            object.__setattr__(self, "members", members)
+        if type(members) is not tuple or not 1 <= len(members) <= MAX_SECURE_GROUP:
+            raise SchemaError(f"SecureGroup.members must hold 1 to {MAX_SECURE_GROUP} members")
+        if not all(type(m) is SecureMember for m in members):
+            raise SchemaError("SecureGroup.members must be SecureMember entries")
+        if len({m.peer for m in members}) != len(members):
+            raise SchemaError("SecureGroup.members lists a peer twice")
+        if math.fsum(m.weight for m in members) > 1.0 + 1e-9:
+            raise SchemaError("SecureGroup weights sum to more than 1")
+
+
+def check_peers(value: object, what: str) -> tuple[str, ...]:
+    """A list of distinct peer IDs (at most :data:`MAX_SECURE_GROUP`)."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if type(value) is not tuple or len(value) > MAX_SECURE_GROUP:
+        raise SchemaError(f"{what} must list at most {MAX_SECURE_GROUP} peer IDs")
+    for peer in value:
+        check_token(peer, f"a peer ID in {what}", MAX_PEER_ID)
+    if len(set(value)) != len(value):
+        raise SchemaError(f"{what} lists a peer twice")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class SecureShare:
+    """``sender``'s masked contribution to the receiver's sum at ``round`` (``missing``
+    empty), or its correction for the ``missing`` members (an answer to
+    :class:`SecureFix`): ``vector`` holds 64-bit ring elements, uniform to anyone
+    without the masks."""
+
+    sender: str
+    round: int
+    epoch: int
+    vector: NDArray[np.uint64]
+    missing: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_token(self.sender, "SecureShare.sender", MAX_PEER_ID)
+        check_uint(self.round, "SecureShare.round")
+        check_uint(self.epoch, "SecureShare.epoch")
+        object.__setattr__(self, "missing", check_peers(self.missing, "SecureShare.missing"))
+        vec = self.vector
+        if not isinstance(vec, np.ndarray) or vec.ndim != 1 or vec.dtype != np.uint64:
+            raise SchemaError("SecureShare.vector must be a 1-D uint64 numpy array")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecureFix:
+    """The receiver asks a present member for its correction: the ``missing`` members'
+    masks did not cancel in its sum of ``round``."""
+
+    round: int
+    epoch: int
+    missing: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_uint(self.round, "SecureFix.round")
+        check_uint(self.epoch, "SecureFix.epoch")
+        missing = check_peers(self.missing, "SecureFix.missing")
+        if not missing:
+            raise SchemaError("SecureFix.missing must name at least one peer")
+        object.__setattr__(self, "missing", missing)
+
+
 Message: TypeAlias = (
-    Hello | Update | UpdateHead | Chunk | PullRequest | Heartbeat | Announce | Refusal
+    Hello
+    | Update
+    | UpdateHead
+    | Chunk
+    | PullRequest
+    | Heartbeat
+    | Announce
+    | Refusal
+    | SecureKey
+    | SecureGroup
+    | SecureShare
+    | SecureFix
 )
