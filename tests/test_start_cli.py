@@ -333,7 +333,8 @@ def test_a_peer_trains_with_differential_privacy_beside_one_that_does_not(
         # never over budget; the whole budget when every round trained (a joiner that
         # caught up by skipping a round trains, and spends, a step less)
         assert 2.8 <= spent[-1] <= 3.0
-        assert "differential privacy: DP-SGD, noise multiplier" in private.stderr()
+        assert "differential privacy: DP-SGD, clip 1, sampling rate" in private.stderr()
+        assert ", noise multiplier " in private.stderr()
         assert "epsilon 0 spent of 3" in private.stderr()
         assert all(r["epsilon"] is None for r in metrics(plain.home) if r["kind"] == "round")
     finally:
