@@ -77,8 +77,14 @@ def test_a_js_libp2p_node_dials_a_gossipfl_peer_identifies_it_and_pings(tmp_path
         )
         assert seen["agent"].startswith("py-libp2p/")
         assert 0 <= seen["ping_ms"] < 1000
-        refused = json.loads(node("dial.mjs", str(tmp_path / "stranger.key"), address))
-        assert "error" in refused  # today it learns no reason: the connection is reset
+        refused = json.loads(
+            node("dial.mjs", str(tmp_path / "stranger.key"), address, "--wait-refusal")
+        )
+        # It learns why: a refusal on a gossip stream the peer opens to it, then a hang-up.
+        assert refused["refusal"] == {
+            "code": 5,  # NOT_ALLOWED
+            "text": f"peer {stranger} is not on the allowlist of peer {peer.peer_id}",
+        }, refused
         wait_for(
             lambda: f"peer {stranger}" in peer.stderr() and "not on the allowlist" in peer.stderr(),
             timeout=10,

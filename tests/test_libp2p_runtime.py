@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 
 import numpy as np
 import pytest
@@ -121,3 +122,51 @@ async def test_a_peer_of_another_network_is_not_redialled_every_half_second() ->
     assert all(p.counters.refused >= 1 for p in peers)
     # ~9 s: the first dial, then a few per 2-6 s hold-off (was one per ~0.2 s)
     assert max(dials) <= 10, dials  # was 43-45
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_peer_refused_by_an_allowlist_learns_why_and_holds_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """b has not put a on its allowlist. a dials b: b lets the handshake through only to
+    tell a why (one refusal, NOT_ALLOWED), and a logs the reason and holds off its
+    redials instead of meeting a broken pipe every backoff."""
+    a_id, b_id = generate_identity(), generate_identity()
+    dials = 0
+    config = PeerConfig(deadline=1.0, heartbeat_interval=0.5, dial_backoff_max=4.0)
+    caplog.set_level(logging.WARNING, logger="gossipfl.peer.runtime")
+    with trio.fail_after(30):
+        async with (
+            Libp2pTransport.open(
+                identity=a_id, allow=[b_id.peer_id], config=TransportConfig(dial_timeout=5)
+            ) as a,
+            Libp2pTransport.open(
+                identity=b_id, allow=[b_id.peer_id], config=TransportConfig(dial_timeout=5)
+            ) as b,
+        ):
+            a.add_peer_address(b.local_id, b.listen_addrs[0])
+            connect = a.connect
+
+            async def counting(peer: str) -> None:
+                nonlocal dials
+                dials += 1
+                await connect(peer)
+
+            a.connect = counting  # type: ignore[method-assign]
+            async with Peer(
+                transport=a,
+                model={"x": np.zeros(3, np.float32)},
+                neighbourhood=StaticNeighbourhood({b.local_id: 0.5}),
+                config=config,
+            ) as peer:
+                with trio.move_on_after(5.5):  # rounds without b, then still wanting it
+                    await peer.run(3)
+                    await peer.serve()
+            told = b.refused_peers
+    gc.collect()
+    reasons = [r.getMessage() for r in caplog.records if "refused us" in r.getMessage()]
+    assert reasons, caplog.text
+    assert f"peer {a_id.peer_id} is not on the allowlist of peer {b_id.peer_id}" in reasons[0]
+    assert told >= 1
+    # held off 2-6 s after learning why, then dial_backoff_max: 3 in 5.5 s (was 5-6)
+    assert dials <= 3, dials

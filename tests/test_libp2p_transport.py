@@ -11,12 +11,14 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
 from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 
+from gossipfl import wire
 from gossipfl.errors import ConfigError
 from gossipfl.identity import generate_identity
 from gossipfl.transport.base import (
@@ -285,7 +287,7 @@ async def test_cancellation_closes_the_transport_cleanly() -> None:
 # ---------------------------------------------------------------- allowlist
 
 
-async def test_allowlist_refuses_a_stranger_at_the_handshake(
+async def test_allowlist_refuses_a_stranger_and_tells_it_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
@@ -296,9 +298,22 @@ async def test_allowlist_refuses_a_stranger_at_the_handshake(
             Libp2pTransport.open(identity=stranger, config=FAST) as s,
             Libp2pTransport.open(identity=friend, config=FAST) as f,
         ):
+            # The stranger is told why: one refusal on a stream b opens, then b hangs up.
+            with contextlib.suppress(PeerUnreachable):
+                await s.dial(b.listen_addrs[0])
+            told = [event async for event in until_refused(s.events(), b.local_id)]
+            refusal = wire.decode(told[-1])
+            assert isinstance(refusal, wire.Refusal)
+            assert refusal.code == wire.RefusalCode.NOT_ALLOWED
+            assert refusal.text == f"peer {s.local_id} is not on the allowlist of peer {b.local_id}"
+            assert b.refused_peers >= 1
+            async for event in s.events():  # b hangs up after telling
+                if isinstance(event, Disconnected) and event.peer == b.local_id:
+                    break
+            # Told once a minute: redialling at once meets the closed handshake again.
             with pytest.raises(PeerUnreachable, match="not on its allowlist"):
                 await s.dial(b.listen_addrs[0])
-            assert b.refused_peers >= 1
+            assert b.refused_peers >= 2
             # The first event b sees is the friend's: nothing of the stranger's got through.
             await f.dial(b.listen_addrs[0])
             await f.send(b.local_id, b"hi, friend here")
@@ -309,6 +324,15 @@ async def test_allowlist_refuses_a_stranger_at_the_handshake(
     refusals = [r for r in caplog.records if "not on the allowlist" in r.getMessage()]
     assert refusals
     assert stranger.peer_id in refusals[0].getMessage()
+
+
+async def until_refused(events: Any, peer: str) -> AsyncIterator[bytes]:
+    """The frames ``peer`` sends until (and with) the first one that is not a hello."""
+    async for event in events:
+        if isinstance(event, Received) and event.peer == peer:
+            yield event.data
+            if not isinstance(wire.decode(event.data), wire.Hello):
+                return
 
 
 async def test_we_do_not_dial_peers_outside_our_allowlist() -> None:

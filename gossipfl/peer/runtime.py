@@ -259,6 +259,7 @@ class Peer:
         # Peers whose hello was refused (either way): another network, job or model does
         # not change in a second, so they are not redialled before this trio time.
         self._incompatible_until: dict[PeerId, float] = {}
+        self._incompatible: set[PeerId] = set()  # until a hello of theirs is accepted
         self._slow: frozenset[PeerId] = frozenset()
         self._anchor_time: float | None = None  # see SyncGossip(anchor_time=...)
         self._resumed_pace: float | None = None  # our round duration before a restart
@@ -916,6 +917,7 @@ class Peer:
         only be refused again: measured before this, a redial every 0.5 s)."""
         wait = self.config.dial_backoff_max * (0.5 + self._rng.random())
         self._incompatible_until[peer] = trio.current_time() + wait
+        self._incompatible.add(peer)
 
     def _penalize(self, peer: PeerId, kind: str, detail: str) -> None:
         """Tell the transport's peer score (transports that keep one: libp2p's)."""
@@ -929,6 +931,7 @@ class Peer:
             refusal = wire.refuse_hello(mine=self._hello, theirs=message)
             if refusal is None:
                 self._verified.add(peer)
+                self._incompatible.discard(peer)
                 self._codecs_of[peer] = tuple(message.codecs)
                 self._notify()
                 self._mark_up(peer)
@@ -1066,6 +1069,8 @@ class Peer:
                     await self.transport.connect(peer)
                 except TransportError as exc:
                     d = min(cfg.dial_backoff_max, delay.get(peer, cfg.dial_backoff_min / 2) * 2)
+                    if peer in self._incompatible:
+                        d = cfg.dial_backoff_max  # refused for cause: not for a second only
                     delay[peer] = d
                     next_try[peer] = trio.current_time() + d * (0.5 + self._rng.random())
                     logger.debug(

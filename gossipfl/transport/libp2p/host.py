@@ -47,6 +47,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from gossipfl import wire
 from gossipfl.errors import ConfigError
 from gossipfl.identity import Identity, generate_identity
 from gossipfl.peerlog import PeerWarnings
@@ -73,7 +74,7 @@ from gossipfl.transport.libp2p.guards import (
 from gossipfl.transport.libp2p.policing import Policing
 from gossipfl.transport.libp2p.requests import RequestHandler, send_request, serve_request
 from gossipfl.transport.libp2p.resources import install_resource_manager, resource_manager
-from gossipfl.transport.libp2p.security import GatedNoise, security_options
+from gossipfl.transport.libp2p.security import GatedNoise, RefusalNotices, security_options
 from gossipfl.transport.libp2p.streams import (
     OutboundStreams,
     TransportStats,
@@ -83,6 +84,9 @@ from gossipfl.transport.libp2p.streams import (
 from gossipfl.transport.libp2p.tasks import TaskGroup
 
 logger = logging.getLogger(__name__)
+
+#: How long telling a refused peer why may take (opening a stream, writing one frame).
+REFUSAL_NOTICE_TIMEOUT = 2.0
 
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -246,7 +250,11 @@ class Libp2pTransport:
         workarounds.check_ports_free(listen_addrs)
         policing = Policing(config.score)
         security = GatedNoise(
-            identity.key_pair, allowlist, batch=config.batch_noise, refusal=policing.refusal
+            identity.key_pair,
+            allowlist,
+            batch=config.batch_noise,
+            refusal=policing.refusal,
+            notices=RefusalNotices(),
         )
         manager = resource_manager(config)
         host = new_host(
@@ -417,6 +425,39 @@ class Libp2pTransport:
     def _on_ban(self, ban: Ban) -> None:
         self.stats.bans += 1
         self._tasks.spawn(functools.partial(self._disconnect_banned, ban.peer), "enforce a ban")
+
+    async def _explain_refusal(self, peer: str) -> None:
+        """Tell ``peer``, not on our allowlist, why we refuse it: one ``refusal`` on a
+        gossip stream we open to it (it may not answer or read: at most
+        :data:`REFUSAL_NOTICE_TIMEOUT`), then close its connection (see :mod:`.security`)."""
+        notices = self._security.notices
+        assert notices is not None
+        text = f"peer {peer} is not on the allowlist of peer {self.local_id}"
+        body = wire.frame(wire.encode(wire.Refusal(code=wire.RefusalCode.NOT_ALLOWED, text=text)))
+        try:
+            with trio.move_on_after(REFUSAL_NOTICE_TIMEOUT):
+                stream = await self._host.new_stream(
+                    ID.from_base58(peer), [TProtocol(GOSSIP_PROTOCOL)]
+                )
+                try:
+                    await stream.write(body)
+                    await stream.close()
+                    notices.sent += 1
+                    # Hang up once it has read it (it closes its side), not before: a
+                    # connection closed at once can drop the frame unread.
+                    while await stream.read(4096):
+                        pass  # whatever it says, it is not on the allowlist: unread
+                except BaseException:
+                    await reset_quietly(stream)
+                    raise
+        except Exception:  # it hung up first, or speaks no gossip: it was refused anyway
+            logger.debug("telling refused peer %s why failed", peer, exc_info=True)
+        finally:
+            notices.end(peer)
+            with trio.move_on_after(self.config.close_timeout) as scope:
+                scope.shield = True
+                with contextlib.suppress(Exception):
+                    await self._host.disconnect(ID.from_base58(peer))
 
     async def _disconnect_banned(self, peer: str) -> None:
         """Close every connection with a peer that was just banned (concurrently)."""
@@ -601,6 +642,10 @@ class Libp2pTransport:
         if guard is not None:
             guard.watch_reads()  # after the fast path replaced the body reader
         peer = str(conn.muxed_conn.peer_id)
+        notices = self._security.notices
+        if not self.allowlist.allows(peer) and notices is not None and peer in notices.pending:
+            self._tasks.spawn(functools.partial(self._explain_refusal, peer), "explain a refusal")
+            return
         if not self.allowlist.allows(peer):  # the handshake gate makes this unreachable
             self._warnings.warn(
                 logger, peer, "connection with peer %s is not allowed; ignoring it", peer

@@ -9,9 +9,18 @@ Two facts about py-libp2p 0.8.1 shape this module:
 - The Noise handshake is the earliest moment the remote peer ID is known and proven. We
   wrap py-libp2p's Noise transport and check the allowlist right there: a refused peer's
   connection is closed before the muxer starts, so it never reaches the swarm, the
-  network notifee, a stream handler or ``events()``. The refusal is logged with the peer
-  ID and address. A peer that is on the allowlist but *banned* for breaking limits
+  network notifee, a stream handler or ``events()`` (but see the next point). The
+  refusal is logged with the peer ID and address. A peer that is on the allowlist but
+  *banned* for breaking limits
   (:mod:`gossipfl.peerscore`) is refused the same way until its ban ends.
+- A refused peer learns nothing from a closed handshake but a broken pipe. So a peer
+  that dialled us and is not on the allowlist is, within :class:`RefusalNotices`' bounds
+  (a few at a time, each peer once a minute), let through the upgrade instead, only to be
+  told why: the transport opens a gossip stream to it, writes one ``refusal``
+  (NOT_ALLOWED) and closes the connection (``Libp2pTransport``). It never reaches
+  ``events()``, our gossip and request handlers reset its streams (py-libp2p still
+  answers its identify and ping), and beyond the bounds it is closed at the handshake as
+  before.
 
 After a successful handshake the session's message reader/writer is swapped for the
 batched one from :mod:`gossipfl.transport.libp2p.fastpath` (same wire format).
@@ -20,6 +29,7 @@ batched one from :mod:`gossipfl.transport.libp2p.fastpath` (same wire format).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +66,45 @@ def _remote_address(conn: IRawConnection) -> str:
     return f"{address[0]}:{address[1]}" if address else "an unknown address"
 
 
+class RefusalNotices:
+    """Which refused peers are told why: at most ``concurrent`` at a time, and each peer
+    at most once every ``per_peer`` seconds (a stranger redialling in a loop costs us a
+    Noise handshake per dial, as before, and no more)."""
+
+    def __init__(
+        self,
+        *,
+        concurrent: int = 4,
+        per_peer: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._concurrent = concurrent
+        self._per_peer = per_peer
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self.pending: set[str] = set()
+        self.sent = 0
+        """Refusals explained so far."""
+
+    def begin(self, peer: str) -> bool:
+        """Whether to tell ``peer`` why now (then :meth:`end` must follow)."""
+        now = self._clock()
+        last = self._last.get(peer)
+        if len(self.pending) >= self._concurrent or peer in self.pending:
+            return False
+        if last is not None and now - last < self._per_peer:
+            return False
+        if len(self._last) > 4096:  # forget the oldest strangers: the table stays bounded
+            for old in sorted(self._last, key=self._last.__getitem__)[:1024]:
+                del self._last[old]
+        self._last[peer] = now
+        self.pending.add(peer)
+        return True
+
+    def end(self, peer: str) -> None:
+        self.pending.discard(peer)
+
+
 class GatedNoise(ISecureTransport):
     """py-libp2p's Noise transport, refusing peers the allowlist does not name."""
 
@@ -66,11 +115,13 @@ class GatedNoise(ISecureTransport):
         *,
         batch: bool,
         refusal: Refusal | None = None,
+        notices: RefusalNotices | None = None,
     ) -> None:
         self._inner = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         self.allowlist = allowlist
         self._batch = batch
         self._refusal = refusal
+        self.notices = notices
         self.refused = 0
         """Handshakes refused because the peer is not on the allowlist."""
         self.refused_banned = 0
@@ -84,6 +135,19 @@ class GatedNoise(ISecureTransport):
         if not self.allowlist.allows(peer):
             self.refused += 1
             why = "not on the allowlist"
+            notices = self.notices
+            if direction == "inbound" and notices is not None and notices.begin(str(peer)):
+                # Let it through the upgrade, only to be told why (module docstring).
+                self._warnings.warn(
+                    logger,
+                    peer,
+                    "refused %s connection with peer %s at %s: %s (telling it why)",
+                    direction,
+                    peer,
+                    _remote_address(conn),
+                    why,
+                )
+                return install_batched_noise(session) if self._batch else session
         else:
             banned = self._refusal(str(peer)) if self._refusal is not None else None
             if banned is None:
