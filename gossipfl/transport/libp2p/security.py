@@ -11,8 +11,8 @@ Two facts about py-libp2p 0.8.1 shape this module:
   connection is closed before the muxer starts, so it never reaches the swarm, the
   network notifee, a stream handler or ``events()`` (but see the next point). The
   refusal is logged with the peer ID and address. A peer that is on the allowlist but
-  *banned* for breaking limits
-  (:mod:`gossipfl.peerscore`) is refused the same way until its ban ends.
+  *banned* for breaking limits (:mod:`gossipfl.peerscore`) is refused the same way
+  until its ban ends.
 - A refused peer learns nothing from a closed handshake but a broken pipe. So a peer
   that dialled us and is not on the allowlist is, within :class:`RefusalNotices`' bounds
   (a few at a time, each peer once a minute), let through the upgrade instead, only to be
