@@ -115,8 +115,13 @@ async def run_mdns(transport: Any, candidates: Candidates, network_id: str) -> N
         def update_service(self, zc: Any, type_: str, name: str) -> None:
             self.add_service(zc, type_, name)
 
-    # transport.listen_addrs lists a wildcard listen address as the interfaces' addresses
-    listen = [a.split("/p2p/")[0] for a in transport.listen_addrs if not is_wildcard(a)]
+    # transport.listen_addrs lists a wildcard listen address as the interfaces' addresses,
+    # and our circuit addresses (a relay's address, not ours: not for the local network)
+    listen = [
+        a.split("/p2p/")[0]
+        for a in transport.listen_addrs
+        if not is_wildcard(a) and "/p2p-circuit" not in a
+    ]
     port = next((int(a.split("/tcp/")[1].split("/")[0]) for a in listen if "/tcp/" in a), 0)
 
     def start() -> tuple[Any, Any, Any]:

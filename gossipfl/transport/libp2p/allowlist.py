@@ -138,10 +138,24 @@ def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> tuple[str, str 
             "prints a complete one)"
         ) from None
     peer: str | None = None
-    try:
-        value = addr.value_for_protocol("p2p")
-    except Exception:
-        value = None
+    # The last /p2p/ names the peer: a circuit address
+    # (<relay>/p2p/<relay id>/p2p-circuit/p2p/<peer id>) names the relay first.
+    values = [v for p, v in addr.items() if p.name == "p2p"]
+    value = values[-1] if values else None
+    names = [p.name for p in addr.protocols()]
+    if "p2p-circuit" in names:
+        at = names.index("p2p-circuit")
+        if at == 0 or names[at - 1] != "p2p" or names.count("p2p-circuit") > 1:
+            raise ConfigError(
+                f"circuit address {text!r} must read <relay address>/p2p/<relay id>/"
+                "p2p-circuit/p2p/<peer id>"
+            )
+        if names[at + 1 :] not in ([], ["p2p"]):
+            raise ConfigError(
+                f"circuit address {text!r} must end in /p2p-circuit or /p2p-circuit/p2p/<peer id>"
+            )
+        if names[at + 1 :] == []:
+            value = None
     if value:
         peer = parse_peer_id(str(value))
     elif need_peer_id:

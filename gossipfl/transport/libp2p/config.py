@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 from gossipfl.errors import ConfigError
 from gossipfl.peerscore import ScorePolicy
+from gossipfl.transport.libp2p.allowlist import parse_multiaddr
 
 GOSSIP_PROTOCOL = "/gossipfl/gossip/1.0.0"
 """Model frames travel on long-lived streams of this protocol, one per direction. The
 version is bumped on any incompatible change of the framing."""
 
 MiB = 1 << 20
+GiB = 1 << 30
 YAMUX_WINDOW = 256 * 1024
 """Yamux's initial receive window per stream (the spec's and py-libp2p's)."""
 
@@ -99,6 +101,35 @@ class TransportConfig:
     """Encrypt all Noise messages of one write and send them with one system call, and
     read the socket in large chunks (py-libp2p does one call per 64 KiB message and two
     reads per message). Wire format unchanged."""
+    relay_service: bool = False
+    """Serve as a circuit relay v2 (hop) for peers that cannot be dialled directly (behind
+    NAT): they reserve a slot here and others reach them through us. Only peers on our
+    allowlist may reserve or open circuits, and only to allowlisted peers, so an open
+    allowlist is refused (``Libp2pTransport.open`` raises ``ConfigError``). The relay's
+    cost is bounded by ``relay_max_reservations``, ``relay_max_circuits``,
+    ``relay_circuit_data`` and ``relay_circuit_duration``; its bandwidth is not rate
+    limited (py-libp2p has no such limit)."""
+    relays: tuple[str, ...] = ()
+    """Full multiaddrs of relays to reserve a slot on
+    (``/ip4/198.51.100.1/tcp/4001/p2p/12D3KooW...``), so that peers can reach us at
+    ``<relay>/p2p-circuit/p2p/<our id>`` (listed in ``listen_addrs``) when they cannot
+    dial us directly. Each relay must be on our allowlist, and we on its."""
+    relay_max_reservations: int = 64
+    """Peers that may hold a reservation on our relay at once (each one a peer behind NAT
+    of the job)."""
+    relay_max_circuits: int = 16
+    """Circuits open at once to one peer with a reservation (each of its neighbours that
+    cannot dial it directly holds one)."""
+    relay_circuit_data: int = 64 * GiB
+    """Bytes one circuit may carry (both directions together) before the relay resets it;
+    the peers then redial and get a fresh circuit. py-libp2p's default (1 GiB) is a few
+    rounds of a large model; this bounds a runaway circuit, not a job."""
+    relay_circuit_duration: int = 24 * 3600
+    """Seconds one circuit may live before the relay resets it (the peers redial).
+    py-libp2p's default is one hour."""
+    relay_retry_max: float = 60.0
+    """Longest wait between two attempts to reserve on a relay that is down or refuses
+    (the wait starts at 1 s and doubles)."""
 
     def __post_init__(self) -> None:
         if type(self.max_frame) is not int or not 1 <= self.max_frame <= 0xFFFFFFFF:
@@ -144,10 +175,53 @@ class TransportConfig:
             raise ConfigError(
                 f"TransportConfig.score must be a ScorePolicy, got {type(self.score).__name__}"
             )
+        self._check_relays()
         if type(self.yamux_chunk) is not int or not (
             self.yamux_chunk == 0 or 4096 <= self.yamux_chunk <= 16 * MiB
         ):
             raise ConfigError(
                 "TransportConfig.yamux_chunk must be 0 (py-libp2p's writer) or between "
                 f"4096 and 16 MiB (Yamux's largest window), got {self.yamux_chunk!r}"
+            )
+
+    def _check_relays(self) -> None:
+        if not isinstance(self.relay_service, bool):
+            raise ConfigError(
+                f"TransportConfig.relay_service must be a bool, got {self.relay_service!r}"
+            )
+        relays: object = self.relays
+        if isinstance(relays, str) or not isinstance(relays, tuple | list):
+            raise ConfigError(
+                f"TransportConfig.relays must be a tuple of multiaddrs, got {self.relays!r}"
+            )
+        for text in self.relays:
+            try:
+                parse_multiaddr(text, need_peer_id=True)
+            except ConfigError as exc:
+                raise ConfigError(f"relay address {text!r}: {exc}") from None
+            if "/p2p-circuit" in text:
+                raise ConfigError(
+                    f"relay address {text!r} is itself a circuit address: name the relay's "
+                    "own address (/ip4/.../tcp/.../p2p/<relay id>)"
+                )
+        for name in ("relay_max_reservations", "relay_max_circuits", "relay_circuit_data"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"TransportConfig.{name} must be a positive int, got {value!r}")
+        # The circuit's duration travels as a protobuf uint32 in the relay's replies.
+        duration = self.relay_circuit_duration
+        if type(duration) is not int or not 1 <= duration <= 0xFFFFFFFF:
+            raise ConfigError(
+                "TransportConfig.relay_circuit_duration must be an int of seconds in "
+                f"[1, 2**32-1], got {duration!r}"
+            )
+        retry = self.relay_retry_max
+        if not (
+            isinstance(retry, int | float)
+            and not isinstance(retry, bool)
+            and retry >= 1
+            and math.isfinite(retry)
+        ):
+            raise ConfigError(
+                f"TransportConfig.relay_retry_max must be at least 1 second, got {retry!r}"
             )

@@ -27,6 +27,12 @@ receive windows and caps each connection's streams and buffered bytes;
 :mod:`~gossipfl.transport.libp2p.resources` configures py-libp2p's resource manager. Every
 limit broken goes through :meth:`Libp2pTransport.penalize`, which counts and logs it and
 may ban the peer (:mod:`~gossipfl.transport.libp2p.policing`).
+
+Peers behind NAT (:mod:`~gossipfl.transport.libp2p.relay`): with ``config.relay_service``
+the transport relays for allowlisted peers; with ``config.relays`` it keeps a reservation
+on each relay and lists ``<relay>/p2p-circuit/p2p/<us>`` among its addresses; ``connect``
+dials such circuit addresses when the direct ones fail or there are none.
+:meth:`Libp2pTransport.path` tells which way a peer is connected.
 """
 
 from __future__ import annotations
@@ -44,8 +50,11 @@ from libp2p.abc import IHost, INetConn, INetStream, INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
 
 from gossipfl import wire
 from gossipfl.errors import ConfigError
@@ -72,6 +81,19 @@ from gossipfl.transport.libp2p.guards import (
     install_yamux_guards,
 )
 from gossipfl.transport.libp2p.policing import Policing
+from gossipfl.transport.libp2p.relay import (
+    GatedRelay,
+    Path,
+    RelayError,
+    circuit_address,
+    is_circuit,
+    muxed_path,
+    path_of,
+    relay_limits,
+    relay_of,
+    renew_in,
+    reserve,
+)
 from gossipfl.transport.libp2p.requests import RequestHandler, send_request, serve_request
 from gossipfl.transport.libp2p.resources import install_resource_manager, resource_manager
 from gossipfl.transport.libp2p.security import GatedNoise, RefusalNotices, security_options
@@ -125,6 +147,12 @@ def _host_and_port(addr: multiaddr.Multiaddr) -> tuple[str | None, int | None]:
     host = str(addr.value_for_protocol(family)) if family else None
     port = int(addr.value_for_protocol("tcp")) if "tcp" in names else None
     return host, port
+
+
+def _peer_of(address: str) -> str:
+    peer = parse_multiaddr(address, need_peer_id=True)[1]
+    assert peer is not None
+    return peer
 
 
 def _expand_wildcard(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
@@ -216,6 +244,22 @@ class Libp2pTransport:
         self._inbound: dict[str, int] = {}
         self._closing = False
         self._closed = trio.Event()
+        self._relays = {_peer_of(a): a for a in config.relays}
+        """Relays we reserve on: peer ID -> address."""
+        self._relay = GatedRelay(
+            host,
+            allowlist=allowlist,
+            refusal=self._policing.refusal,
+            limits=relay_limits(config),
+            hop=config.relay_service,
+            relays=set(self._relays),
+        )
+        # STOP only: py-libp2p's CLIENT role would reserve on a relay before each dial.
+        self._circuits = CircuitV2Transport(host, self._relay, RelayConfig(roles=RelayRole.STOP))
+        self._reservations: dict[str, float] = {}
+        """Relay peer ID -> when our reservation there expires (``time.time()`` scale)."""
+        self._reservations_changed = trio.Event()
+        self._relay_lost: dict[str, trio.Event] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -246,6 +290,17 @@ class Libp2pTransport:
         config = config or TransportConfig()
         identity = identity or generate_identity()
         allowlist = allow if isinstance(allow, Allowlist) else Allowlist(allow)
+        if config.relay_service and allowlist.is_open:
+            raise ConfigError(
+                "relay_service needs an allowlist: with an open one, any peer that reaches "
+                "us could reserve slots and relay traffic through us"
+            )
+        for text in config.relays:
+            relay = parse_multiaddr(text)[1]
+            if relay is not None and not allowlist.allows(relay):
+                raise ConfigError(
+                    f"relay {text!r} is not on our allowlist: its connection would be refused"
+                )
         listen_addrs = [cls._listen_multiaddr(text) for text in listen]
         workarounds.check_ports_free(listen_addrs)
         policing = Policing(config.score)
@@ -285,6 +340,8 @@ class Libp2pTransport:
                 nursery = await stack.enter_async_context(trio.open_nursery())
                 await nursery.start(transport._tasks.run)
                 await stack.enter_async_context(host.run(listen_addrs))
+                if config.relay_service or config.relays:
+                    await stack.enter_async_context(background_trio_service(transport._relay))
                 try:
                     await transport._start(listen_addrs)
                     yield transport
@@ -327,6 +384,20 @@ class Libp2pTransport:
             ", ".join(self.listen_addrs) or "nothing (dial-out only)",
             "open" if self.allowlist.is_open else f"{len(self.allowlist)} peers",
         )
+        if self.config.relay_service:
+            c = self.config
+            logger.info(
+                "relaying for allowlisted peers: up to %d reservations, %d circuits per "
+                "peer, %d MiB and %d s per circuit",
+                c.relay_max_reservations,
+                c.relay_max_circuits,
+                c.relay_circuit_data >> 20,
+                c.relay_circuit_duration,
+            )
+        for relay, address in self._relays.items():
+            self._tasks.spawn(
+                functools.partial(self._keep_reservation, relay, address), "relay reservation"
+            )
 
     async def aclose(self) -> None:
         """Close every connection (concurrently), then the host. Idempotent.
@@ -361,7 +432,10 @@ class Libp2pTransport:
         """Our full multiaddrs (ending in ``/p2p/<our id>``), ready to give to other peers.
 
         A wildcard listen address (``/ip4/0.0.0.0``, ``/ip6/::``) is not dialable; it is
-        listed as the concrete addresses of this machine's interfaces instead."""
+        listed as the concrete addresses of this machine's interfaces instead. Then come
+        our circuit addresses, one per relay of ``config.relays``
+        (``<relay>/p2p-circuit/p2p/<our id>``): they reach us once our reservation there
+        holds (:attr:`reservations`), which the transport keeps trying to make."""
         suffix = f"/p2p/{self.local_id}"
         out: list[str] = []
         for addr in self._host.get_transport_addrs():
@@ -370,7 +444,37 @@ class Libp2pTransport:
                 text = text if text.endswith(suffix) else text + suffix
                 if text not in out:
                     out.append(text)
+        out.extend(circuit_address(a, self.local_id) for a in self._relays.values())
         return out
+
+    @property
+    def reservations(self) -> dict[PeerId, float]:
+        """The relays (of ``config.relays``) we hold a reservation on, with when it
+        expires (``time.time()`` scale; it is renewed well before)."""
+        return dict(self._reservations)
+
+    async def wait_for_reservations(self) -> None:
+        """Return once we hold a reservation on every relay of ``config.relays``."""
+        while len(self._reservations) < len(self._relays):
+            await self._reservations_changed.wait()
+
+    def path(self, peer: PeerId) -> Path | None:
+        """How we are connected to ``peer`` now: ``Path()`` (str: ``"direct"``) if any of
+        its connections is direct (py-libp2p opens new streams on those first), else
+        ``Path(relay)`` (``"relayed via <relay id>"``); ``None`` if not connected."""
+        try:
+            conns = self._live_connections(ID.from_base58(peer))
+        except Exception:
+            return None
+        paths = [path_of(conn) for conn in conns]
+        if not paths:
+            return None
+        return next((p for p in paths if not p.relayed), paths[0])
+
+    @property
+    def peer_paths(self) -> dict[PeerId, Path]:
+        """:meth:`path` of every connected peer."""
+        return {peer: path for peer in self._connected if (path := self.path(peer)) is not None}
 
     @property
     def host(self) -> IHost:
@@ -392,6 +496,82 @@ class Libp2pTransport:
     def refused_banned(self) -> int:
         """Connections refused at the handshake because the peer was banned."""
         return self._security.refused_banned
+
+    # ------------------------------------------------------------------- relays
+
+    async def _keep_reservation(self, relay: str, address: str) -> None:
+        """Hold a reservation on ``relay`` for the transport's lifetime: make it (retrying
+        with backoff while the relay is down or refuses), renew it at half-life, and make
+        it again as soon as the connection to the relay drops (a restarted relay forgets
+        its reservations)."""
+        self.add_peer_address(relay, address)
+        delay = 1.0
+        while not self._closing:
+            lost = self._relay_lost[relay] = trio.Event()
+            try:
+                await self.connect(relay)
+                expires = await reserve(
+                    self._host, ID.from_base58(relay), timeout=self.config.dial_timeout
+                )
+            except TransportClosed:
+                return
+            except (PeerUnreachable, RelayError) as exc:
+                self._set_reservation(relay, None)
+                self._warnings.warn(
+                    logger,
+                    relay,
+                    "no reservation on relay %s (%s); retrying in %g s",
+                    relay,
+                    exc,
+                    delay,
+                )
+                await trio.sleep(delay)
+                delay = min(2 * delay, self.config.relay_retry_max)
+                continue
+            if relay not in self._reservations:
+                logger.info(
+                    "reserved a slot on relay %s: reachable at %s",
+                    relay,
+                    circuit_address(address, self.local_id),
+                )
+            self._set_reservation(relay, expires)
+            delay = 1.0
+            with trio.move_on_after(renew_in(expires)):
+                await lost.wait()
+
+    def _set_reservation(self, relay: str, expires: float | None) -> None:
+        if expires is None:
+            if self._reservations.pop(relay, None) is not None:
+                logger.info("lost our reservation on relay %s", relay)
+        else:
+            self._reservations[relay] = expires
+        self._reservations_changed.set()
+        self._reservations_changed = trio.Event()
+
+    async def _dial_circuit(self, peer: str, address: multiaddr.Multiaddr) -> None:
+        """Connect to ``peer`` through the relay of circuit ``address`` (stored without
+        its final ``/p2p/<peer>``, as every address is)."""
+        address = multiaddr.Multiaddr(f"{address}/p2p/{peer}")
+        relay_text, relay = relay_of(address)
+        if relay in (self.local_id, peer):
+            raise PeerUnreachable(f"{address} would relay through {relay} itself")
+        if not relay_text.startswith("/p2p/"):  # else we must know the relay's address
+            self.add_peer_address(relay, relay_text)
+        try:
+            await self.connect(relay)
+        except PeerUnreachable as exc:
+            raise PeerUnreachable(f"relay of {address}: {exc}") from exc
+        try:
+            with trio.fail_after(self.config.dial_timeout):
+                await self._circuits.dial(address)
+        except trio.TooSlowError:
+            raise PeerUnreachable(
+                f"dialing peer {peer} at {address} timed out after {self.config.dial_timeout:g} s"
+            ) from None
+        except Exception as exc:
+            raise PeerUnreachable(
+                f"cannot reach peer {peer} at {address}: {describe_failure(exc)}"
+            ) from exc
 
     # ---------------------------------------------------------- limits and bans
 
@@ -529,7 +709,8 @@ class Libp2pTransport:
         known = self._addresses.setdefault(peer, [])
         if addr not in known:
             known.append(addr)
-        self._host.get_peerstore().add_addrs(ID.from_base58(peer), [addr], 0)
+        if not is_circuit(addr):  # the swarm cannot dial those: see connect()
+            self._host.get_peerstore().add_addrs(ID.from_base58(peer), [addr], 0)
 
     def _is_own_address(self, addr: multiaddr.Multiaddr) -> bool:
         """Whether dialing ``addr`` reaches this host: one of our listen addresses, or
@@ -571,7 +752,9 @@ class Libp2pTransport:
         ]
 
     async def connect(self, peer: PeerId) -> None:
-        """Make sure a connection to ``peer`` exists, dialing its known addresses if not.
+        """Make sure a connection to ``peer`` exists, dialing its known addresses if not:
+        the direct ones first, then, if they fail or there are none, its circuit
+        addresses (``.../p2p-circuit/p2p/<peer>``) one after the other.
 
         Raises:
             PeerUnreachable: with the reason: not allowed, no known address, refused,
@@ -598,6 +781,28 @@ class Libp2pTransport:
                 f"no known address for peer {peer}: add one with add_peer_address(), or "
                 "dial its full multiaddr"
             )
+        circuits = [a for a in addrs if is_circuit(a)]
+        addrs = [a for a in addrs if not is_circuit(a)]
+        failures: list[str] = []
+        if addrs:
+            try:
+                await self._dial_direct(peer, peer_id, addrs)
+                return
+            except PeerUnreachable as exc:
+                if not circuits:
+                    raise
+                failures.append(str(exc))
+        for circuit in circuits:
+            try:
+                await self._dial_circuit(peer, circuit)
+            except PeerUnreachable as exc:
+                failures.append(str(exc))
+                continue
+            self._check_open()
+            return
+        raise PeerUnreachable("; ".join(failures))
+
+    async def _dial_direct(self, peer: str, peer_id: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         self._host.get_peerstore().add_addrs(peer_id, addrs, 0)
         workarounds.forget_failed_dial(self._swarm, peer_id)
         where = ", ".join(str(a) for a in addrs)
@@ -654,17 +859,23 @@ class Libp2pTransport:
         if self._policing.refusal(peer) is not None:  # banned while it was connecting
             self._tasks.spawn(functools.partial(self._disconnect_banned, peer), "enforce a ban")
             return
-        self._mark_connected(peer)
+        path = path_of(conn)
+        if peer in self._connected:
+            logger.info("another connection to peer %s (%s)", peer, path)
+        self._mark_connected(peer, path)
 
-    def _mark_connected(self, peer: str) -> None:
+    def _mark_connected(self, peer: str, path: Path) -> None:
         if peer not in self._connected and not self._closing:
             self._connected.add(peer)
-            logger.info("connected to peer %s", peer)
+            logger.info("connected to peer %s (%s)", peer, path)
             self._queue.push(Connected(peer))
 
     def _on_disconnection(self, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
         peer = str(peer_id)
+        lost = self._relay_lost.get(peer)
+        if lost is not None:
+            lost.set()  # renew our reservation there (it is lost with the connection)
         if self._live_connections(peer_id, excluding=conn):
             return  # another connection to this peer is still up
         self._outbound.forget(peer)
@@ -830,7 +1041,8 @@ class Libp2pTransport:
         self._inbound[peer] = open_streams + 1
         try:
             if not getattr(stream.muxed_conn, "is_closed", False):
-                self._mark_connected(peer)  # Connected before this stream's first frame
+                # Connected before this stream's first frame
+                self._mark_connected(peer, muxed_path(stream.muxed_conn))
             await serve_stream(
                 stream,
                 peer,
