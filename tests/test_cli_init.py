@@ -98,6 +98,8 @@ def test_options_land_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixtur
         "bootstrap": [boot],
         "allow": [friend],
         "mdns": False,
+        "relay_service": False,
+        "relays": [],
     }
 
 

@@ -102,6 +102,10 @@ def test_overrides_parse_like_toml_and_are_validated(tmp_path: Path) -> None:
         ("rule.name=magic", "unknown merge rule"),
         ("attack.name=teleport", "unknown attack"),
         ("network.colour=blue", "unknown config key network.colour"),
+        (
+            "network.relays=['/ip4/10.0.0.3/tcp/1']",
+            "network.relays (--relay): relay address '/ip4/10.0.0.3/tcp/1'",
+        ),
         ("nonsense.key=1", "unknown config key 'nonsense'"),
         ("training.rounds", "expects key=value"),
     ],
@@ -216,6 +220,8 @@ def test_flags_land_in_the_config(tmp_path: Path) -> None:
             "--shard", "2/4",
             "--attack", "sign-flip",
             "--dht",
+            "--relay-service",
+            "--relay", f"/ip4/10.0.0.3/tcp/1/p2p/{IDS[1]}",
             "--set", "training.deadline=0.5",
         )
     )  # fmt: skip
@@ -233,9 +239,13 @@ def test_flags_land_in_the_config(tmp_path: Path) -> None:
     assert (config.data.shard, config.data.shards) == (1, 4)  # --shard counts from 1
     assert config.attack.name == "sign-flip"
     assert config.network.dht
+    assert config.network.relay_service
+    assert config.network.relays == [f"/ip4/10.0.0.3/tcp/1/p2p/{IDS[1]}"]
     assert config.training.deadline == 0.5
     plain, _ = load_config(start_args("--home", str(tmp_path / "fresh"), "--topology", "ring"))
     assert plain.topology.name == "ring"
+    assert not plain.network.relay_service
+    assert plain.network.relays == []
     assert not plain.topology.roster
     with pytest.raises(ConfigError, match="--shard expects I/N"):
         load_config(start_args("--home", str(home), "--shard", "2"))

@@ -257,6 +257,11 @@ bootstrap = {_toml_list(bootstrap)}
 allow = {_toml_list(allow)}
 # Also find peers on the local network by mDNS (LAN only; they must pass `allow`).
 mdns = false
+# Behind NAT (docs/operations.md, "Behind NAT"): relay for the allowed peers that cannot
+# be dialled (needs `allow`), and relays to be reachable through, as full multiaddrs
+# ending in /p2p/<relay id> (each must be on `allow`, and this peer on its list).
+relay_service = false
+relays = []
 # Advanced (defaults shown; uncomment to change):
 # Also look peers up in a Kademlia DHT run by the job's members (beyond bootstrap).
 # dht = false

@@ -102,6 +102,19 @@ def register(subparsers: Any) -> None:
         "([data] shard in config.toml counts from 0)",
     )
     p.add_argument("--mdns", action="store_true", help="also find peers by mDNS (LAN)")
+    p.add_argument(
+        "--relay-service",
+        action="store_true",
+        help="relay for allowlisted peers behind NAT (circuit relay v2; needs an allowlist)",
+    )
+    p.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="a relay to be reachable through, /ip4/.../tcp/.../p2p/<relay id> (repeatable; "
+        "adds to [network] relays)",
+    )
     p.add_argument("--dht", action="store_true", help="also find peers through a Kademlia DHT")
     p.add_argument(
         "--privacy",
@@ -175,6 +188,9 @@ def flag_overrides(args: argparse.Namespace, config: Any) -> list[str]:
     config.network.allow = [*config.network.allow, *args.allow]
     if args.mdns:
         config.network.mdns = True
+    if args.relay_service:
+        config.network.relay_service = True
+    config.network.relays = [*config.network.relays, *args.relay]
     if args.dht:
         config.network.dht = True
     if args.rule:

@@ -56,6 +56,12 @@ class NetworkSection:
     mdns: bool = False
     dht: bool = False
     """Also look peers up in a Kademlia DHT run by the members of the job."""
+    relay_service: bool = False
+    """Relay (circuit relay v2) for the allowlisted peers that cannot be dialled directly
+    (behind NAT). Needs an allowlist (``allow`` or a roster)."""
+    relays: list[str] = field(default_factory=list)
+    """Relays to reserve a slot on, as full multiaddrs ``/ip4/.../tcp/.../p2p/<relay id>``,
+    so that peers reach this one through them (for a peer behind NAT)."""
     dial_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
@@ -253,6 +259,8 @@ class DaemonConfig(TomlConfig):
             )
         for text in net.allow:
             _in("network.allow (--allow)", text, parse_peer_id)
+        for text in net.relays:
+            _in("network.relays (--relay)", text, _relay_address)
 
     def _validate_topology(self) -> None:
         top = self.topology
@@ -386,6 +394,12 @@ def _one_of(key: str, value: str, choices: Sequence[str]) -> None:
             f"{key} must be one of {', '.join(choices)}, got {value!r}"
             f"{did_you_mean(value, choices)}"
         )
+
+
+def _relay_address(text: str) -> None:
+    from gossipfl.transport.libp2p.config import TransportConfig
+
+    TransportConfig(relays=(text,))
 
 
 def _in(what: str, text: str, parse: Callable[[str], object]) -> None:

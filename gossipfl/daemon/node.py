@@ -217,7 +217,12 @@ class Node:
 
         cfg, net = self.config, self.config.network
         allow = resolve_allowlist(cfg, self.roster)
-        tconfig = TransportConfig(dial_timeout=net.dial_timeout, close_timeout=CLOSE_TIMEOUT)
+        tconfig = TransportConfig(
+            dial_timeout=net.dial_timeout,
+            close_timeout=CLOSE_TIMEOUT,
+            relay_service=net.relay_service,
+            relays=tuple(net.relays),
+        )
         async with Libp2pTransport.open(
             identity=self.identity, listen=net.listen, allow=allow, config=tconfig
         ) as transport:
