@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pathlib
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 import trio
 
+from gossipfl.daemon.testing import Daemon, kill_all, metrics, start_daemon
 from gossipfl.errors import ConfigError
 from gossipfl.identity import Identity, generate_identity
 from gossipfl.peer.config import PeerConfig
@@ -312,3 +316,56 @@ async def test_a_relay_needs_an_allowlist_and_a_relay_must_be_allowed() -> None:
             config=TransportConfig(relays=(f"/ip4/127.0.0.1/tcp/9/p2p/{relay}",)),
         ):
             pass
+
+
+@pytest.mark.timeout(120)
+def test_two_gossipfl_start_peers_that_nobody_can_dial_train_together_through_a_relay(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Two peers listen on nothing (as behind two NATs), a third runs the relay: the two
+    reserve on it, learn each other's circuit addresses from membership, and train
+    together; every round each one's model reaches the other, over the relay."""
+    homes = {name: tmp_path / name for name in ("relay", "a", "b")}
+    ids = {}
+    for name, home in homes.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "gossipfl", "init", "--home", str(home), "--quiet"],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        ids[name] = done.stdout.strip()
+    rounds = 6
+    common = (
+        "--rule", "mean", "--rounds", str(rounds), "--set", "training.deadline=3.0",
+        "--set", "output.eval_every=3", "--set", "topology.min_peers=3",
+        "--set", "network.exchange_interval=0.3",
+    )  # fmt: skip
+
+    def allow(*names: str) -> list[str]:
+        return [arg for name in names for arg in ("--allow", ids[name])]
+
+    daemons: list[Daemon | None] = []
+    try:
+        relay = start_daemon(
+            homes["relay"], "--listen", "/ip4/127.0.0.1/tcp/0", "--relay-service",
+            *allow("a", "b"), *common,
+        )  # fmt: skip
+        daemons.append(relay)
+        address = relay.addresses[0]
+        for name, other in (("a", "b"), ("b", "a")):
+            nat = ("--set", "network.listen=[]", "--relay", address, "--bootstrap", address)
+            # -v: the transport logs each connection's path at info
+            args = (*nat, *allow("relay", other), *common)
+            daemons.append(start_daemon(homes[name], *args, verbose=1))
+        for daemon in daemons:
+            assert daemon is not None
+            assert daemon.process.wait(timeout=90) == 0, daemon.stderr()
+        for name, other in (("a", "b"), ("b", "a")):
+            rows = [r for r in metrics(homes[name]) if r["kind"] == "round"]
+            assert len(rows) == rounds
+            # both neighbours' models (the relay's and the other NATed peer's) every round
+            assert all(r["received"] == r["expected"] == 2 for r in rows), rows
+            log = (homes[name] / "stderr.log").read_text()
+            assert f"connected to peer {ids[other]} (relayed via {ids['relay']})" in log
+            assert f"{ids[other]} (direct)" not in log
+    finally:
+        kill_all(daemons)

@@ -100,14 +100,17 @@ def start_daemon(
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
     prefix: Sequence[str] = (),
+    verbose: int = 0,
 ) -> Daemon:
     """Run ``gossipfl start --home HOME ARGS...`` (optionally behind ``prefix``, e.g.
-    ``ip netns exec NS``) and return once its banner has been printed. stderr goes to
-    ``HOME/stderr.log``."""
+    ``ip netns exec NS``; with ``verbose``, ``gossipfl -v``: info logs, twice: debug) and
+    return once its banner has been printed. stderr goes to ``HOME/stderr.log``."""
     home.mkdir(parents=True, exist_ok=True)
     err_path = home / "stderr.log"
     err: IO[str] = err_path.open("w", encoding="utf-8")
-    command = [*prefix, sys.executable, "-m", "gossipfl", "start", "--home", str(home), *args]
+    flags = ["-v"] * verbose
+    command = [*prefix, sys.executable, "-m", "gossipfl", *flags, "start", "--home", str(home)]
+    command += args
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
