@@ -1,0 +1,171 @@
+"""Peers behind two real NATs train together through a relay on the "Internet".
+
+The Internet is made of network namespaces (tests/netns_nat.py): two sites, each a
+router namespace that masquerades and drops unsolicited inbound traffic with a peer
+behind it on a private address, and one public namespace with the relay. Neither NATed
+peer can dial the other, so the models they exchange must go through the relay; their
+connections to the relay must be direct. The test prints what share of the model
+traffic was relayed, and the relayed throughput.
+
+Needs root, iproute2's ``ip`` and pyroute2 (a dev dependency: ``make install``); it is
+skipped, saying which is missing, otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossipfl.cli import main
+from gossipfl.daemon.testing import Daemon, kill_all, metrics, start_daemon
+
+try:
+    import netns_nat
+except ImportError as exc:  # pyroute2 missing
+    netns_nat = None
+    MISSING = f"pyroute2 is not installed ({exc}): `make install`, or pip install pyroute2==0.9.7"
+
+pytestmark = [pytest.mark.network, pytest.mark.timeout(150)]
+
+PORT = 4141
+ROUNDS = 6
+HIDDEN = 2048
+"""A torch MLP of 150k parameters (600 kB a model): enough bytes for a rate to mean
+something."""
+
+
+@pytest.fixture
+def internet() -> Iterator[Any]:
+    if netns_nat is None:
+        pytest.skip(MISSING)
+    if shutil.which("ip") is None:
+        pytest.skip("`ip` (iproute2) is not installed: `apt-get install -y iproute2`")
+    if os.geteuid() != 0:
+        pytest.skip("creating network namespaces and NAT rules needs root")
+    # Root with `ip` but no nf_tables is a broken test machine: that fails, loudly.
+    with netns_nat.nat_internet(sites=2, relays=1) as net:
+        yield net
+
+
+def unreachable(ns: str, address: str, port: int) -> bool:
+    """True if a TCP connection from namespace ``ns`` to ``address:port`` fails."""
+    sock = netns_nat.ns_socket(ns)
+    sock.settimeout(1.0)
+    try:
+        sock.connect((address, port))
+    except OSError:  # refused, unreachable, or timed out (dropped by a NAT router)
+        return True
+    finally:
+        sock.close()
+    return False
+
+
+def round_rows(home: Path) -> list[dict[str, Any]]:
+    return [r for r in metrics(home) if r["kind"] == "round"]
+
+
+def test_two_peers_behind_two_nats_train_together_through_a_public_relay(
+    internet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = internet
+    relay_host = net.relays[0]
+    hosts = {"relay": relay_host, "a": net.sites[0].peer, "b": net.sites[1].peer}
+    homes = {name: tmp_path / name for name in hosts}
+    ids = {}
+    for name, home in homes.items():
+        assert main(["init", "--home", str(home), "--quiet"]) == 0
+        ids[name] = capsys.readouterr().out.strip()
+    common = (
+        "--rule", "mean", "--rounds", str(ROUNDS), "--set", "training.deadline=3.0",
+        "--set", "output.eval_every=3", "--set", "topology.min_peers=3",
+        "--set", "network.exchange_interval=0.3", "--set", "training.backend=torch",
+        "--set", "training.model=mlp", "--set", f"training.hidden={HIDDEN}",
+    )  # fmt: skip
+
+    def allow(*names: str) -> list[str]:
+        return [arg for name in names for arg in ("--allow", ids[name])]
+
+    def listen(name: str) -> tuple[str, str]:
+        return ("--listen", f"/ip4/{hosts[name].ip}/tcp/{PORT}")
+
+    daemons: list[Daemon | None] = []
+    try:
+        relay = start_daemon(
+            homes["relay"], *listen("relay"), "--relay-service", *allow("a", "b"), *common,
+            prefix=net.prefix_for(relay_host.ns),
+        )  # fmt: skip
+        daemons.append(relay)
+        address = relay.addresses[0]
+        assert address.startswith(f"/ip4/{relay_host.ip}/tcp/{PORT}/p2p/"), address
+        for name, other in (("a", "b"), ("b", "a")):
+            args = (*listen(name), "--relay", address, "--bootstrap", address)
+            # -v: the transport logs each connection's path at info
+            daemons.append(
+                start_daemon(
+                    homes[name], *args, *allow("relay", other), *common,
+                    prefix=net.prefix_for(hosts[name].ns), verbose=1,
+                )
+            )  # fmt: skip
+        # The NATs are real: each NATed peer listens, and nobody outside reaches it.
+        for name, other in (("a", "b"), ("b", "a")):
+            assert unreachable(hosts[other].ns, hosts[name].ip, PORT)
+            assert unreachable(relay_host.ns, hosts[name].ip, PORT)
+            assert not unreachable(hosts[name].ns, relay_host.ip, PORT)
+        for daemon in daemons:
+            assert daemon is not None
+            assert daemon.process.wait(timeout=120) == 0, daemon.stderr()
+        for name, home in homes.items():
+            assert len(round_rows(home)) == ROUNDS, name
+        for name, other in (("a", "b"), ("b", "a")):
+            rows = round_rows(homes[name])
+            # both neighbours' models (the relay's and the other NATed peer's) every round
+            assert all(r["received"] == r["expected"] == 2 for r in rows), rows
+            log = (homes[name] / "stderr.log").read_text()
+            assert f"connected to peer {ids[other]} (relayed via {ids['relay']})" in log, log
+            assert f"{ids[other]} (direct)" not in log, log
+            assert f"connected to peer {ids['relay']} (direct)" in log, log
+        report_traffic(net, homes)
+    finally:
+        kill_all(daemons)
+
+
+def report_traffic(net: Any, homes: dict[str, Path]) -> None:
+    """Print the share of model bytes that went over the relay, and the relayed rate.
+
+    The peers count the bytes they send (``counters`` of the ``stop`` row), not per
+    neighbour; with ``--rule mean`` each round's model goes to both neighbours in frames
+    of the same size, so half of a NATed peer's bytes went to the other NATed peer (over
+    the relay) and half to the relay itself (direct). The kernel's counters of the
+    relay's interface confirm that the relay carried those bytes.
+
+    The rate is the relayed bytes of rounds 1..last over the time from the first round
+    row to the last: rounds also train and merge, so it is a lower bound on what the
+    relay can carry, not a measurement of its capacity."""
+    rows = {name: metrics(home) for name, home in homes.items()}
+    sent = {name: r[-1]["counters"]["bytes_sent"] for name, r in rows.items()}
+    assert all(r[-1]["kind"] == "stop" for r in rows.values())
+    relayed = (sent["a"] + sent["b"]) / 2
+    direct = relayed + sent["relay"]
+    share = relayed / (relayed + direct)
+    first = min(r["time"] for n in "ab" for r in rows[n] if r["kind"] == "round")
+    last = max(r["time"] for n in "ab" for r in rows[n] if r["kind"] == "round")
+    window = last - first
+    rate = relayed * (ROUNDS - 1) / ROUNDS / window
+    received, transmitted = netns_nat.interface_bytes(net.relays[0].ns, "eth0")
+    print(
+        f"\nmodel traffic: {relayed / 1e6:.2f} MB relayed ({share:.0%}), "
+        f"{direct / 1e6:.2f} MB direct; relayed throughput >= {rate / 1e6:.2f} MB/s "
+        f"({ROUNDS - 1} rounds in {window:.2f} s); relay interface rx "
+        f"{received / 1e6:.2f} MB, tx {transmitted / 1e6:.2f} MB"
+    )
+    assert relayed > 0
+    assert rate > 0
+    assert 0.25 < share < 0.5  # a third with three peers alike; never half or more
+    # Everything the relay forwarded it first received, and then sent on.
+    assert received >= sent["a"] + sent["b"]
+    assert transmitted >= sent["relay"] + relayed
