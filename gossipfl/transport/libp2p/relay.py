@@ -141,10 +141,15 @@ def _path(candidate: Any) -> Path | None:
 
 
 async def _deny(stream: INetStream, code: StatusCode, kind: type[Any] = HopMessage) -> None:
+    """Answer ``code`` and end the stream once the client has read it: a reset right
+    after the answer can discard it unread (or fail the client's own request write), and
+    the client then sees a bare broken stream instead of the reason."""
     with trio.move_on_after(1.0):
         try:
             await write_delimited_msg(stream, kind(type=kind.STATUS, status=to_proto_status(code)))
             await stream.close()
+            while await stream.read(1024):
+                pass  # its request, unread: it is refused whatever it asks
         except Exception:
             logger.debug("telling a refused relay client why failed", exc_info=True)
     with contextlib.suppress(Exception):
