@@ -353,9 +353,7 @@ def test_two_gossipfl_start_peers_that_nobody_can_dial_train_together_through_a_
         address = relay.addresses[0]
         for name, other in (("a", "b"), ("b", "a")):
             nat = ("--set", "network.listen=[]", "--relay", address, "--bootstrap", address)
-            # -v: the transport logs each connection's path at info
-            args = (*nat, *allow("relay", other), *common)
-            daemons.append(start_daemon(homes[name], *args, verbose=1))
+            daemons.append(start_daemon(homes[name], *nat, *allow("relay", other), *common))
         for daemon in daemons:
             assert daemon is not None
             assert daemon.process.wait(timeout=90) == 0, daemon.stderr()
@@ -364,8 +362,11 @@ def test_two_gossipfl_start_peers_that_nobody_can_dial_train_together_through_a_
             assert len(rows) == rounds
             # both neighbours' models (the relay's and the other NATed peer's) every round
             assert all(r["received"] == r["expected"] == 2 for r in rows), rows
+            # the operator sees each neighbour's path, without -v
             log = (homes[name] / "stderr.log").read_text()
-            assert f"connected to peer {ids[other]} (relayed via {ids['relay']})" in log
-            assert f"{ids[other]} (direct)" not in log
+            assert f"peer {ids[other]}: relayed via {ids['relay']}" in log
+            assert f"peer {ids['relay']}: direct" in log
+            paths = {r["neighbour"]: r["path"] for r in metrics(homes[name]) if r["kind"] == "path"}
+            assert paths == {ids[other]: f"relayed via {ids['relay']}", ids["relay"]: "direct"}
     finally:
         kill_all(daemons)

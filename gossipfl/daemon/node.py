@@ -189,6 +189,7 @@ class Node:
         self._recorder: ModelRecorder | None = None
         self._workload: Workload | None = None
         self._accuracy: float | None = None
+        self._paths: dict[str, str] = {}  # how each connected peer is reached, as last said
         self._attack_kit: Any = None
         self._insider: Any = None
         self._transport: Any = None
@@ -764,6 +765,21 @@ class Node:
                 return entry.name
         return self.identity.peer_id[-8:]
 
+    def _report_paths(self) -> None:
+        """Say how each connected peer is reached when that changes (``direct``, or
+        ``relayed via R``): behind NAT, an operator needs to see which neighbours go
+        through a relay (and cost its bandwidth). In metrics as ``path`` rows."""
+        paths = getattr(self._transport, "peer_paths", None)
+        if not isinstance(paths, dict):
+            return  # a transport without paths (in memory)
+        for peer, path in sorted(paths.items()):
+            text = str(path)
+            if self._paths.get(peer) != text:
+                self._paths[peer] = text
+                self.reporter.say(f"peer {peer}: {text}")
+                if self._metrics is not None:
+                    self._metrics.write("path", neighbour=peer, path=text)
+
     def _on_round(self, report: Any) -> None:
         """After each round: evaluate, log, report, and apply membership changes."""
         cfg = self.config
@@ -796,6 +812,7 @@ class Node:
         )
         if self._recorder is not None:
             self._recorder.record(report)
+        self._report_paths()
         if report.stats.skipped_to is not None:
             self.reporter.say(
                 f"caught up with the neighbours: skipped from round {previous + 2} to round "
