@@ -668,10 +668,9 @@ class Node:
             )
             if workload.dp is not None:
                 # counted as if every round so far trained: never less than was spent
-                per_round = 1 if workload.dp.mechanism == "model-noise" else None
-                workload.dp.steps_taken = (checkpoint.round + 1) * (
-                    per_round or cfg.training.local_steps
-                )
+                model_noise = workload.dp.mechanism == "model-noise"  # a step is a round
+                per_round = 1 if model_noise else cfg.training.local_steps
+                workload.dp.steps_taken = (checkpoint.round + 1) * per_round
         if workload.dp is not None:
             dp = workload.dp
             how = (

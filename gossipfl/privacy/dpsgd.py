@@ -26,7 +26,7 @@ from gossipfl.errors import ConfigError, GossipflError
 from gossipfl.privacy.accounting import calibrate_noise, dp_sgd_epsilon
 
 #: Slack when comparing a spent ε with its budget (the calibration is within 1e-3 below).
-_BUDGET_SLACK = 1e-9
+BUDGET_SLACK = 1e-9
 
 
 class PrivacyBudgetExhausted(GossipflError):
@@ -83,7 +83,7 @@ class DPSettings:
             sigma = calibrate_noise(rate, steps, self.epsilon, self.delta)
         elif self.epsilon is not None:
             planned = dp_sgd_epsilon(rate, sigma, steps, self.delta)
-            if planned > self.epsilon * (1 + _BUDGET_SLACK):
+            if planned > self.epsilon * (1 + BUDGET_SLACK):
                 needed = calibrate_noise(rate, steps, self.epsilon, self.delta)
                 raise ConfigError(
                     f"{who} would spend epsilon = {planned:.3g} over its {steps} planned "
@@ -132,7 +132,7 @@ class DPPlan:
         if self.budget is None:
             return True
         spent = self.epsilon_after(self.steps_taken + steps)
-        return spent <= self.budget * (1 + _BUDGET_SLACK)
+        return spent <= self.budget * (1 + BUDGET_SLACK)
 
     def spend(self, steps: int) -> None:
         """Count ``steps`` steps taken; :class:`PrivacyBudgetExhausted` past the budget."""
@@ -163,4 +163,4 @@ def enable_dp(learner: object, settings: DPSettings, *, rounds: int) -> DPPlan:
     return plan
 
 
-__all__ = ["DPPlan", "DPSettings", "PrivacyBudgetExhausted", "enable_dp"]
+__all__ = ["BUDGET_SLACK", "DPPlan", "DPSettings", "PrivacyBudgetExhausted", "enable_dp"]

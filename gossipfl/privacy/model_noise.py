@@ -30,7 +30,7 @@ import numpy as np
 from gossipfl.errors import ConfigError
 from gossipfl.learning.learner import dp_budget_spent
 from gossipfl.privacy.accounting import calibrate_noise, dp_sgd_epsilon
-from gossipfl.privacy.dpsgd import _BUDGET_SLACK, DPPlan, DPSettings
+from gossipfl.privacy.dpsgd import BUDGET_SLACK, DPPlan, DPSettings
 
 #: The replace-one-data-set sensitivity of a clipped update, in units of C.
 SENSITIVITY = 2.0
@@ -54,7 +54,7 @@ def plan_model_noise(settings: DPSettings, *, rounds: int, who: str = "a peer") 
         sigma = SENSITIVITY * calibrate_noise(1.0, rounds, settings.epsilon, settings.delta)
     elif settings.epsilon is not None:
         planned = dp_sgd_epsilon(1.0, sigma / SENSITIVITY, rounds, settings.delta)
-        if planned > settings.epsilon * (1 + _BUDGET_SLACK):
+        if planned > settings.epsilon * (1 + BUDGET_SLACK):
             needed = SENSITIVITY * calibrate_noise(1.0, rounds, settings.epsilon, settings.delta)
             raise ConfigError(
                 f"{who} would spend epsilon = {planned:.3g} over its {rounds} planned rounds "

@@ -100,6 +100,7 @@ from gossipfl.transport.libp2p.security import GatedNoise, RefusalNotices, secur
 from gossipfl.transport.libp2p.streams import (
     OutboundStreams,
     TransportStats,
+    finish_stream,
     reset_quietly,
     serve_stream,
 )
@@ -621,15 +622,13 @@ class Libp2pTransport:
                 )
                 try:
                     await stream.write(body)
-                    await stream.close()
-                    notices.sent += 1
-                    # Hang up once it has read it (it closes its side), not before: a
-                    # connection closed at once can drop the frame unread.
-                    while await stream.read(4096):
-                        pass  # whatever it says, it is not on the allowlist: unread
                 except BaseException:
                     await reset_quietly(stream)
                     raise
+                notices.sent += 1
+                # Hang up once it has read it, not before: a connection closed at once
+                # can drop the frame unread.
+                await finish_stream(stream, timeout=REFUSAL_NOTICE_TIMEOUT)
         except Exception:  # it hung up first, or speaks no gossip: it was refused anyway
             logger.debug("telling refused peer %s why failed", peer, exc_info=True)
         finally:

@@ -31,7 +31,6 @@ swarm's own dialler ignores ``/p2p-circuit`` addresses.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 from gossipfl.transport.libp2p.allowlist import Allowlist
 from gossipfl.transport.libp2p.config import TransportConfig
 from gossipfl.transport.libp2p.security import Refusal
+from gossipfl.transport.libp2p.streams import finish_stream
 
 logger = logging.getLogger(__name__)
 
@@ -141,19 +141,15 @@ def _path(candidate: Any) -> Path | None:
 
 
 async def _deny(stream: INetStream, code: StatusCode, kind: type[Any] = HopMessage) -> None:
-    """Answer ``code`` and end the stream once the client has read it: a reset right
-    after the answer can discard it unread (or fail the client's own request write), and
-    the client then sees a bare broken stream instead of the reason."""
+    """Answer ``code`` and end the stream once the client has read it
+    (:func:`~.streams.finish_stream`): a reset right after the answer can discard it
+    unread, and the client then sees a bare broken stream instead of the reason."""
     with trio.move_on_after(1.0):
         try:
             await write_delimited_msg(stream, kind(type=kind.STATUS, status=to_proto_status(code)))
-            await stream.close()
-            while await stream.read(1024):
-                pass  # its request, unread: it is refused whatever it asks
         except Exception:
             logger.debug("telling a refused relay client why failed", exc_info=True)
-    with contextlib.suppress(Exception):
-        await stream.reset()
+    await finish_stream(stream, timeout=1.0)
 
 
 class GatedRelay(CircuitV2Protocol):
