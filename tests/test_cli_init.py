@@ -100,6 +100,7 @@ def test_options_land_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixtur
         "mdns": False,
         "relay_service": False,
         "relays": [],
+        "hole_punching": True,
     }
 
 

@@ -157,3 +157,22 @@ def test_the_secure_averaging_example_recomputes_from_its_keys() -> None:
             assert (message.sender, message.round, message.epoch) == (peer, round, epoch)
             into.append(message.vector)
     np.testing.assert_allclose(unmask(shares, fixes), example["sum"], atol=2**-23)
+
+
+def test_dialback_vector_encodes_and_reads_back() -> None:
+    from gossipfl.transport.libp2p.reachability import (
+        DIALBACK_PROTOCOL,
+        decode_reply,
+        decode_request,
+        encode_reply,
+        encode_request,
+    )
+
+    example = VECTORS["dialback"]
+    assert example["protocol"] == DIALBACK_PROTOCOL
+    request, reply = example["request"], example["reply"]
+    assert encode_request(request["ports"]).hex() == request["bytes"]
+    assert decode_request(bytes.fromhex(request["bytes"])) == request["ports"]
+    assert encode_reply(reply["ip"], reply["reachable"]).hex() == reply["bytes"]
+    decoded = decode_reply(bytes.fromhex(reply["bytes"]), len(request["ports"]))
+    assert decoded == (reply["ip"], reply["reachable"])

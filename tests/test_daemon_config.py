@@ -222,6 +222,7 @@ def test_flags_land_in_the_config(tmp_path: Path) -> None:
             "--dht",
             "--relay-service",
             "--relay", f"/ip4/10.0.0.3/tcp/1/p2p/{IDS[1]}",
+            "--no-hole-punching",
             "--set", "training.deadline=0.5",
         )
     )  # fmt: skip
@@ -241,11 +242,13 @@ def test_flags_land_in_the_config(tmp_path: Path) -> None:
     assert config.network.dht
     assert config.network.relay_service
     assert config.network.relays == [f"/ip4/10.0.0.3/tcp/1/p2p/{IDS[1]}"]
+    assert not config.network.hole_punching
     assert config.training.deadline == 0.5
     plain, _ = load_config(start_args("--home", str(tmp_path / "fresh"), "--topology", "ring"))
     assert plain.topology.name == "ring"
     assert not plain.network.relay_service
     assert plain.network.relays == []
+    assert plain.network.hole_punching
     assert not plain.topology.roster
     with pytest.raises(ConfigError, match="--shard expects I/N"):
         load_config(start_args("--home", str(home), "--shard", "2"))

@@ -34,7 +34,15 @@ from gossipfl.transport.libp2p.relay import Path, RelayError, reserve
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
-FAST = TransportConfig(read_timeout=2.0, write_timeout=2.0, dial_timeout=5.0, relay_retry_max=1.0)
+# Hole punching off: these tests are about relaying (B would otherwise dial A directly
+# as soon as A reached it through R; tests/test_libp2p_holepunch.py tests that).
+FAST = TransportConfig(
+    read_timeout=2.0,
+    write_timeout=2.0,
+    dial_timeout=5.0,
+    relay_retry_max=1.0,
+    hole_punching=False,
+)
 
 
 @dataclass

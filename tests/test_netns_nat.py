@@ -69,10 +69,11 @@ def round_rows(home: Path) -> list[dict[str, Any]]:
     return [r for r in metrics(home) if r["kind"] == "round"]
 
 
-def test_two_peers_behind_two_nats_train_together_through_a_public_relay(
-    internet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    net = internet
+def run_job(
+    net: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Start the relay and the two NATed peers (with ``extra`` arguments), check that the
+    NATs are real, wait for the job to end; return each one's home and peer ID."""
     relay_host = net.relays[0]
     hosts = {"relay": relay_host, "a": net.sites[0].peer, "b": net.sites[1].peer}
     homes = {name: tmp_path / name for name in hosts}
@@ -84,7 +85,7 @@ def test_two_peers_behind_two_nats_train_together_through_a_public_relay(
         "--rule", "mean", "--rounds", str(ROUNDS), "--set", "training.deadline=3.0",
         "--set", "output.eval_every=3", "--set", "topology.min_peers=3",
         "--set", "network.exchange_interval=0.3", "--set", "training.backend=torch",
-        "--set", "training.model=mlp", "--set", f"training.hidden={HIDDEN}",
+        "--set", "training.model=mlp", "--set", f"training.hidden={HIDDEN}", *extra,
     )  # fmt: skip
 
     def allow(*names: str) -> list[str]:
@@ -119,19 +120,67 @@ def test_two_peers_behind_two_nats_train_together_through_a_public_relay(
         for daemon in daemons:
             assert daemon is not None
             assert daemon.process.wait(timeout=120) == 0, daemon.stderr()
-        for name, home in homes.items():
-            assert len(round_rows(home)) == ROUNDS, name
-        for name, other in (("a", "b"), ("b", "a")):
-            rows = round_rows(homes[name])
-            # both neighbours' models (the relay's and the other NATed peer's) every round
-            assert all(r["received"] == r["expected"] == 2 for r in rows), rows
-            log = (homes[name] / "stderr.log").read_text()
-            assert f"connected to peer {ids[other]} (relayed via {ids['relay']})" in log, log
-            assert f"{ids[other]} (direct)" not in log, log
-            assert f"connected to peer {ids['relay']} (direct)" in log, log
-        report_traffic(net, homes)
     finally:
         kill_all(daemons)
+    for name, home in homes.items():
+        rows = round_rows(home)
+        assert len(rows) == ROUNDS, name
+        if name != "relay":
+            # both neighbours' models (the relay's and the other NATed peer's) every round
+            assert all(r["received"] == r["expected"] == 2 for r in rows), rows
+    check_reachability(net, homes, ids)
+    return homes, ids
+
+
+def check_reachability(net: Any, homes: dict[str, Path], ids: dict[str, str]) -> None:
+    """Each peer's dial-back check told its operator the truth: the relay is reachable at
+    its public address; the NATed peers are not reachable from outside."""
+    for name, home in homes.items():
+        rows = [r for r in metrics(home) if r["kind"] == "reachability"]
+        assert rows, f"{name} reported no reachability"
+        log = (home / "stderr.log").read_text()
+        if name == "relay":
+            address = f"/ip4/{net.relays[0].ip}/tcp/{PORT}/p2p/{ids['relay']}"
+            assert rows[-1]["state"] == "reachable", rows
+            assert rows[-1]["addresses"] == [address]
+            assert f"this peer is reachable at {address}" in log
+        else:
+            assert rows[-1]["state"] == "unreachable", rows
+            assert "this peer is not reachable from outside" in log
+
+
+def test_two_peers_behind_two_nats_train_together_through_a_public_relay(
+    internet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hole punching off: every byte between the two NATed peers crosses the relay."""
+    homes, ids = run_job(internet, tmp_path, capsys, "--no-hole-punching")
+    for name, other in (("a", "b"), ("b", "a")):
+        log = (homes[name] / "stderr.log").read_text()
+        assert f"connected to peer {ids[other]} (relayed via {ids['relay']})" in log, log
+        assert f"{ids[other]} (direct)" not in log, log
+        assert f"connected to peer {ids['relay']} (direct)" in log, log
+    report_traffic(internet, homes)
+
+
+def test_two_peers_behind_two_nats_punch_a_hole_and_go_direct(
+    internet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The two NATed peers meet through the relay, punch a hole through both NATs (DCUtR:
+    a TCP simultaneous open from their listening ports) and move their streams to the
+    direct connection, losing no model on the way."""
+    homes, ids = run_job(internet, tmp_path, capsys)
+    logs = {name: (homes[name] / "stderr.log").read_text() for name in ("a", "b")}
+    for name, other in (("a", "b"), ("b", "a")):
+        log = logs[name]
+        assert f"connected to peer {ids[other]} (relayed via {ids['relay']})" in log, log
+        assert f"peer {ids[other]}: direct" in log, log  # the operator's path line
+        paths = [r for r in metrics(homes[name]) if r["kind"] == "path"]
+        assert [r["path"] for r in paths if r["neighbour"] == ids[other]][-1] == "direct"
+    punched = [
+        line for log in logs.values() for line in log.splitlines() if "hole punching to" in line
+    ]
+    assert any("worked" in line for line in punched), punched
+    report_punched_traffic(internet, homes)
 
 
 def report_traffic(net: Any, homes: dict[str, Path]) -> None:
@@ -169,3 +218,26 @@ def report_traffic(net: Any, homes: dict[str, Path]) -> None:
     # Everything the relay forwarded it first received, and then sent on.
     assert received >= sent["a"] + sent["b"]
     assert transmitted >= sent["relay"] + relayed
+
+
+def report_punched_traffic(net: Any, homes: dict[str, Path]) -> None:
+    """Print (and bound) the share of the two NATed peers' model bytes that still went
+    over the relay once they could punch a hole.
+
+    Half of each NATed peer's bytes went to the relay as a neighbour (see
+    :func:`report_traffic`), the other half to the other NATed peer: over the relay
+    until the direct connection was up, directly after. What the relay's interface
+    received beyond the first half is what it carried for them (plus packet headers,
+    a few per cent of the first half)."""
+    rows = {name: metrics(home) for name, home in homes.items()}
+    sent = {name: r[-1]["counters"]["bytes_sent"] for name, r in rows.items()}
+    between = (sent["a"] + sent["b"]) / 2
+    received, _ = netns_nat.interface_bytes(net.relays[0].ns, "eth0")
+    carried = max(0.0, received - between)
+    share = carried / between
+    print(
+        f"\nmodel traffic between the NATed peers: {between / 1e6:.2f} MB, of which "
+        f"{carried / 1e6:.2f} MB ({share:.0%}) over the relay, the rest direct"
+    )
+    assert received >= between  # their models to the relay itself
+    assert share < 0.5  # most of it went direct

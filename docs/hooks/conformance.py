@@ -188,6 +188,24 @@ def members() -> dict[str, Any]:
     }
 
 
+def dialback() -> dict[str, Any]:
+    """A reachability check (section 14): the request and a reply, one frame each."""
+    from gossipfl.transport.libp2p.reachability import (
+        DIALBACK_PROTOCOL,
+        encode_reply,
+        encode_request,
+    )
+
+    ports, ip, reachable = [4141, 4142], "203.0.113.7", [True, False]
+    return {
+        "protocol": DIALBACK_PROTOCOL,
+        "request": {"ports": ports, "bytes": encode_request(ports).hex()},
+        "reply": {"ip": ip, "reachable": reachable, "bytes": encode_reply(ip, reachable).hex()},
+        "note": "each message travels in one frame (a u32 big-endian length, then these "
+        "msgpack bytes) on a fresh stream: the request, then the reply",
+    }
+
+
 def secure_averaging() -> dict[str, Any]:
     """A worked example of section 5.8: receiver ``peerR`` with members A, B, C (mask
     keys from fixed seeds), one round's shares of A and B, C missing, the fix request,
@@ -343,6 +361,7 @@ def build() -> dict[str, Any]:
         "valid": valid(),
         "members": members(),
         "secure_averaging": secure_averaging(),
+        "dialback": dialback(),
         "invalid": invalid(),
     }
 

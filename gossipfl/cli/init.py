@@ -262,6 +262,9 @@ mdns = false
 # ending in /p2p/<relay id> (each must be on `allow`, and this peer on its list).
 relay_service = false
 relays = []
+# Peers that meet through a relay try to connect directly by hole punching (DCUtR); they
+# stay relayed when their NATs do not allow it.
+hole_punching = true
 # Advanced (defaults shown; uncomment to change):
 # Also look peers up in a Kademlia DHT run by the job's members (beyond bootstrap).
 # dht = false

@@ -108,6 +108,11 @@ def register(subparsers: Any) -> None:
         help="relay for allowlisted peers behind NAT (circuit relay v2; needs an allowlist)",
     )
     p.add_argument(
+        "--no-hole-punching",
+        action="store_true",
+        help="keep relayed connections relayed (no DCUtR hole punching)",
+    )
+    p.add_argument(
         "--relay",
         action="append",
         default=[],
@@ -191,6 +196,8 @@ def flag_overrides(args: argparse.Namespace, config: Any) -> list[str]:
     if args.relay_service:
         config.network.relay_service = True
     config.network.relays = [*config.network.relays, *args.relay]
+    if args.no_hole_punching:
+        config.network.hole_punching = False
     if args.dht:
         config.network.dht = True
     if args.rule:

@@ -62,6 +62,9 @@ class NetworkSection:
     relays: list[str] = field(default_factory=list)
     """Relays to reserve a slot on, as full multiaddrs ``/ip4/.../tcp/.../p2p/<relay id>``,
     so that peers reach this one through them (for a peer behind NAT)."""
+    hole_punching: bool = True
+    """Turn a relayed connection into a direct one by hole punching (DCUtR) when both
+    NATs allow it; the peer stays relayed when they do not."""
     dial_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0

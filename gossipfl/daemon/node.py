@@ -190,6 +190,7 @@ class Node:
         self._workload: Workload | None = None
         self._accuracy: float | None = None
         self._paths: dict[str, str] = {}  # how each connected peer is reached, as last said
+        self._reachability = ""  # whether peers can dial this one, as last said
         self._attack_kit: Any = None
         self._insider: Any = None
         self._transport: Any = None
@@ -223,6 +224,8 @@ class Node:
             close_timeout=CLOSE_TIMEOUT,
             relay_service=net.relay_service,
             relays=tuple(net.relays),
+            hole_punching=net.hole_punching,
+            reachability_check=True,
         )
         async with Libp2pTransport.open(
             identity=self.identity, listen=net.listen, allow=allow, config=tconfig
@@ -246,6 +249,7 @@ class Node:
             finally:
                 reason = self._stop_reason or "finished"
                 crafted = self._attack_kit.outgoing.crafted if self._attack_kit else None
+                self._report_reachability()  # a check that answered after the last round
                 self._metrics.write(
                     "stop",
                     reason=reason,
@@ -779,6 +783,24 @@ class Node:
                 if self._metrics is not None:
                     self._metrics.write("path", neighbour=peer, path=text)
 
+    def _report_reachability(self) -> None:
+        """Say whether peers can dial this one, when a dial-back check first answers and
+        when the answer changes (``reachability`` rows in metrics): behind NAT, the
+        operator learns that others reach it only through relays."""
+        found = getattr(self._transport, "reachability", None)
+        if found is None or found.state == "unknown" or str(found) == self._reachability:
+            return
+        self._reachability = str(found)
+        self.reporter.say(f"this peer is {found}")
+        if self._metrics is not None:
+            self._metrics.write(
+                "reachability",
+                state=found.state,
+                addresses=list(found.addresses),
+                checked_by=list(found.checked_by),
+                detail=found.detail,
+            )
+
     def _on_round(self, report: Any) -> None:
         """After each round: evaluate, log, report, and apply membership changes."""
         cfg = self.config
@@ -812,6 +834,7 @@ class Node:
         if self._recorder is not None:
             self._recorder.record(report)
         self._report_paths()
+        self._report_reachability()
         if report.stats.skipped_to is not None:
             self.reporter.say(
                 f"caught up with the neighbours: skipped from round {previous + 2} to round "

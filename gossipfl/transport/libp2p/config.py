@@ -130,6 +130,17 @@ class TransportConfig:
     relay_retry_max: float = 60.0
     """Longest wait between two attempts to reserve on a relay that is down or refuses
     (the wait starts at 1 s and doubles)."""
+    hole_punching: bool = True
+    """Upgrade relayed connections to direct ones by hole punching (DCUtR,
+    :mod:`~gossipfl.transport.libp2p.holepunch`): the peer reached through a relay starts
+    it; the relayed connection is closed once the direct one carries the streams. Off:
+    relayed connections stay relayed, and we serve no hole-punching sessions."""
+    reachability_check: bool = False
+    """Ask directly connected peers (our relays first) to dial us back, to learn whether
+    others can reach us (:attr:`Libp2pTransport.reachability`); ``gossipfl start`` turns
+    it on and tells the operator. Each check opens a short extra connection from the
+    peer asked. We always answer such requests, by dialling the asker's own address
+    only."""
 
     def __post_init__(self) -> None:
         if type(self.max_frame) is not int or not 1 <= self.max_frame <= 0xFFFFFFFF:
@@ -185,10 +196,11 @@ class TransportConfig:
             )
 
     def _check_relays(self) -> None:
-        if not isinstance(self.relay_service, bool):
-            raise ConfigError(
-                f"TransportConfig.relay_service must be a bool, got {self.relay_service!r}"
-            )
+        for name in ("relay_service", "hole_punching", "reachability_check"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"TransportConfig.{name} must be a bool, got {getattr(self, name)!r}"
+                )
         relays: object = self.relays
         if isinstance(relays, str) or not isinstance(relays, tuple | list):
             raise ConfigError(

@@ -80,7 +80,25 @@ from gossipfl.transport.libp2p.guards import (
     hook_upgrader,
     install_yamux_guards,
 )
+from gossipfl.transport.libp2p.holepunch import HolePunch
 from gossipfl.transport.libp2p.policing import Policing
+from gossipfl.transport.libp2p.reachability import (
+    DIAL_TIMEOUT,
+    DIALBACK_PROTOCOL,
+    MAX_PORTS,
+    MAX_REPLY,
+    MAX_REQUEST,
+    DialbackError,
+    ExpectedDialbacks,
+    Reachability,
+    decode_reply,
+    decode_request,
+    dial_back,
+    encode_reply,
+    encode_request,
+    remote_ip,
+    tcp_address,
+)
 from gossipfl.transport.libp2p.relay import (
     GatedRelay,
     Path,
@@ -110,6 +128,15 @@ logger = logging.getLogger(__name__)
 
 #: How long telling a refused peer why may take (opening a stream, writing one frame).
 REFUSAL_NOTICE_TIMEOUT = 2.0
+
+#: How long a relayed connection may keep carrying streams once a direct one is up.
+RELAY_DRAIN = 30.0
+
+#: Peers asked in one reachability check, and how often it is repeated (seconds); a check
+#: that nobody could answer is repeated sooner.
+REACHABILITY_ASK = 2
+REACHABILITY_EVERY = 600.0
+REACHABILITY_RETRY = 10.0
 
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -261,6 +288,23 @@ class Libp2pTransport:
         """Relay peer ID -> when our reservation there expires (``time.time()`` scale)."""
         self._reservations_changed = trio.Event()
         self._relay_lost: dict[str, trio.Event] = {}
+        self._circuits_dialled: set[str] = set()
+        """Peers we reached through a relay ourselves (for who starts hole punching)."""
+        self._leaving_relay: set[str] = set()
+        self._reachability = Reachability()
+        self._expected_dialbacks = ExpectedDialbacks()
+        self._direct_peer = trio.Event()
+        """Set when a peer is connected directly (someone to ask for a dial-back)."""
+        self._holepunch: HolePunch | None = None
+        if config.hole_punching:
+            self._holepunch = HolePunch(
+                host,
+                allowlist=allowlist,
+                refusal=self._policing.refusal,
+                on_direct=self._on_direct,
+                dial_timeout=min(config.dial_timeout, 5.0),
+            )
+            self._relay.on_reached = self._on_reached
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -343,6 +387,9 @@ class Libp2pTransport:
                 await stack.enter_async_context(host.run(listen_addrs))
                 if config.relay_service or config.relays:
                     await stack.enter_async_context(background_trio_service(transport._relay))
+                if transport._holepunch is not None:
+                    service = background_trio_service(transport._holepunch)
+                    await stack.enter_async_context(service)
                 try:
                     await transport._start(listen_addrs)
                     yield transport
@@ -369,6 +416,7 @@ class Libp2pTransport:
             )
         await workarounds.stop_auto_connector(swarm)
         workarounds.disable_dial_retries(swarm)
+        workarounds.keep_relayed_connections(swarm, lambda conn: path_of(conn).relayed)
         if not self._guards_early:
             logger.warning(
                 "py-libp2p's transport upgrader is not as expected: Yamux receive limits are "
@@ -399,6 +447,16 @@ class Libp2pTransport:
             self._tasks.spawn(
                 functools.partial(self._keep_reservation, relay, address), "relay reservation"
             )
+        self.set_request_handler(
+            DIALBACK_PROTOCOL,
+            self._answer_dialback,
+            max_request=MAX_REQUEST,
+            max_reply=MAX_REPLY,
+            timeout=DIAL_TIMEOUT + 2.0,
+        )
+        if self.config.reachability_check:
+            self._expected_dialbacks.install()
+            self._tasks.spawn(self._watch_reachability, "reachability check")
 
     async def aclose(self) -> None:
         """Close every connection (concurrently), then the host. Idempotent.
@@ -418,6 +476,7 @@ class Libp2pTransport:
             if scope.cancelled_caught:
                 logger.warning("closing the libp2p host took more than 5 s; gave up waiting")
         finally:
+            self._expected_dialbacks.remove()
             self._tasks.close()
             self._queue.close()
             self._closed.set()
@@ -573,6 +632,151 @@ class Libp2pTransport:
             raise PeerUnreachable(
                 f"cannot reach peer {peer} at {address}: {describe_failure(exc)}"
             ) from exc
+        self._circuits_dialled.add(peer)
+
+    # ------------------------------------------------------------ hole punching
+
+    def _on_reached(self, peer: str) -> None:
+        """A relayed connection from ``peer`` reached us: try to make it direct."""
+        if self._holepunch is not None and not self._closing:
+            dialled = peer in self._circuits_dialled
+            self._holepunch.reached_through_relay(peer, we_dialled_it_too=dialled)
+
+    def _on_direct(self, peer: str) -> None:
+        """A direct connection to ``peer`` is up: leave its relayed ones (once)."""
+        if peer in self._leaving_relay or self._closing:
+            return
+        self._leaving_relay.add(peer)
+        self._tasks.spawn(functools.partial(self._leave_relay, peer), "leave a relay")
+
+    async def _leave_relay(self, peer: str) -> None:
+        """Move our stream to ``peer`` onto its direct connection, wait (at most
+        ``RELAY_DRAIN`` s) until its relayed connections carry no stream (the peer moves
+        its own), then close them. Nothing in flight is cut."""
+        peer_id = ID.from_base58(peer)
+        try:
+            conns = self._live_connections(peer_id)
+            relayed = [c for c in conns if path_of(c).relayed]
+            if not relayed or all(path_of(c).relayed for c in conns):
+                return
+            via = ", ".join(sorted({str(path_of(c)) for c in relayed}))
+            logger.info("peer %s: direct connection up; leaving the relayed one (%s)", peer, via)
+            await self._outbound.retire(peer, timeout=self.config.close_timeout)
+            with trio.move_on_after(RELAY_DRAIN):
+                while any(not c.is_closed and c.get_streams() for c in relayed):
+                    await trio.sleep(0.2)
+            for conn in relayed:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            self._circuits_dialled.discard(peer)
+        finally:
+            self._leaving_relay.discard(peer)
+
+    # ------------------------------------------------------------- reachability
+
+    @property
+    def reachability(self) -> Reachability:
+        """Whether peers can dial us, as the last dial-back check found
+        (:mod:`~gossipfl.transport.libp2p.reachability`); checked soon after the first
+        direct connection, then every ``REACHABILITY_EVERY`` seconds."""
+        return self._reachability
+
+    def _listen_ports(self) -> list[int]:
+        ports: list[int] = []
+        for addr in self._host.get_transport_addrs():
+            with contextlib.suppress(Exception):
+                port = int(addr.value_for_protocol("tcp"))
+                if port not in ports:
+                    ports.append(port)
+        return ports[:MAX_PORTS]
+
+    async def _answer_dialback(self, peer: str, request: bytes) -> bytes | None:
+        """Dial ``peer`` back at the IP its direct connection comes from, on each port it
+        names (see the module :mod:`~gossipfl.transport.libp2p.reachability`)."""
+        ports = decode_request(request)
+        ips = [ip for c in self._live_connections(ID.from_base58(peer)) if (ip := remote_ip(c))]
+        if not ips:
+            logger.debug("dial-back request from %s over a relayed connection; not answered", peer)
+            return None
+        ip = ips[0]
+        results = [False] * len(ports)
+
+        async def one(i: int, port: int) -> None:
+            results[i] = await dial_back(self._swarm, ID.from_base58(peer), tcp_address(ip, port))
+
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i, port in enumerate(ports):
+                nursery.start_soon(one, i, port)
+        logger.debug(
+            "dial-back check for peer %s at %s, ports %s: %s (%.1f s)",
+            peer,
+            ip,
+            ports,
+            results,
+            trio.current_time() - started,
+        )
+        return encode_reply(ip, results)
+
+    async def _watch_reachability(self) -> None:
+        ports = self._listen_ports()
+        if not ports:
+            self._set_reachability(
+                Reachability("unreachable", detail="listening on nothing: dial-out only")
+            )
+            return
+        while True:
+            await self._direct_peer.wait()
+            found = await self._check_reachability(ports)
+            self._set_reachability(found)
+            await trio.sleep(REACHABILITY_RETRY if found.state == "unknown" else REACHABILITY_EVERY)
+
+    async def _check_reachability(self, ports: list[int]) -> Reachability:
+        """Ask up to ``REACHABILITY_ASK`` directly connected peers (our relays first), at
+        once, to dial us back; reachable if one could."""
+        direct = [p for p, path in self.peer_paths.items() if not path.relayed]
+        candidates = [p for p in self._relays if p in direct]
+        candidates += [p for p in direct if p not in candidates]
+        answers: dict[str, tuple[str, list[bool]]] = {}
+
+        async def ask(peer: str) -> None:
+            self._expected_dialbacks.expect(peer)
+            try:
+                reply = await self.request(
+                    peer,
+                    DIALBACK_PROTOCOL,
+                    encode_request(ports),
+                    max_request=MAX_REQUEST,
+                    max_reply=MAX_REPLY,
+                    timeout=DIAL_TIMEOUT * 3,
+                )
+                answers[peer] = decode_reply(reply, len(ports))
+            except (PeerUnreachable, DialbackError) as exc:
+                logger.info("peer %s gave no dial-back answer: %s", peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in candidates[:REACHABILITY_ASK]:
+                nursery.start_soon(ask, peer)
+        misses: list[str] = []
+        for peer, (ip, results) in answers.items():
+            reached = [
+                f"{tcp_address(ip, port)}/p2p/{self.local_id}"
+                for port, ok in zip(ports, results, strict=True)
+                if ok
+            ]
+            if reached:
+                return Reachability("reachable", tuple(reached), (peer,))
+            misses.append(f"{peer} could not dial {ip} on port {', '.join(map(str, ports))}")
+        if not answers:
+            return Reachability(detail="no connected peer answered a dial-back check")
+        return Reachability("unreachable", checked_by=tuple(answers), detail="; ".join(misses))
+
+    def _set_reachability(self, found: Reachability) -> None:
+        if found.state == "unknown" and self._reachability.state != "unknown":
+            return  # keep the last answer rather than forget it
+        if found != self._reachability:
+            logger.info("reachability: %s", found)
+        self._reachability = found
 
     # ---------------------------------------------------------- limits and bans
 
@@ -861,9 +1065,15 @@ class Libp2pTransport:
         path = path_of(conn)
         if peer in self._connected:
             logger.info("another connection to peer %s (%s)", peer, path)
+            if not path.relayed and any(
+                path_of(c).relayed for c in self._live_connections(conn.muxed_conn.peer_id)
+            ):
+                self._on_direct(peer)
         self._mark_connected(peer, path)
 
     def _mark_connected(self, peer: str, path: Path) -> None:
+        if not path.relayed:
+            self._direct_peer.set()
         if peer not in self._connected and not self._closing:
             self._connected.add(peer)
             logger.info("connected to peer %s (%s)", peer, path)
@@ -878,6 +1088,7 @@ class Libp2pTransport:
         if self._live_connections(peer_id, excluding=conn):
             return  # another connection to this peer is still up
         self._outbound.forget(peer)
+        self._circuits_dialled.discard(peer)
         if peer in self._connected:
             self._connected.discard(peer)
             logger.info("disconnected from peer %s", peer)

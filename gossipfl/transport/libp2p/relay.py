@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +177,8 @@ class GatedRelay(CircuitV2Protocol):
         """Peer IDs of the relays we accept relayed connections from."""
         self.refused = 0
         """Hop and stop requests refused by the allowlist (or a ban)."""
+        self.on_reached: Callable[[str], None] | None = None
+        """Called with a peer's ID when its relayed connection to us is up."""
 
     def _why_not(self, peer: str) -> str | None:
         if not self._allowlist.allows(peer):
@@ -257,6 +260,8 @@ class GatedRelay(CircuitV2Protocol):
             tag = getattr(conn, "set_transport_info", None)  # py-libp2p's SwarmConn has it
             if conn.muxed_conn is muxed and callable(tag):
                 tag([address], ConnectionType.RELAYED)
+        if self.on_reached is not None:
+            self.on_reached(str(peer))
 
 
 async def reserve(host: IHost, relay: ID, *, timeout: float = REQUEST_TIMEOUT) -> float:

@@ -198,6 +198,19 @@ class OutboundStreams:
         if scope.cancelled_caught and stuck is not None:
             await reset_quietly(stuck)
 
+    async def retire(self, peer: str, *, timeout: float) -> None:
+        """Finish our current stream to ``peer`` gracefully (as :meth:`close`) but keep
+        sending to it: the next frame opens a new stream, on whichever connection the
+        swarm prefers then (a direct one over a relayed one). Frames keep their order:
+        the new stream opens only after the receiver has read the old one to its end."""
+        out = self._peers.get(peer)
+        if out is None:
+            return
+        async with out.lock:
+            stream, out.stream = out.stream, None
+            if stream is not None:
+                await finish_stream(stream, timeout=timeout)
+
     async def aclose(self, *, timeout: float) -> None:
         """Finish every outbound stream gracefully, concurrently, within ``timeout``."""
         peers = list(self._peers)

@@ -100,6 +100,27 @@ def forget_failed_dial(swarm: Any, peer_id: Any) -> None:
         logger.debug("the swarm's negative dial cache has no evict(); left as is")
 
 
+def keep_relayed_connections(swarm: Any, is_relayed: Callable[[Any], bool]) -> None:
+    """With ``max_connections_per_peer=1`` (see :func:`connection_config`), the swarm
+    closes a peer's older connection as soon as a second one arrives (after a 20 s grace).
+    When a hole punch brings a direct connection beside a relayed one, that cuts the
+    relayed connection with frames in flight on it. The transport retires relayed
+    connections itself, gracefully; this leaves the swarm's trimming to peers without
+    one."""
+    original = getattr(swarm, "_trim_connections", None)
+    if not callable(original):  # pragma: no cover - depends on the library version
+        logger.debug("swarm has no _trim_connections; relayed connections may be cut")
+        return
+
+    def trim(peer_id: Any) -> None:
+        conns = swarm.connections.get(peer_id, [])
+        if any(is_relayed(conn) for conn in conns):
+            return
+        original(peer_id)
+
+    swarm._trim_connections = trim
+
+
 async def stop_auto_connector(swarm: Any) -> None:
     """The swarm's auto-connector dials peers from the peerstore every 30 s (and on every
     disconnect) while the host holds fewer than ``low_watermark`` connections. Whom a
