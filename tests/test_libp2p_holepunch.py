@@ -111,6 +111,10 @@ async def test_a_relayed_connection_turns_direct_without_losing_or_reordering_a_
                 while relayed_connections(t.a, b) or relayed_connections(t.b, a):
                     await trio.sleep(0.05)
             await t.a.send(b, b"after")
+            # Counted per peer; after the switch, nothing more goes over the relay.
+            size = frames * 2004
+            assert t.a.stats.bytes_sent_to == {b: size + 5}
+            assert t.a.stats.bytes_sent_relayed < size
             assert t.a.stats.send_failures == t.b.stats.send_failures == 0
             assert t.b._holepunch is not None
             assert t.b._holepunch.succeeded == 1

@@ -124,6 +124,11 @@ async def test_a_peer_listening_on_nothing_is_reached_through_the_relay(
             event = await next_of(t.a, Received)
             assert isinstance(event, Received)
             assert (event.peer, event.data) == (b, b"b to a")
+            # The transports count what went over the relay.
+            assert t.a.stats.bytes_sent_to == {b: 6}
+            assert t.a.stats.bytes_sent_relayed == 6
+            assert t.b.stats.bytes_received_from == {a: 6}
+            assert t.b.stats.bytes_received_relayed == 6
 
             assert t.a.path(b) == Path(r)
             assert str(t.a.path(b)) == f"relayed via {r}"

@@ -256,6 +256,7 @@ class Node:
                     last_round=self._last_round,
                     crafted=crafted,
                     counters=asdict(self.peer.counters) if self.peer is not None else None,
+                    traffic=self._traffic(),
                     **self._traces(),
                 )
                 self._metrics.close()
@@ -386,6 +387,21 @@ class Node:
         penalize = getattr(self._transport, "penalize", None)
         if penalize is not None:
             penalize(peer, kind, detail)
+
+    def _traffic(self) -> dict[str, Any] | None:
+        """The transport's frame bytes: in all, per neighbour, and the part that went over
+        relayed connections (behind NAT, what the relays carried for us)."""
+        stats = getattr(self._transport, "stats", None)
+        if stats is None or not hasattr(stats, "bytes_sent_relayed"):
+            return None  # a transport without them (in memory)
+        return {
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+            "bytes_sent_relayed": stats.bytes_sent_relayed,
+            "bytes_received_relayed": stats.bytes_received_relayed,
+            "bytes_sent_to": dict(stats.bytes_sent_to),
+            "bytes_received_from": dict(stats.bytes_received_from),
+        }
 
     def _traces(self) -> dict[str, Any]:
         """What this peer counted against the others: the runtime's counters, the

@@ -42,7 +42,7 @@ from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from multiaddr import Multiaddr
 
 from gossipfl.transport.libp2p.allowlist import Allowlist
-from gossipfl.transport.libp2p.relay import is_circuit, muxed_path
+from gossipfl.transport.libp2p.paths import is_circuit, muxed_path
 from gossipfl.transport.libp2p.security import Refusal
 from gossipfl.transport.libp2p.streams import reset_quietly
 

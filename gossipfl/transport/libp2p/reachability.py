@@ -33,7 +33,7 @@ import trio
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
-from gossipfl.transport.libp2p.relay import path_of
+from gossipfl.transport.libp2p.paths import path_of
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ client is built for automatic relay discovery, which we do not want:
   alive, renewing it before it expires and at once when the relay connection drops
   (py-libp2p's refresher only looks at the expiry time, so a relay that restarted would
   silently forget us for up to an hour).
-- :func:`path_of` tells whether a connection is direct or relayed, and through whom.
+- :func:`~.paths.path_of` (re-exported here) tells whether a connection is direct or
+  relayed, and through whom.
 
 Dialling a circuit address goes through py-libp2p's ``CircuitV2Transport.dial``; the
 swarm's own dialler ignores ``/p2p-circuit`` addresses.
@@ -34,12 +35,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.abc import IHost, INetStream
 from libp2p.connection_types import ConnectionType
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
@@ -53,6 +53,16 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 
 from gossipfl.transport.libp2p.allowlist import Allowlist
 from gossipfl.transport.libp2p.config import TransportConfig
+from gossipfl.transport.libp2p.paths import (
+    CIRCUIT,
+    DIRECT,
+    Path,
+    circuit_address,
+    is_circuit,
+    muxed_path,
+    path_of,
+    relay_of,
+)
 from gossipfl.transport.libp2p.security import Refusal
 from gossipfl.transport.libp2p.streams import finish_stream
 
@@ -61,44 +71,9 @@ logger = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 10.0
 """How long one hop request (a reservation, or setting up a circuit) may take."""
 
-CIRCUIT = "/p2p-circuit"
-
 
 class RelayError(Exception):
     """A relay refused or failed a request."""
-
-
-@dataclass(frozen=True)
-class Path:
-    """How we are connected to a peer: directly, or relayed through ``relay``."""
-
-    relay: str | None = None
-
-    @property
-    def relayed(self) -> bool:
-        return self.relay is not None
-
-    def __str__(self) -> str:
-        return f"relayed via {self.relay}" if self.relay else "direct"
-
-
-DIRECT = Path()
-
-
-def is_circuit(address: str | multiaddr.Multiaddr) -> bool:
-    return CIRCUIT in str(address)
-
-
-def circuit_address(relay: str, peer: str) -> str:
-    """``relay`` (ending in ``/p2p/<relay id>``) as a circuit address of ``peer``."""
-    return f"{relay}{CIRCUIT}/p2p/{peer}"
-
-
-def relay_of(address: str | multiaddr.Multiaddr) -> tuple[str, str]:
-    """The relay part of a circuit address, and the relay's peer ID."""
-    text = str(address)
-    relay = text[: text.index(CIRCUIT)]
-    return relay, relay.rsplit("/p2p/", 1)[1]
 
 
 def relay_limits(config: TransportConfig) -> RelayLimits:
@@ -109,36 +84,6 @@ def relay_limits(config: TransportConfig) -> RelayLimits:
         max_circuit_conns=config.relay_max_circuits,
         max_reservations=config.relay_max_reservations,
     )
-
-
-def path_of(conn: INetConn) -> Path:
-    """Whether ``conn`` is direct or relayed (and through whom)."""
-    return _path(conn) or muxed_path(conn.muxed_conn)
-
-
-def muxed_path(muxed_conn: object) -> Path:
-    """:func:`path_of`, from the muxed connection: its raw connection says, from the
-    start (the swarm tags a relayed connection only after it reported it to notifees)."""
-    raw: Any = getattr(getattr(muxed_conn, "secured_conn", None), "conn", None)
-    wrapped = getattr(raw, "_wrapped", None)  # py-libp2p's TrackedRawConnection
-    return _path(raw) or _path(wrapped) or DIRECT
-
-
-def _path(candidate: Any) -> Path | None:
-    """The relayed path of a connection-like object, or ``None`` if it does not say so."""
-    get_type = getattr(candidate, "get_connection_type", None)
-    if not callable(get_type):
-        return None
-    try:
-        if get_type() != ConnectionType.RELAYED:
-            return None
-        addresses = candidate.get_transport_addresses()
-    except Exception:
-        return None
-    for address in addresses:
-        if is_circuit(address):
-            return Path(relay_of(address)[1])
-    return Path("an unknown relay")
 
 
 async def _deny(stream: INetStream, code: StatusCode, kind: type[Any] = HopMessage) -> None:

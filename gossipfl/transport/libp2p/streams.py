@@ -36,6 +36,7 @@ from gossipfl.transport.libp2p.framing import (
     ReadSome,
     encode_prefix,
 )
+from gossipfl.transport.libp2p.paths import muxed_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,28 @@ class TransportStats:
     """The same, per peer (its connections one at a time)."""
     dropped_bytes: int = 0
     """Bytes received beyond a Yamux limit and thrown away (see ``guards``)."""
+    bytes_sent_relayed: int = 0
+    """Of ``bytes_sent``, those sent over relayed connections (the rest went direct)."""
+    bytes_received_relayed: int = 0
+    """Of ``bytes_received``, those that came over relayed connections."""
+    bytes_sent_to: dict[str, int] = field(default_factory=dict)
+    """Frame bytes sent, per peer."""
+    bytes_received_from: dict[str, int] = field(default_factory=dict)
+    """Frame bytes received, per peer."""
+
+    def count_sent(self, peer: str, size: int, *, relayed: bool) -> None:
+        self.frames_sent += 1
+        self.bytes_sent += size
+        self.bytes_sent_to[peer] = self.bytes_sent_to.get(peer, 0) + size
+        if relayed:
+            self.bytes_sent_relayed += size
+
+    def count_received(self, peer: str, size: int, *, relayed: bool) -> None:
+        self.frames_received += 1
+        self.bytes_received += size
+        self.bytes_received_from[peer] = self.bytes_received_from.get(peer, 0) + size
+        if relayed:
+            self.bytes_received_relayed += size
 
 
 async def reset_quietly(stream: INetStream) -> None:
@@ -141,8 +164,9 @@ class OutboundStreams:
                     f"peer {peer} is not reading: no progress for "
                     f"{self.config.write_timeout:g} s while sending a {len(data)}-byte frame"
                 ) from None
-        self._stats.frames_sent += 1
-        self._stats.bytes_sent += len(data)
+            sent_on = out.stream
+        relayed = sent_on is not None and muxed_path(sent_on.muxed_conn).relayed
+        self._stats.count_sent(peer, len(data), relayed=relayed)
 
     def _unreachable(self, peer: str, exc: BaseException) -> PeerUnreachable:
         self._stats.send_failures += 1
@@ -279,13 +303,13 @@ async def serve_stream(
         max_frame=config.max_frame,
         read_timeout=config.read_timeout,
     )
+    relayed = muxed_path(stream.muxed_conn).relayed
     try:
         while True:
             frame = await reader.next_frame()
             if frame is None:
                 break
-            stats.frames_received += 1
-            stats.bytes_received += len(frame)
+            stats.count_received(peer, len(frame), relayed=relayed)
             if throttle is not None:
                 await throttle.admit(peer)
             await queue.push_frame(Received(peer, frame))
