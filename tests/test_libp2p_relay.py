@@ -157,6 +157,20 @@ async def test_direct_addresses_are_tried_first_then_the_circuit() -> None:
             assert t.a.path(b) == Path(t.r.local_id)
 
 
+async def test_concurrent_connects_to_a_peer_open_one_circuit() -> None:
+    with trio.fail_after(30):
+        async with relay_trio() as t:
+            b = t.b.local_id
+            t.a.add_peer_address(b, t.circuit_of_b)
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(t.a.connect, b)
+            conns = t.a.host.get_network().get_connections(t.b.host.get_id())
+            assert len([c for c in conns if not c.is_closed]) == 1
+            assert t.a.path(b) == Path(t.r.local_id)
+            assert t.a._dialling == {}  # nothing left behind
+
+
 async def test_a_peer_off_the_allowlists_gets_no_relayed_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -288,6 +288,7 @@ class Libp2pTransport:
         """Relay peer ID -> when our reservation there expires (``time.time()`` scale)."""
         self._reservations_changed = trio.Event()
         self._relay_lost: dict[str, trio.Event] = {}
+        self._dialling: dict[str, trio.Lock] = {}
         self._circuits_dialled: set[str] = set()
         """Peers we reached through a relay ourselves (for who starts hole punching)."""
         self._leaving_relay: set[str] = set()
@@ -975,6 +976,18 @@ class Libp2pTransport:
         peer_id = ID.from_base58(peer)
         if self._live_connections(peer_id):
             return
+        # One dial per peer at a time: two tasks that both need the peer (the runtime's
+        # sender and a membership request) would otherwise open two relay circuits.
+        lock = self._dialling.setdefault(peer, trio.Lock())
+        try:
+            async with lock:
+                if not self._live_connections(peer_id):
+                    await self._dial(peer, peer_id)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._dialling.pop(peer, None)
+
+    async def _dial(self, peer: str, peer_id: ID) -> None:
         addrs = list(self._addresses.get(peer, ()))
         if not addrs:
             with contextlib.suppress(Exception):
