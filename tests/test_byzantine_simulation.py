@@ -21,6 +21,7 @@ from gossipfl.merge import make_rule
 from gossipfl.simulation import SimulationConfig, run_simulation
 from gossipfl.simulation.byzantine import (
     RECOMMENDED_RULE,
+    SPECTRAL_RULES,
     ModelOracle,
     OmniscientAttacker,
     place_byzantine,
@@ -154,6 +155,38 @@ def test_an_undefendable_placement_is_refused_unless_a_study_asks_for_it() -> No
         run_simulation(config.with_overrides(["rule.name=mean"]))
     with pytest.raises(ConfigError, match=r"d >= 2b\+1 = 5.*--allow-undefended"):
         run_simulation(config.with_overrides(["rule.name=mean"]))
+
+
+def test_clipping_rules_refuse_byzantine_weight_at_or_above_the_honest_spectral_gap() -> None:
+    """4 Byzantine peers of degree 2 on 16 honest: delta_max = 2/7 at the nodes with two
+    attackers. The random 4-regular graph of seed 0 has an honest gap of 0.212 (refused
+    for the clipping rules), that of seed 2 0.322 and the torus 0.4 (run)."""
+    base = SimulationConfig().with_overrides(
+        [
+            "topology.name=random-regular",
+            "peers=16",
+            "byzantine.count=4",
+            "byzantine.degree=2",
+            "byzantine.attack=ipm",
+            "rounds=1",
+        ]
+    )
+    refusal = (
+        r"^honest node \d+ gives its 2 Byzantine neighbours a mixing weight of 0\.286, at or "
+        r"above the honest graph's spectral gap \(0\.212\): '{rule}' clips .*"
+        r"--allow-undefended"
+    )
+    for rule in sorted(SPECTRAL_RULES):
+        with pytest.raises(ConfigError, match=refusal.format(rule=rule)):
+            run_simulation(base.with_overrides([f"rule.name={rule}"]))
+    for placement in (["seed=2"], ["topology.name=torus"]):
+        summary = run_simulation(base.with_overrides(["rule.name=cs-plus", *placement])).summary()
+        assert summary["delta_max"] == pytest.approx(2 / 7)
+        assert summary["honest_spectral_gap"] > 0.3
+    for anyway in (["rule.name=cs-plus", "byzantine.allow_undefended=true"], ["rule.name=median"]):
+        summary = run_simulation(base.with_overrides(anyway)).summary()
+        assert summary["honest_spectral_gap"] == pytest.approx(0.212, abs=1e-3)
+        assert summary["rounds_completed"] == 1
 
 
 def test_rules_are_checked_on_the_combined_graph_before_running() -> None:

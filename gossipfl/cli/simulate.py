@@ -103,8 +103,9 @@ def register(subparsers: Any) -> None:
         "--allow-undefended",
         action="store_const",
         const=True,
-        help="run even if an honest node has no local honest majority (d < 2b+1), which "
-        "is refused otherwise: no rule can defend such a node",
+        help="run a placement that is refused otherwise: an honest node without a local "
+        "honest majority (d < 2b+1), or, for cs-plus and clipped-gossip, Byzantine weight at "
+        "or above the honest spectral gap",
     )
     p.add_argument(
         "--privacy",

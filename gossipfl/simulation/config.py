@@ -99,9 +99,11 @@ class ByzantineSection:
     would do (in-process simulations only): the best any rule can do against this
     placement, the reference a rule's drop is measured against."""
     allow_undefended: bool = False
-    """Run even if an honest node has no local honest majority (d_i < 2b_i + 1): refused
-    by default, since no rule can defend such a node (see
-    :func:`gossipfl.simulation.byzantine.check_defended`); set it to study one."""
+    """Run a placement the pre-run check refuses
+    (:func:`gossipfl.simulation.byzantine.check_defended`): an honest node without a local
+    honest majority (d_i < 2b_i + 1), which no rule can defend, or, for the gossip
+    clipping rules, Byzantine weight at or above the honest spectral gap. Set it to study
+    one."""
     params: dict[str, Scalar] = field(default_factory=dict)
 
 
