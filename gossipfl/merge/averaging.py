@@ -18,14 +18,16 @@ class Mean(MergeRule):
 
     With Metropolis–Hastings weights this is row i of ``W @ X``. It tolerates nothing: one
     neighbour sending ``c·e`` moves the result by ``w_j·c``, without bound.
-    Cost: one gemv over the (d, n) stack.
+    Cost: one gemv over the (d, n) stack; the finiteness check rides on it (see
+    :func:`~gossipfl.merge._kernels.combine`).
     """
 
     name = "mean"
     summary = "weighted gossip average with the mixing weights (D-PSGD); not robust"
+    _validates_finite = True
 
     def _merge(self, own: F32, rows: F32, weights: F64, context: MergeContext | None) -> F32:
-        return combine(own, rows, weights, self._ws)
+        return combine(own, rows, weights, self._ws, validate=True)
 
     def aggregate(self, stack: npt.ArrayLike) -> F32:
         """The plain mean of the rows."""
@@ -34,4 +36,4 @@ class Mean(MergeRule):
             return start
         first, rest = start
         m = rest.shape[0] + 1
-        return combine(first, rest, np.full(m - 1, 1.0 / m), self._ws)
+        return combine(first, rest, np.full(m - 1, 1.0 / m), self._ws, validate=True)

@@ -120,7 +120,10 @@ class MergeRule(abc.ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    #: Distance rules validate finiteness as a side effect of building their Gram matrix.
+    #: True if :meth:`_merge` itself raises :class:`~gossipfl.merge.NonFiniteInputError`
+    #: for NaN/inf inputs, in a pass it makes anyway (distance rules: their Gram matrix;
+    #: the mean: its result; order statistics: their sorting network's chunks). False
+    #: (the default, for rules written outside this package) runs a separate check first.
     _validates_finite: ClassVar[bool] = False
 
     skipped_merges: int = field(default=0, init=False, repr=False, compare=False)
