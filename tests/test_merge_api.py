@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gossipfl.errors import ConfigError, GossipflError
 from gossipfl.merge import (
@@ -356,6 +358,91 @@ def test_aggregate_rejects_non_finite_and_malformed_stacks(name: str) -> None:
     assert exc.value.neighbours == (1,)  # positions count from the second row
     with pytest.raises(MergeInputError):
         rule.aggregate(np.ones(4))  # type: ignore[attr-defined]
+
+
+@st.composite
+def poisoned(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, tuple[int, ...]]:
+    """Inputs with NaN/±inf at drawn places: own, rows, weights, own bad?, bad rows.
+
+    Weights may be zero (a zero coefficient must not hide a bad row) and may sum to one
+    (an own weight of 0 must not hide a bad own model); n crosses chunk boundaries.
+    """
+    d = draw(st.integers(1, 10))
+    n = draw(st.sampled_from([1, 7, 1000, 70_001]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e30]))
+    own = (scale * rng.standard_normal(n)).astype(np.float32)
+    rows = (scale * rng.standard_normal((d, n))).astype(np.float32)
+    spots = draw(
+        st.lists(
+            st.tuples(st.integers(-1, d - 1), st.integers(0, n - 1)),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    for row, col in spots:
+        value = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        if row < 0:
+            own[col] = value
+        else:
+            rows[row, col] = value
+    raw = rng.uniform(0.0, 1.0, d)
+    raw[rng.random(d) < 0.3] = 0.0
+    total = draw(st.sampled_from([0.5, 1.0]))
+    weights = raw / raw.sum() * total if raw.sum() > 0 else raw
+    bad_rows = tuple(sorted({row for row, _ in spots if row >= 0}))
+    return own, rows, weights, any(row < 0 for row, _ in spots), bad_rows
+
+
+@pytest.mark.parametrize("name", ALL_RULES)
+@settings(max_examples=30, deadline=None)
+@given(case=poisoned(), tolerance=st.integers(0, 2))
+def test_any_non_finite_value_anywhere_is_rejected_naming_exactly_its_models(
+    name: str,
+    case: tuple[np.ndarray, np.ndarray, np.ndarray, bool, tuple[int, ...]],
+    tolerance: int,
+) -> None:
+    # Rules fold the check into a pass they make anyway (the mean's result, the sorting
+    # network's chunks, the Gram matrix): whatever the weights, a NaN or inf anywhere
+    # must still raise the same typed error as a separate check would.
+    own, rows, w, own_bad, bad_rows = case
+    params = {f.name for f in RULES[name].parameters()}
+    rule = make_rule(name, **{p: tolerance for p in ("b", "f") if p in params})
+    with pytest.raises(NonFiniteInputError) as exc:
+        rule.merge(own, rows, w)
+    assert exc.value.own == own_bad
+    assert exc.value.neighbours == bad_rows
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+@settings(max_examples=15, deadline=None)
+@given(case=poisoned())
+def test_aggregate_rejects_any_non_finite_value_anywhere(
+    name: str, case: tuple[np.ndarray, np.ndarray, np.ndarray, bool, tuple[int, ...]]
+) -> None:
+    own, rows, _, own_bad, bad_rows = case
+    rule = make_rule(name, **({"f": 0} if "krum" in name else {}))
+    stack = np.vstack([own[None], rows])
+    if stack.shape[0] < rule.requirement().min_models:
+        return
+    with pytest.raises(NonFiniteInputError) as exc:
+        rule.aggregate(stack)  # type: ignore[attr-defined]
+    assert exc.value.own == own_bad
+    assert exc.value.neighbours == bad_rows
+
+
+def test_mean_rejects_non_finite_models_whose_weight_is_zero() -> None:
+    own, rows, _ = inputs(d=3, n=100)
+    rows[1, 50] = np.inf
+    with pytest.raises(NonFiniteInputError) as exc:
+        make_rule("mean").merge(own, rows, [0.5, 0.0, 0.5])
+    assert exc.value.neighbours == (1,)
+    own[3] = np.nan
+    rows[1, 50] = 0.0
+    with pytest.raises(NonFiniteInputError) as exc:
+        make_rule("mean").merge(own, rows, [0.5, 0.25, 0.25])  # own weight 0
+    assert exc.value.own
+    assert exc.value.neighbours == ()
 
 
 def test_overflow_in_the_fast_finiteness_check_is_not_mistaken_for_non_finite() -> None:

@@ -250,6 +250,65 @@ def test_pruned_networks_give_the_middle_sum_on_every_permutation_sample(m: int)
         assert len(kernels.trimmed_network(m, b)) <= len(kernels.batcher_network(m))
 
 
+def zero_one_inputs(m: int) -> np.ndarray:
+    return ((np.arange(2**m)[None, :] >> np.arange(m)[:, None]) & 1).astype(np.int8)
+
+
+@pytest.mark.parametrize("m", sorted(kernels.MEDIAN_NETWORKS))
+def test_median_networks_select_the_median_of_every_zero_one_input(m: int) -> None:
+    # The 0-1 principle holds for selection networks too (min/max commute with every
+    # monotone map), so checking all 2^m 0-1 inputs proves the network for all inputs.
+    net, wire = kernels.MEDIAN_NETWORKS[m]
+    bits = zero_one_inputs(m)
+    expected = np.sort(bits, axis=0)[m // 2]
+    for lo, hi in net:
+        bits[lo], bits[hi] = np.minimum(bits[lo], bits[hi]), np.maximum(bits[lo], bits[hi])
+    np.testing.assert_array_equal(bits[wire], expected)
+
+
+@pytest.mark.parametrize("m", range(1, 15))
+def test_extremes_networks_put_the_b_extremes_on_their_dead_wires(m: int) -> None:
+    for b in range((m + 1) // 2):
+        net, dead = kernels.extremes_network(m, b)
+        bits = zero_one_inputs(m)
+        ranked = np.sort(bits, axis=0)
+        for lo, hi in net:
+            bits[lo], bits[hi] = np.minimum(bits[lo], bits[hi]), np.maximum(bits[lo], bits[hi])
+        middle = [w for w in range(m) if w not in dead]
+        if len(dead) == 2 * b:
+            np.testing.assert_array_equal(bits[middle].sum(axis=0), ranked[b : m - b].sum(axis=0))
+
+
+@pytest.mark.parametrize("m", range(1, 20))
+def test_compiled_trimmed_plans_match_a_sort_with_and_without_ties(m: int) -> None:
+    # The plans run through the real kernel: pruning, single-output comparators,
+    # operand allocation, inputs read in place, the middle rows averaged by BLAS.
+    rng = np.random.default_rng(m)
+    n = 2 * kernels.NETWORK_CHUNK + 3
+    for b in range((m + 1) // 2):
+        plan = kernels.trimmed_plan(m, b)
+        assert plan.keep == m - 2 * b
+        for ties in (False, True):
+            x = (
+                rng.integers(-2, 3, size=(m, n)).astype(np.float32)
+                if ties
+                else rng.standard_normal((m, n)).astype(np.float32)
+            )
+            out = kernels.trimmed_mean(x[0], x[1:], b, kernels.Workspace())
+            ref = np.sort(x.astype(np.float64), axis=0)[b : m - b].mean(axis=0)
+            np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+            assert out.dtype == np.float32
+
+
+def test_compiled_plans_make_fewer_ufunc_calls_than_the_pruned_sorting_network() -> None:
+    assert kernels.trimmed_plan(9, 1).calls <= 22  # min-max tournament
+    assert kernels.trimmed_plan(9, 4).calls <= 30  # Paeth's median of 9
+    for m in range(1, 18):
+        for b in range((m + 1) // 2):
+            pruned = kernels.trimmed_network(m, b)
+            assert kernels.trimmed_plan(m, b).calls <= 2 * len(pruned) + m
+
+
 # ------------------------------------------------------------------ Krum
 
 

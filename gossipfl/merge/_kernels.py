@@ -23,9 +23,10 @@ pass; the exact element-wise check runs only then, to name the culprits.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -35,10 +36,9 @@ from gossipfl.merge.errors import MergeInputError, NonFiniteInputError
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-#: Bytes of float32 centred differences per Gram chunk: (d x chunk) plus BLAS's packed
-#: copies stay in the 2 MiB L2 here. 1 MiB measured best for d = 4, 8 and 16
-#: (experiments/benchmarks/merge.py); a fixed column count was up to 2x slower at d = 16.
-GRAM_CHUNK_BYTES = 1 << 20
+#: Gram chunks hold about this many products (k rows by k + 1 by the chunk's columns).
+#: OpenBLAS multiplies such skinny blocks fastest while they are this small.
+GRAM_CHUNK_PRODUCTS = 1 << 18
 #: Columns per chunk for passes that need only row norms or an elementwise update.
 NORM_CHUNK = 65536
 #: Columns per chunk for the sorting network: the (d+1, chunk) float32 work area stays in
@@ -202,18 +202,30 @@ def vectors_finite(vectors: Sequence[F32], ws: Workspace) -> bool:
 # where nothing a float32 input holds can overflow.
 
 
+def gram_chunk(k: int) -> int:
+    """Columns per Gram chunk for ``k`` rows: a multiple of 1024 from 1024 to 16384."""
+    return max(1024, min(16384, GRAM_CHUNK_PRODUCTS // (k * (k + 1)) // 1024 * 1024))
+
+
 def _gram_pass(center: F32, rows: F32, ws: Workspace, *, full: bool, wide: bool) -> F64:
     """One chunked pass: the (k, k) centred Gram matrix (``full``) or its diagonal.
 
-    ``wide`` selects the float64 path (centring and products in float64).
+    ``wide`` selects the float64 path (centring and products in float64). Each chunk's
+    products land in their own slot of a small (chunks, k, k+1) array, summed in float64
+    at the end: no per-chunk Python arithmetic.
     """
     k, n = rows.shape
     dtype = np.float64 if wide else np.float32
-    chunk = min(max(1024, GRAM_CHUNK_BYTES // (4 * k)) if full else NORM_CHUNK, n)
-    buf = ws.get("gram64" if wide else "gram32", (k, chunk), dtype)
+    chunk = min(gram_chunk(k) if full else NORM_CHUNK, n)
+    count = -(-n // chunk)
+    # Row 0 stays zero: the centre minus itself. Multiplying the k difference rows by all
+    # k + 1 rows sends numpy to BLAS gemm; y @ y.T of one buffer goes to syrk, which
+    # OpenBLAS runs 3-4x slower on this skinny shape (measured at d = 4, 8, 16).
+    buf = ws.get("gram64" if wide else "gram32", (k + 1, chunk), dtype)
+    buf[0] = 0.0
     cbuf: F64 = ws.get("gram64_center", (chunk,), np.float64) if wide else np.empty(0)
-    acc = np.zeros((k, k) if full else k, dtype=np.float64)
-    for start in range(0, n, chunk):
+    parts = ws.get("gram_parts" + dtype.__name__, (count, k, k + 1) if full else (count, k), dtype)
+    for i, start in enumerate(range(0, n, chunk)):
         stop = min(start + chunk, n)
         y = buf[:, : stop - start]
         if wide:
@@ -221,16 +233,18 @@ def _gram_pass(center: F32, rows: F32, ws: Workspace, *, full: bool, wide: bool)
             # mixed-type ufunc loop.
             c = cbuf[: stop - start]
             c[...] = center[start:stop]
-            y[...] = rows[:, start:stop]
-            y -= c
+            y[1:] = rows[:, start:stop]
+            y[1:] -= c
         else:
-            np.subtract(rows[:, start:stop], center[start:stop], out=y)
+            np.subtract(rows[:, start:stop], center[start:stop], out=y[1:])
         if full:
-            acc += np.dot(y, y.T)
+            np.dot(y[1:], y.T, out=parts[i])
         else:
+            part = parts[i]
             for j in range(k):
-                acc[j] += float(np.dot(y[j], y[j]))
-    return acc
+                part[j] = np.dot(y[j + 1], y[j + 1])
+    acc: F64 = parts.sum(axis=0, dtype=np.float64)
+    return acc[:, 1:] if full else acc
 
 
 def _center_sq_norm(center: F32) -> float:
@@ -443,47 +457,226 @@ def trimmed_network(m: int, b: int) -> Comparators:
     return tuple(kept)
 
 
-def trimmed_mean(
-    own: F32, rows: F32, b: int, ws: Workspace, cache: dict[tuple[int, int], Comparators]
-) -> F32:
+#: Known median-selection networks (Paeth; Devillard's ``opt_med``): comparators as
+#: (wire that gets the min, wire that gets the max); the median ends on the given wire.
+MEDIAN_NETWORKS: dict[int, tuple[Comparators, int]] = {
+    3: (((0, 1), (1, 2), (0, 1)), 1),
+    5: (((0, 1), (3, 4), (0, 3), (1, 4), (1, 2), (2, 3), (1, 2)), 2),
+    7: (
+        (
+            (0, 5), (0, 3), (1, 6), (2, 4), (0, 1), (3, 5), (2, 6),
+            (2, 3), (3, 6), (4, 5), (1, 4), (1, 3), (3, 4),
+        ),
+        3,
+    ),
+    9: (
+        (
+            (1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+            (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2),
+        ),
+        4,
+    ),
+}  # fmt: skip
+
+
+def extremes_network(m: int, b: int) -> tuple[Comparators, tuple[int, ...]]:
+    """A network that moves the b smallest and b largest of ``m`` values onto wires
+    ``0 .. 2b−1`` (the others, in no particular order, stay on the rest).
+
+    Each round is the classic simultaneous min-max tournament over the wires left: pair
+    them up, the smaller of each pair plays for the minimum and the larger for the
+    maximum, ⌈3k/2⌉ − 2 comparators for k wires. For b = 1 it needs 12 comparators at
+    m = 9 where the pruned sorting network keeps 20.
+    """
+    comps: list[tuple[int, int]] = []
+    dead: list[int] = []
+    wires = list(range(m))
+    for _ in range(b):
+        if len(wires) < 2:
+            break
+        lo, hi = wires[0], wires[1]
+        comps.append((lo, hi))
+        rest = wires[2:]
+        for i in range(0, len(rest) - 1, 2):
+            p, q = rest[i], rest[i + 1]
+            comps += [(p, q), (lo, p), (q, hi)]
+        if len(rest) % 2:
+            comps += [(lo, rest[-1]), (rest[-1], hi)]
+        dead += [lo, hi]
+        wires = rest
+    return tuple(comps), tuple(dead)
+
+
+class NetworkPlan(NamedTuple):
+    """A trimmed-mean network compiled to ufunc calls on numbered operands.
+
+    Operands ``0 .. m−1`` are the inputs (0 the own model, j the neighbour j−1), the next
+    ``slots`` are scratch rows, and the last ``keep`` receive the middle values (the
+    trimmed mean is their average). Each op is ``(ufunc, a, b, out)`` with ``b = −1`` for
+    a copy. ``calls`` is the number of ufunc calls per chunk.
+    """
+
+    m: int
+    keep: int
+    slots: int
+    ops: tuple[tuple[Any, int, int, int], ...]
+
+    @property
+    def calls(self) -> int:
+        return len(self.ops)
+
+
+#: While a plan is compiled: the missing second operand of a copy, and the first
+#: middle-value row.
+COPY = -(1 << 30)
+FINAL = 1 << 20
+
+
+def _compile(comps: Comparators, m: int, dead: frozenset[int]) -> NetworkPlan:
+    """Prune ``comps`` for the sum of the wires not in ``dead`` and allocate operands.
+
+    Working backwards, a wire is dead (never read), summed (only its contribution to the
+    sum matters) or live. A comparator between two dead or two summed wires changes
+    nothing that is read (``min + max = a + b``) and is dropped; one whose min (or max)
+    output is dead computes only the other. Going forwards, each comparator writes its
+    outputs into free scratch rows, in place over an input row it consumes when it can,
+    and straight into a middle-value row when that output is final.
+    """
+    dead_s, summed_s, live_s = 0, 1, 2
+    state = [dead_s if w in dead else summed_s for w in range(m)]
+    kept: list[tuple[int, int, int, int]] = []  # lo, hi, lo's role, hi's role (after)
+    for lo, hi in reversed(comps):
+        if state[lo] == state[hi] != live_s:
+            continue
+        kept.append((lo, hi, state[lo], state[hi]))
+        state[lo] = state[hi] = live_s
+    kept.reverse()
+    slots_used = 0
+    free: list[int] = []
+    # The operand holding each wire: an input (0 .. m−1), a scratch slot (−1, −2, ...,
+    # numbered once their count is known) or a middle-value row (FINAL + r).
+    loc = list(range(m))
+    ops: list[tuple[Any, int, int, int]] = []
+    final = 0
+
+    def fresh() -> int:
+        nonlocal slots_used
+        if free:
+            return free.pop()
+        slots_used += 1
+        return -slots_used
+
+    for lo, hi, lo_role, hi_role in kept:
+        a, b = loc[lo], loc[hi]
+        consumed = [x for x in (a, b) if x < 0]
+        wanted = [
+            (f, w, role)
+            for f, w, role in ((np.minimum, lo, lo_role), (np.maximum, hi, hi_role))
+            if role != dead_s
+        ]
+        for idx, (f, w, role) in enumerate(wanted):
+            if role == summed_s:  # final: straight into a middle-value row
+                dest = FINAL + final
+                final += 1
+            elif idx == len(wanted) - 1 and consumed:
+                dest = consumed.pop()  # the last op may overwrite an input it consumes
+            else:
+                dest = fresh()
+            ops.append((f, a, b, dest))
+            loc[w] = dest
+        free.extend(consumed)
+    # Middle values no comparator touched are still inputs: copy them into their rows.
+    for w in range(m):
+        if w not in dead and 0 <= loc[w] < m:
+            ops.append((np.positive, loc[w], COPY, FINAL + final))
+            final += 1
+    assert final == m - len(dead), (final, m, dead)
+
+    def number(op: int) -> int:
+        if op >= FINAL:
+            return m + slots_used + (op - FINAL)
+        if op < 0:
+            return m - op - 1
+        return op
+
+    return NetworkPlan(
+        m,
+        final,
+        slots_used,
+        tuple((f, number(a), number(b) if b != COPY else -1, number(o)) for f, a, b, o in ops),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def trimmed_plan(m: int, b: int) -> NetworkPlan:
+    """The cheapest compiled network for the trimmed mean of ``m`` values dropping ``b``
+    at each end: the pruned Batcher network, the min-max tournament, or (for the median
+    of m ∈ {3, 5, 7, 9}) a known median network, whichever makes fewest ufunc calls."""
+    candidates = [_compile(batcher_network(m), m, frozenset([*range(b), *range(m - b, m)]))]
+    comps, dead = extremes_network(m, b)
+    if len(dead) == 2 * b:
+        candidates.append(_compile(comps, m, frozenset(dead)))
+    if m - 2 * b == 1 and m in MEDIAN_NETWORKS:
+        net, wire = MEDIAN_NETWORKS[m]
+        candidates.append(_compile(net, m, frozenset(range(m)) - {wire}))
+    return min(candidates, key=lambda plan: plan.calls)
+
+
+def trimmed_mean(own: F32, rows: F32, b: int, ws: Workspace) -> F32:
     """Per coordinate: drop the ``b`` largest and ``b`` smallest of ``[own; rows]`` and
     average the rest. ``b = (m−1)//2`` gives the median (mean of the two middle values
     for even m). Requires ``m − 2b ≥ 1``.
+
+    Runs :func:`trimmed_plan`'s ufunc calls chunk by chunk; the first comparators read
+    the inputs where they lie (no copy), the rest work on cache-resident rows. The
+    finiteness check rides along: each chunk's row sums (one BLAS gemv, which also brings
+    the chunk into cache for the network) are finite iff the chunk holds no NaN or inf,
+    or a sum of finite values overflowed; only then the exact check decides. Raises
+    :class:`NonFiniteInputError` for NaN or inf inputs.
     """
     m = rows.shape[0] + 1
     n = own.shape[0]
-    keep = m - 2 * b
-    key = (m, b)
-    comps = cache.get(key)
-    if comps is None:
-        comps = cache[key] = trimmed_network(m, b)
+    plan = trimmed_plan(m, b)
+    keep = plan.keep
     chunk = min(NETWORK_CHUNK, n)
-    work: F32 = ws.get("net", (m, chunk), np.float32)
-    spare: F32 = ws.get("net_spare", (chunk,), np.float32)
+    work: F32 = ws.get("net", (plan.slots + keep, chunk), np.float32)
     ones = ws.ones(chunk)
+    scale = ws.get("net_scale", (keep,), np.float32)
+    scale.fill(np.float32(1.0 / keep))
+    count = -(-n // chunk)
+    sums: F32 = ws.get("net_sums", (count, m), np.float32)
     out = np.empty(n, dtype=np.float32)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        width = stop - start
-        w = work[:, :width]
-        w[0] = own[start:stop]
-        w[1:] = rows[:, start:stop]
-        wires = list(w)
-        tmp = spare[:width]
-        for i, j in comps:
-            np.minimum(wires[i], wires[j], out=tmp)
-            np.maximum(wires[i], wires[j], out=wires[j])
-            wires[i], tmp = tmp, wires[i]
-        o = out[start:stop]
-        np.copyto(o, wires[b])
-        if keep > 1:
-            with np.errstate(over="ignore", invalid="ignore"):
-                for q in range(b + 1, m - b):
-                    o += wires[q]
-                o /= np.float32(keep)
-                total = float(np.dot(o, ones[:width]))
-            if not math.isfinite(total):
-                # Huge middle values overflowed the float32 sum: redo this chunk in float64.
-                exact = np.sum([wires[q].astype(np.float64) for q in range(b, m - b)], axis=0)
-                o[...] = exact / keep
+    overflowed: list[int] = []
+    full = list(work)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, start in enumerate(range(0, n, chunk)):
+            stop = min(start + chunk, n)
+            width = stop - start
+            src = rows[:, start:stop]
+            np.dot(src, ones[:width], out=sums[i, 1:])
+            sums[i, 0] = np.dot(own[start:stop], ones[:width])
+            scratch = full if width == chunk else [row[:width] for row in work]
+            o = out[start:stop]
+            middle = scratch[plan.slots :]
+            if keep == 1:
+                middle = [o]
+            ref = [own[start:stop], *src, *scratch[: plan.slots], *middle]
+            for f, a, b_, dst in plan.ops:
+                if b_ < 0:
+                    f(ref[a], out=ref[dst])
+                else:
+                    f(ref[a], ref[b_], out=ref[dst])
+            if keep > 1:
+                np.dot(scale, work[plan.slots :, :width], out=o)
+                if not math.isfinite(float(np.dot(o, ones[:width]))):
+                    overflowed.append(i)
+        finite = bool(np.isfinite(sums).all())
+    if not finite:
+        raise_if_non_finite(own, rows)
+    for i in overflowed:
+        # Rounding pushed an average of huge middle values past float32: redo exactly.
+        start, stop = i * chunk, min((i + 1) * chunk, n)
+        block = np.vstack([own[None, start:stop], rows[:, start:stop]]).astype(np.float64)
+        block.sort(axis=0)
+        out[start:stop] = block[b : m - b].mean(axis=0)
     return out

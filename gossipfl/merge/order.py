@@ -11,17 +11,13 @@ chunks: O(m log² m) vectorised min/max passes, no Python loop over coordinates 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy.typing as npt
 
-from gossipfl.merge._kernels import F32, F64, Comparators, trimmed_mean
+from gossipfl.merge._kernels import F32, F64, trimmed_mean
 from gossipfl.merge.base import MergeRule, Requirement, check_int, param
 from gossipfl.merge.context import MergeContext
-
-
-def _network_cache() -> dict[tuple[int, int], Comparators]:
-    return {}
 
 
 @dataclass(kw_only=True, eq=False)
@@ -35,11 +31,9 @@ class TrimmedMean(MergeRule):
 
     name = "trimmed-mean"
     summary = "coordinate-wise trimmed mean of self + neighbours, dropping b at each end"
+    _validates_finite = True
 
     b: int = param(1, "values dropped at each end of every coordinate (Byzantine tolerated)")
-    _networks: dict[tuple[int, int], Comparators] = field(
-        default_factory=_network_cache, init=False, repr=False, compare=False
-    )
 
     def validate(self) -> None:
         check_int(self.name, "b", self.b, 0)
@@ -48,14 +42,14 @@ class TrimmedMean(MergeRule):
         return Requirement(2 * self.b + 1, "2b+1", f"b={self.b}")
 
     def _merge(self, own: F32, rows: F32, weights: F64, context: MergeContext | None) -> F32:
-        return trimmed_mean(own, rows, self.b, self._ws, self._networks)
+        return trimmed_mean(own, rows, self.b, self._ws)
 
     def aggregate(self, stack: npt.ArrayLike) -> F32:
         """Trimmed mean of the rows of ``stack``."""
         start = self._aggregate_prologue(stack)
         if not isinstance(start, tuple):
             return start
-        return trimmed_mean(*start, self.b, self._ws, self._networks)
+        return trimmed_mean(*start, self.b, self._ws)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -70,11 +64,9 @@ class Median(MergeRule):
 
     name = "median"
     summary = "coordinate-wise median of self + neighbours"
+    _validates_finite = True
 
     b: int = param(1, "Byzantine neighbours to tolerate; check() demands 2b+1 models")
-    _networks: dict[tuple[int, int], Comparators] = field(
-        default_factory=_network_cache, init=False, repr=False, compare=False
-    )
 
     def validate(self) -> None:
         check_int(self.name, "b", self.b, 0)
@@ -83,7 +75,7 @@ class Median(MergeRule):
         return Requirement(2 * self.b + 1, "2b+1", f"b={self.b}")
 
     def _merge(self, own: F32, rows: F32, weights: F64, context: MergeContext | None) -> F32:
-        return trimmed_mean(own, rows, rows.shape[0] // 2, self._ws, self._networks)
+        return trimmed_mean(own, rows, rows.shape[0] // 2, self._ws)
 
     def aggregate(self, stack: npt.ArrayLike) -> F32:
         """Coordinate-wise median of the rows of ``stack``."""
@@ -91,4 +83,4 @@ class Median(MergeRule):
         if not isinstance(start, tuple):
             return start
         first, rest = start
-        return trimmed_mean(first, rest, rest.shape[0] // 2, self._ws, self._networks)
+        return trimmed_mean(first, rest, rest.shape[0] // 2, self._ws)
