@@ -36,11 +36,15 @@ from gossipfl.merge.errors import MergeInputError, NonFiniteInputError
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-#: Gram chunks hold about this many products (k rows by k + 1 by the chunk's columns).
-#: OpenBLAS multiplies such skinny blocks fastest while they are this small.
-GRAM_CHUNK_PRODUCTS = 1 << 18
+#: Gram chunks hold about this many products (k rows by k + 1 by the chunk's columns):
+#: 7168 columns at d = 8, the cap of 16384 at d = 4, 1024 at d = 16, each measured best
+#: or within noise of it (experiments/benchmarks/merge.py, one BLAS thread).
+GRAM_CHUNK_PRODUCTS = 1 << 19
 #: Columns per chunk for passes that need only row norms or an elementwise update.
 NORM_CHUNK = 65536
+#: Columns per chunk of the distances-to-the-centre pass: the (d, chunk) differences
+#: stay in L2 while each row's norm is taken (65536 columns measured 1.5x slower at d = 8).
+DIAG_CHUNK = 16384
 #: Columns per chunk for the sorting network: the (d+1, chunk) float32 work area stays in
 #: cache while ~2x(number of comparators) ufunc calls sweep it.
 NETWORK_CHUNK = 16384
@@ -207,16 +211,19 @@ def gram_chunk(k: int) -> int:
     return max(1024, min(16384, GRAM_CHUNK_PRODUCTS // (k * (k + 1)) // 1024 * 1024))
 
 
-def _gram_pass(center: F32, rows: F32, ws: Workspace, *, full: bool, wide: bool) -> F64:
+def _gram_pass(
+    center: F32, rows: F32, ws: Workspace, *, full: bool, wide: bool, center_norm: bool = False
+) -> F64:
     """One chunked pass: the (k, k) centred Gram matrix (``full``) or its diagonal.
 
     ``wide`` selects the float64 path (centring and products in float64). Each chunk's
     products land in their own slot of a small (chunks, k, k+1) array, summed in float64
-    at the end: no per-chunk Python arithmetic.
+    at the end: no per-chunk Python arithmetic. For the diagonal, ``center_norm`` also
+    takes ‖center‖² from the chunks while they are in cache, returned as entry k.
     """
     k, n = rows.shape
     dtype = np.float64 if wide else np.float32
-    chunk = min(gram_chunk(k) if full else NORM_CHUNK, n)
+    chunk = min(gram_chunk(k) if full else DIAG_CHUNK, n)
     count = -(-n // chunk)
     # Row 0 stays zero: the centre minus itself. Multiplying the k difference rows by all
     # k + 1 rows sends numpy to BLAS gemm; y @ y.T of one buffer goes to syrk, which
@@ -224,7 +231,8 @@ def _gram_pass(center: F32, rows: F32, ws: Workspace, *, full: bool, wide: bool)
     buf = ws.get("gram64" if wide else "gram32", (k + 1, chunk), dtype)
     buf[0] = 0.0
     cbuf: F64 = ws.get("gram64_center", (chunk,), np.float64) if wide else np.empty(0)
-    parts = ws.get("gram_parts" + dtype.__name__, (count, k, k + 1) if full else (count, k), dtype)
+    shape = (count, k, k + 1) if full else (count, k + 1)
+    parts = ws.get("gram_parts" + dtype.__name__, shape, dtype)
     for i, start in enumerate(range(0, n, chunk)):
         stop = min(start + chunk, n)
         y = buf[:, : stop - start]
@@ -243,6 +251,11 @@ def _gram_pass(center: F32, rows: F32, ws: Workspace, *, full: bool, wide: bool)
             part = parts[i]
             for j in range(k):
                 part[j] = np.dot(y[j + 1], y[j + 1])
+            if center_norm:
+                own = cbuf[: stop - start] if wide else center[start:stop]
+                part[k] = np.dot(own, own)
+            else:
+                part[k] = 0.0
     acc: F64 = parts.sum(axis=0, dtype=np.float64)
     return acc[:, 1:] if full else acc
 
@@ -262,18 +275,25 @@ def _center_sq_norm(center: F32) -> float:
 
 
 def _robust_pass(
-    center: F32, rows: F32, ws: Workspace, *, full: bool, precise: bool = False
+    center: F32,
+    rows: F32,
+    ws: Workspace,
+    *,
+    full: bool,
+    precise: bool = False,
+    center_norm: bool = False,
 ) -> F64:
     # Overflow and inf − inf are expected here and handled below: keep numpy quiet.
     with np.errstate(over="ignore", invalid="ignore"):
-        acc = _gram_pass(center, rows, ws, full=full, wide=precise)
+        acc = _gram_pass(center, rows, ws, full=full, wide=precise, center_norm=center_norm)
     diag = acc.diagonal() if full else acc
     if np.isfinite(diag).all():
         return acc
     raise_if_non_finite(center, rows)  # NaN/inf inputs: reject
     if precise:  # pragma: no cover - float64 cannot overflow on float32 inputs
         raise AssertionError("float64 Gram overflowed on finite float32 inputs")
-    return _gram_pass(center, rows, ws, full=full, wide=True)  # finite but huge: float64
+    # Finite but huge: float64.
+    return _gram_pass(center, rows, ws, full=full, wide=True, center_norm=center_norm)
 
 
 def centred_gram(
@@ -315,8 +335,8 @@ def centred_sq_distances(
     if rows.shape[0] == 0:
         raise_if_non_finite(center, rows)
         return np.zeros(0), (_center_sq_norm(center) if center_norm else 0.0)
-    sq = _robust_pass(center, rows, ws, full=False)
-    return sq, (_center_sq_norm(center) if center_norm else 0.0)
+    sq = _robust_pass(center, rows, ws, full=False, center_norm=center_norm)
+    return sq[:-1], float(sq[-1])
 
 
 def pairwise_sq_distances(g: F64) -> F64:
