@@ -9,8 +9,9 @@ Every rule reduces to one or two passes over the ``(d, n)`` stack of neighbour m
   iterations (Weiszfeld, centred clipping, IOS's removals) on ``(d+1)``-sized coefficient
   vectors and touch the n coordinates only twice: once to build ``G``, once to form the
   output ``(1 − Σc)·own + c @ X`` with one BLAS ``gemv``.
-* **Order-statistic rules** (median, trimmed mean) run a pruned Batcher sorting network
-  over the rows, column chunk by column chunk, with ``np.minimum``/``np.maximum``.
+* **Order-statistic rules** (median, trimmed mean) run a comparator network compiled
+  for their (m, b) (:func:`trimmed_plan`) over the rows, column chunk by column chunk,
+  with ``np.minimum``/``np.maximum``.
 
 ``G`` is built over column chunks that fit in cache: each chunk is centred in float32 and
 multiplied with one BLAS call, and the chunks are summed in float64 (details and error
@@ -18,7 +19,11 @@ bounds above :func:`centred_gram`). A neighbour that sends huge but finite value
 overflow float32 (turning a distance into inf and a ranking into nonsense); that shows up
 as inf and the pass is redone in float64, which nothing a float32 holds can overflow.
 Non-finite inputs make ``G`` non-finite too, so distance rules need no separate validation
-pass; the exact element-wise check runs only then, to name the culprits.
+pass; the exact element-wise check runs only then, to name the culprits. The other
+rules fold the check into their own pass in the same way: the mean into the sum of its
+result (:func:`combine`), the order statistics into row sums of each chunk as it enters
+the network (:func:`trimmed_mean`). :func:`ensure_finite` remains for rules that have no
+such pass (rules defined outside this package, and merges that keep the own model).
 """
 
 from __future__ import annotations
@@ -45,8 +50,8 @@ NORM_CHUNK = 65536
 #: Columns per chunk of the distances-to-the-centre pass: the (d, chunk) differences
 #: stay in L2 while each row's norm is taken (65536 columns measured 1.5x slower at d = 8).
 DIAG_CHUNK = 16384
-#: Columns per chunk for the sorting network: the (d+1, chunk) float32 work area stays in
-#: cache while ~2x(number of comparators) ufunc calls sweep it.
+#: Columns per chunk for the comparator networks: the scratch rows stay in L2 while the
+#: plan's ufunc calls sweep them (2.2 µs per call at this width; 2048 to 32768 measured).
 NETWORK_CHUNK = 16384
 #: Columns per chunk for the finiteness check (one BLAS gemv against ones per chunk).
 FINITE_CHUNK = 65536
@@ -378,6 +383,9 @@ def _sgemv() -> Callable[..., F32]:
 
 
 _SGEMV: Callable[..., F32] | None = None
+#: Below this many columns the SciPy wrapper's call overhead (~10 µs) outweighs the
+#: second pass over the result that numpy's dot plus an add costs.
+SGEMV_MIN_COLUMNS = 1 << 16
 
 
 def combine(center: F32, rows: F32, coef: F64, ws: Workspace, *, validate: bool = False) -> F32:
@@ -404,7 +412,7 @@ def combine(center: F32, rows: F32, coef: F64, ws: Workspace, *, validate: bool 
     own_coef = np.float32(1.0 - float(coef.sum()))
     with np.errstate(over="ignore", invalid="ignore"):
         out: F32 = np.multiply(center, own_coef) if own_coef != 0.0 else np.zeros_like(center)
-        if k and rows.flags.c_contiguous:
+        if k and rows.flags.c_contiguous and center.shape[0] >= SGEMV_MIN_COLUMNS:
             # rows.T is Fortran-ordered: the wrapper passes it to BLAS without a copy.
             res = _sgemv()(1.0, rows.T, c32, beta=1.0, y=out, overwrite_y=1)
             if res is not out:  # pragma: no cover - the wrapper copied after all
