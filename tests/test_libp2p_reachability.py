@@ -4,6 +4,7 @@ tests/test_netns_nat.py). Every network test is bounded by ``pytest.mark.timeout
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import hypothesis.strategies as st
@@ -19,6 +20,7 @@ from gossipfl.transport.libp2p.reachability import (
     DIALBACK_PROTOCOL,
     MAX_PORTS,
     DialbackError,
+    ExpectedDialbacks,
     Reachability,
     decode_reply,
     decode_request,
@@ -146,3 +148,25 @@ def test_bad_requests_are_refused(data: bytes) -> None:
 def test_bad_replies_are_refused(data: bytes) -> None:
     with pytest.raises(DialbackError):
         decode_reply(data, 2)
+
+
+def test_only_the_expected_dial_back_hang_up_is_lowered_to_debug() -> None:
+    """py-libp2p logs the asked peer's hang-up at ERROR; the filter lowers exactly that
+    record, for a peer we asked, and leaves every other one alone."""
+    expected = ExpectedDialbacks()
+    expected.expect("peer-a")
+
+    def record(msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("libp2p.network.swarm", level, __file__, 1, msg, args, None)
+
+    lowered = record("fail to upgrade mux for peer %s", "peer-a")
+    assert not expected.filter(lowered)  # dropped here (DEBUG is not enabled)
+    assert lowered.levelno == logging.DEBUG
+    for other in (
+        record("fail to upgrade mux for peer %s", "peer-b"),  # not asked
+        record("failed to upgrade security for peer at %s: %s", "addr", "x"),
+        record("fail to upgrade mux for peer %s", "peer-a", level=logging.WARNING),
+    ):
+        level = other.levelno
+        assert expected.filter(other)
+        assert other.levelno == level

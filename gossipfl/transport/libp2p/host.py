@@ -85,19 +85,11 @@ from gossipfl.transport.libp2p.policing import Policing
 from gossipfl.transport.libp2p.reachability import (
     DIAL_TIMEOUT,
     DIALBACK_PROTOCOL,
-    MAX_PORTS,
     MAX_REPLY,
     MAX_REQUEST,
-    DialbackError,
-    ExpectedDialbacks,
+    Dialback,
     Reachability,
-    decode_reply,
-    decode_request,
-    dial_back,
-    encode_reply,
-    encode_request,
     remote_ip,
-    tcp_address,
 )
 from gossipfl.transport.libp2p.relay import (
     GatedRelay,
@@ -131,12 +123,6 @@ REFUSAL_NOTICE_TIMEOUT = 2.0
 
 #: How long a relayed connection may keep carrying streams once a direct one is up.
 RELAY_DRAIN = 30.0
-
-#: Peers asked in one reachability check, and how often it is repeated (seconds); a check
-#: that nobody could answer is repeated sooner.
-REACHABILITY_ASK = 2
-REACHABILITY_EVERY = 600.0
-REACHABILITY_RETRY = 10.0
 
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -292,10 +278,13 @@ class Libp2pTransport:
         self._circuits_dialled: set[str] = set()
         """Peers we reached through a relay ourselves (for who starts hole punching)."""
         self._leaving_relay: set[str] = set()
-        self._reachability = Reachability()
-        self._expected_dialbacks = ExpectedDialbacks()
-        self._direct_peer = trio.Event()
-        """Set when a peer is connected directly (someone to ask for a dial-back)."""
+        self._dialback = Dialback(
+            self._swarm,
+            local_id=str(host.get_id()),
+            request=self.request,
+            remote_ips=self._remote_ips,
+            askable=self._direct_peers,
+        )
         self._holepunch: HolePunch | None = None
         if config.hole_punching:
             self._holepunch = HolePunch(
@@ -450,14 +439,14 @@ class Libp2pTransport:
             )
         self.set_request_handler(
             DIALBACK_PROTOCOL,
-            self._answer_dialback,
+            self._dialback.answer,
             max_request=MAX_REQUEST,
             max_reply=MAX_REPLY,
             timeout=DIAL_TIMEOUT + 2.0,
         )
         if self.config.reachability_check:
-            self._expected_dialbacks.install()
-            self._tasks.spawn(self._watch_reachability, "reachability check")
+            ports = self._listen_ports()
+            self._tasks.spawn(functools.partial(self._dialback.watch, ports), "reachability")
 
     async def aclose(self) -> None:
         """Close every connection (concurrently), then the host. Idempotent.
@@ -477,7 +466,6 @@ class Libp2pTransport:
             if scope.cancelled_caught:
                 logger.warning("closing the libp2p host took more than 5 s; gave up waiting")
         finally:
-            self._expected_dialbacks.remove()
             self._tasks.close()
             self._queue.close()
             self._closed.set()
@@ -678,9 +666,10 @@ class Libp2pTransport:
     @property
     def reachability(self) -> Reachability:
         """Whether peers can dial us, as the last dial-back check found
-        (:mod:`~gossipfl.transport.libp2p.reachability`); checked soon after the first
-        direct connection, then every ``REACHABILITY_EVERY`` seconds."""
-        return self._reachability
+        (:mod:`~gossipfl.transport.libp2p.reachability`); with
+        ``config.reachability_check``, checked soon after the first direct connection,
+        then every 10 minutes."""
+        return self._dialback.found
 
     def _listen_ports(self) -> list[int]:
         ports: list[int] = []
@@ -689,95 +678,18 @@ class Libp2pTransport:
                 port = int(addr.value_for_protocol("tcp"))
                 if port not in ports:
                     ports.append(port)
-        return ports[:MAX_PORTS]
+        return ports
 
-    async def _answer_dialback(self, peer: str, request: bytes) -> bytes | None:
-        """Dial ``peer`` back at the IP its direct connection comes from, on each port it
-        names (see the module :mod:`~gossipfl.transport.libp2p.reachability`)."""
-        ports = decode_request(request)
-        ips = [ip for c in self._live_connections(ID.from_base58(peer)) if (ip := remote_ip(c))]
-        if not ips:
-            logger.debug("dial-back request from %s over a relayed connection; not answered", peer)
-            return None
-        ip = ips[0]
-        results = [False] * len(ports)
-
-        async def one(i: int, port: int) -> None:
-            results[i] = await dial_back(self._swarm, ID.from_base58(peer), tcp_address(ip, port))
-
-        started = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for i, port in enumerate(ports):
-                nursery.start_soon(one, i, port)
-        logger.debug(
-            "dial-back check for peer %s at %s, ports %s: %s (%.1f s)",
-            peer,
-            ip,
-            ports,
-            results,
-            trio.current_time() - started,
-        )
-        return encode_reply(ip, results)
-
-    async def _watch_reachability(self) -> None:
-        ports = self._listen_ports()
-        if not ports:
-            self._set_reachability(
-                Reachability("unreachable", detail="listening on nothing: dial-out only")
-            )
-            return
-        while True:
-            await self._direct_peer.wait()
-            found = await self._check_reachability(ports)
-            self._set_reachability(found)
-            await trio.sleep(REACHABILITY_RETRY if found.state == "unknown" else REACHABILITY_EVERY)
-
-    async def _check_reachability(self, ports: list[int]) -> Reachability:
-        """Ask up to ``REACHABILITY_ASK`` directly connected peers (our relays first), at
-        once, to dial us back; reachable if one could."""
+    def _direct_peers(self) -> list[str]:
+        """Directly connected peers, our relays first (whom to ask for a dial-back)."""
         direct = [p for p, path in self.peer_paths.items() if not path.relayed]
-        candidates = [p for p in self._relays if p in direct]
-        candidates += [p for p in direct if p not in candidates]
-        answers: dict[str, tuple[str, list[bool]]] = {}
+        return [p for p in self._relays if p in direct] + [
+            p for p in direct if p not in self._relays
+        ]
 
-        async def ask(peer: str) -> None:
-            self._expected_dialbacks.expect(peer)
-            try:
-                reply = await self.request(
-                    peer,
-                    DIALBACK_PROTOCOL,
-                    encode_request(ports),
-                    max_request=MAX_REQUEST,
-                    max_reply=MAX_REPLY,
-                    timeout=DIAL_TIMEOUT * 3,
-                )
-                answers[peer] = decode_reply(reply, len(ports))
-            except (PeerUnreachable, DialbackError) as exc:
-                logger.info("peer %s gave no dial-back answer: %s", peer, exc)
-
-        async with trio.open_nursery() as nursery:
-            for peer in candidates[:REACHABILITY_ASK]:
-                nursery.start_soon(ask, peer)
-        misses: list[str] = []
-        for peer, (ip, results) in answers.items():
-            reached = [
-                f"{tcp_address(ip, port)}/p2p/{self.local_id}"
-                for port, ok in zip(ports, results, strict=True)
-                if ok
-            ]
-            if reached:
-                return Reachability("reachable", tuple(reached), (peer,))
-            misses.append(f"{peer} could not dial {ip} on port {', '.join(map(str, ports))}")
-        if not answers:
-            return Reachability(detail="no connected peer answered a dial-back check")
-        return Reachability("unreachable", checked_by=tuple(answers), detail="; ".join(misses))
-
-    def _set_reachability(self, found: Reachability) -> None:
-        if found.state == "unknown" and self._reachability.state != "unknown":
-            return  # keep the last answer rather than forget it
-        if found != self._reachability:
-            logger.info("reachability: %s", found)
-        self._reachability = found
+    def _remote_ips(self, peer: str) -> list[str]:
+        conns = self._live_connections(ID.from_base58(peer))
+        return [ip for conn in conns if (ip := remote_ip(conn)) is not None]
 
     # ---------------------------------------------------------- limits and bans
 
@@ -1086,7 +998,7 @@ class Libp2pTransport:
 
     def _mark_connected(self, peer: str, path: Path) -> None:
         if not path.relayed:
-            self._direct_peer.set()
+            self._dialback.direct_peer.set()
         if peer not in self._connected and not self._closing:
             self._connected.add(peer)
             logger.info("connected to peer %s (%s)", peer, path)

@@ -24,8 +24,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import multiaddr
@@ -33,6 +34,7 @@ import trio
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
+from gossipfl.transport.base import PeerUnreachable
 from gossipfl.transport.libp2p.paths import path_of
 
 logger = logging.getLogger(__name__)
@@ -214,9 +216,154 @@ async def dial_back(swarm: Any, peer: ID, address: multiaddr.Multiaddr) -> bool:
                     logger.debug("closing a dial-back connection failed", exc_info=True)
 
 
+ASK = 2
+"""Peers asked in one check (at once)."""
+EVERY = 600.0
+"""Seconds between two checks."""
+RETRY = 10.0
+"""Seconds before checking again when nobody answered."""
+
+
+class Request(Protocol):
+    async def __call__(
+        self,
+        peer: str,
+        protocol: str,
+        payload: bytes,
+        *,
+        max_request: int,
+        max_reply: int,
+        timeout: float,
+    ) -> bytes: ...
+
+
+class Dialback:
+    """Both sides of the check for one transport: :meth:`answer` serves others'
+    requests; :meth:`watch` checks our own reachability while the transport lives.
+
+    Args:
+        swarm: py-libp2p's swarm (its TCP transport and upgrader dial back).
+        local_id: our peer ID (for the addresses we report).
+        request: the transport's request function (one frame each way).
+        remote_ips: a peer's IP addresses as its *direct* connections show them.
+        askable: peers we are connected to directly, in the order to ask them.
+    """
+
+    def __init__(
+        self,
+        swarm: Any,
+        *,
+        local_id: str,
+        request: Request,
+        remote_ips: Callable[[str], list[str]],
+        askable: Callable[[], list[str]],
+    ) -> None:
+        self._swarm = swarm
+        self._local_id = local_id
+        self._request = request
+        self._remote_ips = remote_ips
+        self._askable = askable
+        self.found = Reachability()
+        """What the last check found."""
+        self.direct_peer = trio.Event()
+        """Set (by the transport) once a peer is connected directly: someone to ask."""
+        self._expected = ExpectedDialbacks()
+
+    async def answer(self, peer: str, request: bytes) -> bytes | None:
+        """Dial ``peer`` back at the IP its direct connection comes from, on each port it
+        names; ``None`` (no answer) over a relayed connection."""
+        ports = decode_request(request)
+        ips = self._remote_ips(peer)
+        if not ips:
+            logger.debug("dial-back request from %s over a relayed connection; not answered", peer)
+            return None
+        ip, results = ips[0], [False] * len(ports)
+
+        async def one(i: int, port: int) -> None:
+            results[i] = await dial_back(self._swarm, ID.from_base58(peer), tcp_address(ip, port))
+
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i, port in enumerate(ports):
+                nursery.start_soon(one, i, port)
+        logger.debug(
+            "dial-back check for peer %s at %s, ports %s: %s (%.1f s)",
+            peer,
+            ip,
+            ports,
+            results,
+            trio.current_time() - started,
+        )
+        return encode_reply(ip, results)
+
+    async def watch(self, ports: list[int]) -> None:
+        """Check our own reachability once a peer is connected directly, then every
+        ``EVERY`` seconds (``RETRY`` after a check nobody answered); runs until
+        cancelled. ``ports``: the TCP ports we listen on."""
+        if not ports:
+            self._record(Reachability("unreachable", detail="listening on nothing: dial-out only"))
+            return
+        self._expected.install()
+        try:
+            while True:
+                await self.direct_peer.wait()
+                self._record(await self.check(ports[:MAX_PORTS]))
+                await trio.sleep(RETRY if self.found.state == "unknown" else EVERY)
+        finally:
+            self._expected.remove()
+
+    async def check(self, ports: list[int]) -> Reachability:
+        """Ask up to ``ASK`` directly connected peers at once to dial us back on
+        ``ports``; reachable if one could."""
+        answers: dict[str, tuple[str, list[bool]]] = {}
+
+        async def ask(peer: str) -> None:
+            self._expected.expect(peer)
+            try:
+                reply = await self._request(
+                    peer,
+                    DIALBACK_PROTOCOL,
+                    encode_request(ports),
+                    max_request=MAX_REQUEST,
+                    max_reply=MAX_REPLY,
+                    timeout=DIAL_TIMEOUT * 3,
+                )
+                answers[peer] = decode_reply(reply, len(ports))
+            except (PeerUnreachable, DialbackError) as exc:
+                logger.info("peer %s gave no dial-back answer: %s", peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self._askable()[:ASK]:
+                nursery.start_soon(ask, peer)
+        misses: list[str] = []
+        for peer, (ip, results) in answers.items():
+            reached = [
+                f"{tcp_address(ip, port)}/p2p/{self._local_id}"
+                for port, ok in zip(ports, results, strict=True)
+                if ok
+            ]
+            if reached:
+                return Reachability("reachable", tuple(reached), (peer,))
+            misses.append(f"{peer} could not dial {ip} on port {', '.join(map(str, ports))}")
+        if not answers:
+            return Reachability(detail="no connected peer answered a dial-back check")
+        return Reachability("unreachable", checked_by=tuple(answers), detail="; ".join(misses))
+
+    def _record(self, found: Reachability) -> None:
+        if found.state == "unknown" and self.found.state != "unknown":
+            return  # keep the last answer rather than forget it
+        if found != self.found:
+            logger.info("reachability: %s", found)
+        self.found = found
+
+
 __all__ = [
+    "ASK",
     "DIALBACK_PROTOCOL",
+    "EVERY",
     "MAX_PORTS",
+    "RETRY",
+    "Dialback",
     "DialbackError",
     "ExpectedDialbacks",
     "Reachability",
