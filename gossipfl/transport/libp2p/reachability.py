@@ -43,7 +43,7 @@ DIALBACK_PROTOCOL = "/gossipfl/dialback/1.0.0"
 MAX_PORTS = 4
 MAX_REQUEST = 64
 MAX_REPLY = 256
-DIAL_TIMEOUT = 5.0
+DIAL_TIMEOUT = 3.0
 """Seconds one dial-back (TCP connect and Noise handshake) may take; a NAT that drops the
 attempt makes it time out."""
 
