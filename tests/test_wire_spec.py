@@ -27,7 +27,7 @@ def test_update_example_layout_and_digest() -> None:
     assert struct.unpack_from(">II", framed) == (144, 131)
     assert framed[4 + 4 + 131] == 0  # one byte of padding
     assert framed[-8:] == bytes.fromhex("0000803f000000c0")
-    digest = "5e06dc2db38c434e1602fd379eb43aa4b4683d7ac141032b84e057af6423480d"
+    digest = "54847fa2028a3457068a78ba8e6a086cccf672def025d7e4cb2761b538edbf3f"
     assert wire.payload_digest(vec.tobytes()).hex() == digest
     assert bytes.fromhex(digest) in framed
 

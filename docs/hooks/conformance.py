@@ -350,6 +350,27 @@ def invalid() -> list[dict[str, Any]]:
     ]
 
 
+#: Payload lengths of the digest vectors: around BLAKE3's 1 KiB chunks and its subtrees,
+#: and past protocol 1's 1 MiB leaves.
+DIGEST_LENGTHS = (0, 1, 8, 1023, 1024, 1025, 2048, 2049, 3072, 4097, 65_537, (1 << 20) + 1)
+
+
+def pattern(length: int) -> bytes:
+    """The payload of a digest vector: byte i is i mod 251 (as in BLAKE3's own vectors)."""
+    return (bytes(range(251)) * (length // 251 + 1))[:length]
+
+
+def digests() -> dict[str, Any]:
+    return {
+        "definition": "BLAKE3 (hash mode: no key, no context), 32-byte output, of the "
+        "payload (docs/protocol.md, section 9; protocol version 2)",
+        "payload": "byte i of a payload of `length` bytes is i mod 251",
+        "vectors": [
+            {"length": n, "digest": wire.payload_digest(pattern(n)).hex()} for n in DIGEST_LENGTHS
+        ],
+    }
+
+
 def build() -> dict[str, Any]:
     return {
         "about": "gossipfl protocol conformance vectors; see docs/protocol.md. Frames are "
@@ -357,7 +378,9 @@ def build() -> dict[str, Any]:
         "docs/hooks/conformance.py; tests/test_conformance.py checks the Python peer "
         "against this file.",
         "wire_version": wire.WIRE_VERSION,
+        "protocol_version": wire.PROTOCOL_VERSION,
         "gossip_protocol": wire.PROTOCOL_GOSSIP,
+        "payload_digest": digests(),
         "valid": valid(),
         "members": members(),
         "secure_averaging": secure_averaging(),

@@ -255,6 +255,9 @@ class Peer:
         self._deadline: tuple[int, float] | None = None  # (round, trio time) of the wait
         self._step_done: tuple[float, LocalStepDone] | None = None  # simulated step end
         self._encoded: tuple[Vector, int, bool, dict[str, Frames]] | None = None
+        # The payload digest of each codec's encoding of the model version last sent: a
+        # version is hashed once, however many rounds, replies and neighbours it goes to.
+        self._digests: tuple[Vector, dict[str, bytes]] | None = None
         self._codecs_of: dict[PeerId, tuple[str, ...]] = {}  # what each neighbour decodes
         # Peers whose hello was refused (either way): another network, job or model does
         # not change in a second, so they are not redialled before this trio time.
@@ -740,12 +743,33 @@ class Peer:
         frames = cached[3].get(codec)
         if frames is None:
             update = wire.Update(
-                sender=self.id, round=action.round, vector=vector, codec=codec, reply=action.reply
+                sender=self.id,
+                round=action.round,
+                vector=vector,
+                codec=codec,
+                reply=action.reply,
+                digest=self._digest_of(vector, codec),
             )
             # One frame, or (past max_frame) a head and chunks the receiver reassembles.
             frames = tuple(wire.iter_encoded(update, max_frame=self.config.max_frame))
             cached[3][codec] = frames
         self._outbox.send(action.peer, frames)
+
+    def _digest_of(self, vector: Vector, codec: str) -> bytes:
+        """The payload digest of ``vector`` encoded with ``codec``, computed (with the
+        finiteness check, in one pass) the first time this model version is sent. Keyed
+        by the vector's identity, like the frame cache: models are never changed in place."""
+        known = self._digests
+        if known is None or known[0] is not vector:
+            known = self._digests = (vector, {})
+        digest = known[1].get(codec)
+        if digest is None:
+            sealed = wire.with_digest(
+                wire.Update(sender=self.id, round=0, vector=vector, codec=codec)
+            )
+            assert sealed.digest is not None
+            digest = known[1][codec] = sealed.digest
+        return digest
 
     def _codec_for(self, peer: PeerId) -> str:
         """Our configured codec if ``peer`` decodes it (every gossipfl peer does), else the

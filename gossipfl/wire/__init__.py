@@ -46,7 +46,7 @@ from gossipfl.wire.codecs import (
 )
 from gossipfl.wire.codes import RefusalCode
 from gossipfl.wire.decoding import decode
-from gossipfl.wire.digest import DIGEST_SIZE, LEAF_SIZE, PayloadHasher, payload_digest
+from gossipfl.wire.digest import DIGEST_SIZE, PayloadHasher, payload_digest
 from gossipfl.wire.envelope import (
     DEFAULT_LIMITS,
     WIRE_VERSION,
@@ -107,7 +107,6 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "DIGEST_SIZE",
     "FP16_MAX",
-    "LEAF_SIZE",
     "MAX_SECURE_GROUP",
     "PROTOCOL_GOSSIP",
     "PROTOCOL_PULL",

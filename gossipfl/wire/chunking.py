@@ -7,7 +7,8 @@ specs, no payload) followed by chunks of at most ``chunk_size`` payload bytes ea
 Receiving: :class:`StreamDecoder` turns the bytes of one stream into messages. When a
 head arrives, the payload size it declares is checked against ``Limits.max_payload``
 and then ONE buffer of exactly that size is allocated; chunks are copied into it in
-order and hashed as they arrive, so the digest costs no second pass. Memory per stream
+order and hashed as they arrive (for fp32, checked for NaN and infinity in the same
+pass), so neither costs a second pass. Memory per stream
 is therefore bounded by::
 
     max_frame (one frame being read) + max_payload (the assembly buffer)
@@ -25,8 +26,7 @@ import numpy as np
 
 from gossipfl.wire._types import BytesLike
 from gossipfl.wire.codecs import DEFAULT_CODECS, CodecRegistry
-from gossipfl.wire.decoding import assemble_update, decode
-from gossipfl.wire.digest import PayloadHasher
+from gossipfl.wire.decoding import assemble_update, decode, fused_check
 from gossipfl.wire.envelope import DEFAULT_LIMITS, encode_parts, update_fields, update_header
 from gossipfl.wire.errors import (
     DigestMismatchError,
@@ -142,7 +142,7 @@ def _pieces(buffers: list[memoryview], step: int) -> Iterator[memoryview]:
 class UpdateAssembler:
     """Collects the chunks of one chunked Update into one preallocated buffer."""
 
-    __slots__ = ("_buffer", "_codecs", "_filled", "_hasher", "_next", "head")
+    __slots__ = ("_buffer", "_check", "_codecs", "_filled", "_next", "_verify", "head")
 
     def __init__(
         self,
@@ -158,7 +158,10 @@ class UpdateAssembler:
         self._filled = 0
         self._next = 0
         self._codecs = codecs
-        self._hasher = PayloadHasher() if verify_digest else None
+        self._verify = verify_digest
+        # Each chunk is hashed (and, for fp32, checked for NaN and infinity) right after
+        # it is copied in, while it is in cache: the payload is read from memory once.
+        self._check = fused_check(codecs.get(head.codec), head.n, head.arrays, verify_digest)
 
     @property
     def complete(self) -> bool:
@@ -173,9 +176,9 @@ class UpdateAssembler:
             raise SequenceError(
                 f"chunk {chunk.seq} overruns the declared payload of {self._buffer.size} bytes"
             )
-        self._buffer[self._filled : self._filled + size] = np.frombuffer(chunk.data, np.uint8)
-        if self._hasher is not None:
-            self._hasher.update(chunk.data)
+        piece = self._buffer[self._filled : self._filled + size]
+        piece[:] = np.frombuffer(chunk.data, np.uint8)
+        self._check.update(piece.data)
         self._filled += size
         self._next += 1
         return self.result() if self.complete else None
@@ -187,7 +190,7 @@ class UpdateAssembler:
                 f"chunked update incomplete: {self._filled} of {self._buffer.size} bytes"
             )
         head = self.head
-        if self._hasher is not None and self._hasher.digest() != head.digest:
+        if self._verify and self._check.digest() != head.digest:
             raise DigestMismatchError("the chunked payload's digest does not match its head")
         fields = {
             "sender": head.sender,
@@ -200,7 +203,9 @@ class UpdateAssembler:
             "reply": head.reply,
             "meta": head.meta,
         }
-        return assemble_update(fields, self._buffer.data, self._codecs, verify=False)
+        return assemble_update(
+            fields, self._buffer.data, self._codecs, verify=False, checked=self._check
+        )
 
 
 class StreamDecoder:

@@ -98,10 +98,20 @@ def check_encodable(vector: NDArray[np.float32]) -> None:
     """Refuse to send a vector containing NaN or infinity, naming the first one."""
     if not all_finite(vector):
         index = first_nonfinite(vector)
-        value = vector[index] if index is not None else "?"
-        raise NonFiniteError(
-            f"refusing to send a vector with a non-finite value: [{index}] = {value}"
-        )
+        raise nonfinite_error(vector, index if index is not None else -1)
+
+
+def nonfinite_error(vector: NDArray[np.float32], index: int) -> NonFiniteError:
+    """The error that refuses to send ``vector``, whose value at ``index`` is NaN or
+    infinite."""
+    value = vector[index] if 0 <= index < vector.size else "?"
+    return NonFiniteError(f"refusing to send a vector with a non-finite value: [{index}] = {value}")
+
+
+def is_vector_payload(codec: Codec, n: int, specs: tuple[ArraySpec, ...]) -> bool:
+    """Whether a payload of these arrays is the vector's own bytes (``fp32``): then its
+    finiteness is checked on the payload, in the same pass as its digest."""
+    return codec.zero_copy and specs == (ArraySpec("float32", (n,)),)
 
 
 @dataclass(frozen=True, slots=True)

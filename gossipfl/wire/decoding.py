@@ -20,9 +20,9 @@ from gossipfl.model.layout import FINGERPRINT_SIZE, Layout
 from gossipfl.wire._numeric import all_finite, first_nonfinite
 from gossipfl.wire._types import BytesLike
 from gossipfl.wire.arrays import ArraySpec, view_array
-from gossipfl.wire.codecs import DEFAULT_CODECS, CodecRegistry
+from gossipfl.wire.codecs import DEFAULT_CODECS, Codec, CodecRegistry, is_vector_payload
 from gossipfl.wire.codes import KNOWN_CODES, RefusalCode
-from gossipfl.wire.digest import payload_digest
+from gossipfl.wire.digest import PayloadCheck
 from gossipfl.wire.envelope import (
     ALIGN,
     DEFAULT_LIMITS,
@@ -245,30 +245,53 @@ def _decode_update(
     return assemble_update(fields, payload, codecs, verify)
 
 
+def fused_check(codec: Codec, n: int, specs: tuple[ArraySpec, ...], verify: bool) -> PayloadCheck:
+    """The one pass a receiver makes over a payload of these arrays: the digest when
+    ``verify``, and the finiteness check when the payload is the vector."""
+    return PayloadCheck(digest=verify, floats=is_vector_payload(codec, n, specs))
+
+
 def assemble_update(
-    fields: dict[str, Any], payload: memoryview, codecs: CodecRegistry, verify: bool
+    fields: dict[str, Any],
+    payload: memoryview,
+    codecs: CodecRegistry,
+    verify: bool,
+    *,
+    checked: PayloadCheck | None = None,
 ) -> Update:
     """Build an Update from validated head fields and its complete payload: check the
-    size and the digest, view the arrays, run the codec, check finiteness."""
+    size and the digest, view the arrays, run the codec, check finiteness.
+
+    For a payload that is the vector itself (``fp32``), the digest and the finiteness
+    check are one pass over the payload (:class:`PayloadCheck`). ``checked`` is such a
+    pass already made over all of ``payload`` as it arrived (by the chunk assembler,
+    made with :func:`fused_check`); its digest is compared when ``verify`` is true."""
     specs: tuple[ArraySpec, ...] = fields["arrays"]
     size = sum(spec.nbytes for spec in specs)
     if payload.nbytes < size:
         raise TruncatedError(f"payload has {payload.nbytes} bytes, its arrays need {size}")
     if payload.nbytes > size:
         raise MalformedError(f"payload has {payload.nbytes - size} bytes after its arrays")
-    if verify and payload_digest(payload) != fields["digest"]:
+    n = fields["n"]
+    codec = codecs.get(fields["codec"])
+    check = checked
+    if check is None and (verify or is_vector_payload(codec, n, specs)):
+        check = fused_check(codec, n, specs, verify)
+        check.update(payload)
+    if verify and check is not None and check.digest() != fields["digest"]:
         raise DigestMismatchError("the payload's digest does not match the header's")
     arrays = []
     offset = 0
     for spec in specs:
         arrays.append(view_array(spec, payload, offset))
         offset += spec.nbytes
-    n = fields["n"]
-    vector = codecs.get(fields["codec"]).decode(n, fields["params"], arrays)
-    if not all_finite(vector):
-        raise NonFiniteError(
-            f"decoded vector has a non-finite value at [{first_nonfinite(vector)}]"
-        )
+    vector = codec.decode(n, fields["params"], arrays)
+    if check is not None and check.floats:
+        bad = check.first_nonfinite  # the payload is the vector: checked in the pass
+    else:
+        bad = None if all_finite(vector) else first_nonfinite(vector)
+    if bad is not None:
+        raise NonFiniteError(f"decoded vector has a non-finite value at [{bad}]")
     vector.flags.writeable = False
     return Update(
         sender=fields["sender"],
@@ -394,4 +417,4 @@ _DECODERS: Mapping[
 )
 
 
-__all__ = ["assemble_update", "decode"]
+__all__ = ["assemble_update", "decode", "fused_check"]

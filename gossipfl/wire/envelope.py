@@ -25,8 +25,14 @@ import msgpack
 import numpy as np
 
 from gossipfl.wire.arrays import spec_of, wire_bytes
-from gossipfl.wire.codecs import DEFAULT_CODECS, CodecRegistry, check_encodable
-from gossipfl.wire.digest import PayloadHasher, payload_digest
+from gossipfl.wire.codecs import (
+    DEFAULT_CODECS,
+    CodecRegistry,
+    check_encodable,
+    is_vector_payload,
+    nonfinite_error,
+)
+from gossipfl.wire.digest import PayloadCheck
 from gossipfl.wire.errors import ArrayError, SchemaError
 from gossipfl.wire.job import job_text
 from gossipfl.wire.limits import Limits
@@ -93,18 +99,27 @@ def _prefixed_header(header: dict[str, Any]) -> bytes:
 def update_fields(update: Update, codecs: CodecRegistry) -> tuple[dict[str, Any], list[memoryview]]:
     codec = codecs.get(update.codec)
     vector = update.vector
-    if update.digest is None or not codec.zero_copy:
-        # A given digest comes from with_digest(), which ran this check; a zero-copy
-        # codec then needs no pass over the values at all (the receiver checks anyway).
-        check_encodable(vector)
+    digest = update.digest
+    if not codec.zero_copy:
+        check_encodable(vector)  # before encoding: codecs take finite vectors only
     encoded = codec.encode(vector)
     specs = tuple(spec_of(array) for array in encoded.arrays)
     if specs != codec.specs(vector.size, encoded.params):  # pragma: no cover - codec bug
         raise ArrayError(f"codec {codec.name} produced arrays {specs} that its specs refuse")
     buffers = [wire_bytes(array) for array in encoded.arrays]
-    digest = update.digest
     if digest is None:
-        digest = _digest_of(buffers)
+        # A zero-copy codec (fp32) sends the vector's own bytes: the digest and the
+        # finiteness check are one pass over them. A given digest comes from
+        # with_digest(), which made that pass, so then no pass at all (the receiver
+        # checks anyway).
+        check = PayloadCheck(floats=is_vector_payload(codec, vector.size, specs))
+        for buffer in buffers:
+            check.update(buffer)
+        if codec.zero_copy and not check.floats:  # pragma: no cover - a codec of one's own
+            check_encodable(vector)
+        if check.first_nonfinite is not None:
+            raise nonfinite_error(vector, check.first_nonfinite)
+        digest = check.digest()
     fields = {
         "sender": update.sender,
         "round": update.round,
@@ -125,15 +140,6 @@ def update_header(fields: dict[str, Any], kind: str = "update") -> bytes:
     header = {"v": WIRE_VERSION, "kind": kind, **fields}
     header["arrays"] = [spec.to_wire() for spec in fields["arrays"]]
     return _prefixed_header(header)
-
-
-def _digest_of(buffers: list[memoryview]) -> bytes:
-    if len(buffers) == 1:
-        return payload_digest(buffers[0])
-    hasher = PayloadHasher()
-    for buffer in buffers:
-        hasher.update(buffer)
-    return hasher.digest()
 
 
 def encode_parts(

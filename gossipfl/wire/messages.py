@@ -33,8 +33,10 @@ from gossipfl.wire.errors import SchemaError
 from gossipfl.wire.job import check_job
 
 #: Version of the gossip protocol's semantics, carried in Hello (the byte format has its
-#: own version, :data:`gossipfl.wire.envelope.WIRE_VERSION`).
-PROTOCOL_VERSION = 1
+#: own version, :data:`gossipfl.wire.envelope.WIRE_VERSION`). 2: the payload digest is
+#: BLAKE3 (1: a tree of BLAKE2b). The digest's bytes still parse, so a peer of the other
+#: version is refused at the Hello (VERSION_MISMATCH) instead of failing every digest.
+PROTOCOL_VERSION = 2
 MAX_ROUND = (1 << 63) - 1
 MAX_PEER_ID = 128
 MAX_NETWORK_ID = 128

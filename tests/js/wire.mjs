@@ -4,11 +4,12 @@
 import { readFileSync } from "node:fs";
 import { encode as msgpackEncode, decode as msgpackDecode } from "@msgpack/msgpack";
 import { blake2b } from "@noble/hashes/blake2.js";
+import { blake3 } from "@noble/hashes/blake3.js";
 
 export const GOSSIP = "/gossipfl/gossip/1.0.0"; // section 1
 export const MEMBERS = "/gossipfl/members/2.0.0"; // section 1, 13
 export const WIRE_VERSION = 1; // `v` of every header (section 4)
-export const PROTOCOL_VERSION = 1; // `version` of a hello (section 5.1)
+export const PROTOCOL_VERSION = 2; // `version` of a hello (section 5.1); 2: BLAKE3 digests
 export const MAX_FRAME = 16 * 1024 * 1024; // section 2, 12
 export const MAX_MEMBERS_MESSAGE = 2 * 1024 * 1024; // section 12, 13.1
 export const REFUSAL = {
@@ -18,7 +19,7 @@ export const REFUSAL = {
 }; // section 5.7
 
 const text = new TextEncoder();
-const blake256 = (bytes) => blake2b(bytes, { dkLen: 32 }); // BLAKE2b-256, no key (sections 8, 9)
+const blake256 = (bytes) => blake2b(bytes, { dkLen: 32 }); // BLAKE2b-256, no key (section 8)
 
 export const hex = (bytes) => Buffer.from(bytes).toString("hex");
 export const fromHex = (s) => new Uint8Array(Buffer.from(s, "hex"));
@@ -91,16 +92,9 @@ export function decodeMessage(body) {
   return { header, payload: body.subarray(4 + h + pad) };
 }
 
-// Section 9: the payload digest, BLAKE2b-256 over 1 MiB leaves.
+// Section 9: the payload digest, BLAKE3 (hash mode, no key or context), 32 bytes.
 export function payloadDigest(payload) {
-  const LEAF = 1 << 20;
-  const leaves = [];
-  for (let at = 0; at < payload.length; at += LEAF) {
-    leaves.push(blake256(payload.subarray(at, Math.min(at + LEAF, payload.length))));
-  }
-  const size = new Uint8Array(8);
-  new DataView(size.buffer).setBigUint64(0, BigInt(payload.length), true);
-  return blake256(concat([text.encode("gossipfl-payload-v1"), new Uint8Array([0]), size, ...leaves]));
+  return blake3(payload, { dkLen: 32 });
 }
 
 // Section 8: layout text and fingerprint; n = the floating elements, in layout order.
@@ -260,7 +254,13 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   }
   const two = new Uint8Array(new Float32Array([1.0, -2.0]).buffer);
   results.digest_example =
-    hex(payloadDigest(two)) === "5e06dc2db38c434e1602fd379eb43aa4b4683d7ac141032b84e057af6423480d";
+    hex(payloadDigest(two)) === "54847fa2028a3457068a78ba8e6a086cccf672def025d7e4cb2761b538edbf3f";
+  results.protocol_version = vectors.protocol_version === PROTOCOL_VERSION;
+  results.digest_vectors = vectors.payload_digest.vectors.every(({ length, digest }) => {
+    const payload = new Uint8Array(length);
+    for (let i = 0; i < length; i++) payload[i] = i % 251;
+    return hex(payloadDigest(payload)) === digest;
+  });
   const mem = vectors.members;
   results.members_signed_bytes = mem.records.every(
     (r, i) => hex(recordSignedBytes(mem.network_id, r)) === mem.signed_bytes[i],
