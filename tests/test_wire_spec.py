@@ -30,6 +30,11 @@ def test_update_example_layout_and_digest() -> None:
     digest = "54847fa2028a3457068a78ba8e6a086cccf672def025d7e4cb2761b538edbf3f"
     assert wire.payload_digest(vec.tobytes()).hex() == digest
     assert bytes.fromhex(digest) in framed
+    # section 9 states this example and the empty payload's digest
+    section_9 = PROTOCOL_MD.read_text().split("## 9. Payload digest")[1].split("## 10.")[0]
+    assert f"`{digest}`" in section_9
+    assert f"`{wire.payload_digest(b'').hex()}`" in section_9
+    assert f"currently `{wire.PROTOCOL_VERSION}`" in PROTOCOL_MD.read_text()
 
 
 def test_protocol_ids() -> None:
