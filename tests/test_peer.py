@@ -778,3 +778,46 @@ async def test_a_neighbour_that_decodes_other_codecs_gets_the_first_of_its_own(
     assert after
     assert {m.codec for m in after} == {"fp16"}
     assert {m.codec for m in got} <= {"fp32", "fp16"}
+
+
+async def test_each_model_version_is_hashed_once(
+    clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model version's payload digest is computed once per codec, however many rounds,
+    replies and neighbours it goes to (async push-pull sends one version as pushes in one
+    round and as replies in the next)."""
+    from gossipfl.protocol.events import Send
+    from gossipfl.wire import chunking, envelope
+
+    hashed: list[tuple[int, str]] = []
+    real = envelope.update_fields
+
+    def counting(update: wire.Update, codecs: Any) -> Any:
+        if update.digest is None:  # this encoding computes the digest
+            hashed.append((id(update.vector), update.codec))
+        return real(update, codecs)
+
+    monkeypatch.setattr(envelope, "update_fields", counting)
+    monkeypatch.setattr(chunking, "update_fields", counting)
+    one, two = np.arange(3, dtype=np.float32), np.ones(3, dtype=np.float32)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.run)
+        net.endpoint("b")
+        net.endpoint("c")
+        async with Peer(
+            transport=net.endpoint("a"),
+            model={"x": np.zeros(3, np.float32)},
+            neighbourhood=StaticNeighbourhood({"b": 0.5, "c": 0.5}),
+            config=SIM,
+        ) as a:
+            for action in (
+                Send("b", 4, one, reply=True),
+                Send("c", 4, one, reply=True),
+                Send("b", 5, one),  # a reply, in the next round: the same version
+                Send("c", 5, one, reply=True),
+                Send("b", 5, two),  # a new version
+            ):
+                a._send_model(action)
+        nursery.cancel_scope.cancel()
+    assert hashed == [(id(one), "fp32"), (id(two), "fp32")]

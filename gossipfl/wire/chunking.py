@@ -8,8 +8,7 @@ Receiving: :class:`StreamDecoder` turns the bytes of one stream into messages. W
 head arrives, the payload size it declares is checked against ``Limits.max_payload``
 and then ONE buffer of exactly that size is allocated; chunks are copied into it in
 order and hashed as they arrive (for fp32, checked for NaN and infinity in the same
-pass), so neither costs a second pass. Memory per stream
-is therefore bounded by::
+pass), so neither costs a second pass. Memory per stream is therefore bounded by::
 
     max_frame (one frame being read) + max_payload (the assembly buffer)
     + 4 * max_params (the decoded float32 vector; nothing extra for fp32, which is a
