@@ -144,5 +144,12 @@ def test_churn_over_libp2p_peers_leave_and_rejoin_from_their_checkpoints(
         rounds = [m.round for m in read_model_records(home / "state" / "models.bin")]
         assert rounds[:8] == list(range(8))
         assert rounds[8] == 8  # resumed where it left,
-        assert rounds[9] >= 15  # then skipped to its neighbours' round
+        # then skipped to its neighbours' round, within a few rounds: how far a skip may
+        # go at once is bounded by the time elapsed at the peer's own pace (an insider
+        # cannot make it jump to any round it claims), and on a loaded machine the pace
+        # measured before it left can hold the first skip back by a round or two
+        jumps = [i for i in range(9, len(rounds)) if rounds[i] > rounds[i - 1] + 1]
+        assert jumps, rounds
+        assert jumps[0] <= 12, rounds
+        assert rounds[jumps[0]] >= 15, rounds
         assert rounds[-1] == 39
