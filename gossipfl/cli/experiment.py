@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from gossipfl.experiments import ExperimentResult, ExperimentSpec
+    from gossipfl.experiments.cluster import RayOptions
 
 
 def register(subparsers: Any) -> None:
@@ -34,6 +35,29 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>)")
     run.add_argument("--no-plot", action="store_true", help="skip the plots at the end")
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help=(
+            "run the grid points as Ray tasks: on the cluster at ADDRESS (host:port, auto, "
+            "ray://host:port), or without ADDRESS on RAY_ADDRESS or a local Ray started for "
+            "this sweep; --workers then caps the runs in flight (needs gossipfl[ray])"
+        ),
+    )
+    run.add_argument(
+        "--ray-cpus-per-run",
+        type=float,
+        metavar="N",
+        help="CPUs Ray reserves for each run (default: 1)",
+    )
+    run.add_argument(
+        "--ray-retries",
+        type=int,
+        metavar="N",
+        help="times Ray re-runs a run whose worker process or node died (default: 3)",
+    )
     run.set_defaults(handler=run_command)
     show = sub.add_parser("show", help="list the runs an experiment file defines")
     show.add_argument("file", metavar="FILE")
@@ -55,12 +79,13 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    ray = _ray_options(args)
     spec = ExperimentSpec.from_toml(args.file)
     console = Console(stderr=True)
     start = time.monotonic()
     with _signals_interrupt() as received:
         try:
-            result = _run_with_progress(spec, args, console)
+            result = _run_with_progress(spec, args, console, ray)
         except ExperimentInterrupted as exc:
             partial = exc.result
             name = signal.Signals(received[0]).name if received else "SIGINT"
@@ -74,8 +99,10 @@ def run_command(args: argparse.Namespace) -> int:
             )
             return 128 + (received[0] if received else signal.SIGINT)
     elapsed = format_seconds(time.monotonic() - start)
+    nodes = len(result.nodes)
+    where = f" on {nodes} Ray node{'s' if nodes != 1 else ''}" if nodes else ""
     print(
-        f"{spec.name}: {result.ran} ran, {result.skipped} already done, "
+        f"{spec.name}: {result.ran} ran{where}, {result.skipped} already done, "
         f"{len(result.failed)} failed in {elapsed} → {result.directory}",
         flush=True,
     )
@@ -88,8 +115,24 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _ray_options(args: argparse.Namespace) -> RayOptions | None:
+    """The ``--ray*`` flags as :class:`RayOptions` (None without ``--ray``); checks that
+    Ray is installed before anything runs."""
+    from gossipfl.errors import ConfigError
+    from gossipfl.experiments.cluster import RayOptions, import_ray
+
+    if args.ray is None:
+        for flag in ("ray_cpus_per_run", "ray_retries"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --ray")
+        return None
+    import_ray()
+    given = {"cpus_per_run": args.ray_cpus_per_run, "max_retries": args.ray_retries}
+    return RayOptions(args.ray or None, **{k: v for k, v in given.items() if v is not None})
+
+
 def _run_with_progress(
-    spec: ExperimentSpec, args: argparse.Namespace, console: Console
+    spec: ExperimentSpec, args: argparse.Namespace, console: Console, ray: RayOptions | None
 ) -> ExperimentResult:
     """``run_experiment`` with progress output: a live bar when stderr is a terminal; one
     plain line per finished run (status, runs finished/total, run id, headline numbers,
@@ -147,7 +190,9 @@ def _run_with_progress(
 
     with progress:
         task = progress.add_task("runs", total=None)
-        result = run_experiment(spec, out=args.out, workers=args.workers, on_event=on_event)
+        result = run_experiment(
+            spec, out=args.out, workers=args.workers, on_event=on_event, ray=ray
+        )
     if skipped:
         emit(f"kept {len(skipped)} of {sweep[0].total} runs finished earlier: nothing to do")
     return result

@@ -17,6 +17,7 @@ and :class:`ExperimentInterrupted` reports what finished.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -25,11 +26,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gossipfl.experiments.progress import RunEvent, SweepProgress
 from gossipfl.experiments.spec import ExperimentSpec, RunPoint
 from gossipfl.experiments.workers import Task, WorkerPool
+
+if TYPE_CHECKING:
+    from gossipfl.experiments.cluster import RayExecutor, RayOptions
 
 ProgressFn = Callable[[str, str], None]
 """Called as ``progress(run_id, status)`` with status ``done``, ``skipped`` or ``failed``."""
@@ -51,6 +55,8 @@ class ExperimentResult:
     """Runs the experiment defines."""
     interrupted: list[str] = field(default_factory=list)
     """Runs that were running when the sweep was interrupted (they run again next time)."""
+    nodes: dict[str, int] = field(default_factory=dict)
+    """Ray sweeps: node id -> runs of this invocation it ran."""
 
     @property
     def left(self) -> int:
@@ -79,6 +85,7 @@ def run_experiment(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     on_event: EventFn | None = None,
+    ray: RayOptions | None = None,
 ) -> ExperimentResult:
     """Run every grid point of ``spec`` not already done under ``out`` (default
     ``runs/<name>``), then write the summary files.
@@ -88,7 +95,12 @@ def run_experiment(
     each run started, with the sweep's counts and time estimate. A failed run does not
     stop the others (see :attr:`ExperimentResult.failed`). On ``KeyboardInterrupt`` the
     workers are stopped (a few seconds at most), the summaries of the finished runs are
-    written and :class:`ExperimentInterrupted` is raised."""
+    written and :class:`ExperimentInterrupted` is raised.
+
+    With ``ray`` (:class:`~gossipfl.experiments.cluster.RayOptions`) the runs are Ray
+    tasks instead of local processes (:mod:`gossipfl.experiments.cluster`), and
+    ``workers`` caps the runs in flight (default: what the cluster's CPUs fit); the run
+    directories, summaries, events and resumption are the same."""
     directory = Path(out) if out is not None else Path("runs") / spec.name
     directory.mkdir(parents=True, exist_ok=True)
     _write_experiment_file(spec, directory)
@@ -96,10 +108,17 @@ def run_experiment(
     preflight(points)
     result = ExperimentResult(spec, directory, total=len(points))
     todo = [p for p in points if not is_done(p, directory / p.id)]
-    n_workers = max(1, min(workers or default_workers(), len(todo) or 1))
-    if any(p.config.transport == "libp2p" for p in todo):
-        n_workers = 1  # each libp2p run already uses one process per peer
-    sweep = SweepProgress(points, n_workers)
+    executor: WorkerPool | RayExecutor
+    if ray is not None:
+        from gossipfl.experiments.cluster import RayExecutor
+
+        executor = RayExecutor(ray, size=workers)
+    else:
+        n_workers = max(1, min(workers or default_workers(), len(todo) or 1))
+        if any(p.config.transport == "libp2p" for p in todo):
+            n_workers = 1  # each libp2p run already uses one process per peer
+        executor = WorkerPool(n_workers, _run_one)
+    sweep = SweepProgress(points, executor.size)
     by_id = {p.id: p for p in points}
 
     def tell(kind: str, point: RunPoint, **details: Any) -> None:
@@ -115,12 +134,14 @@ def run_experiment(
             result.skipped += 1
             summary = read_summary(directory / point.id)
             tell("skipped", point, seconds=_wall(summary), summary=summary)
-    pool = WorkerPool(n_workers, _run_one)
+    tasks = [Task(p.id, p.config.to_dict(), str(directory / p.id)) for p in todo]
     try:
-        with pool:
-            tasks = [Task(p.id, p.config.to_dict(), str(directory / p.id)) for p in todo]
-            for outcome in pool.run(tasks, started=lambda i: tell("started", by_id[i])):
+        with executor if tasks else contextlib.nullcontext(executor):  # no Ray to start
+            sweep.workers = max(1, min(executor.size, len(tasks) or 1))
+            for outcome in executor.run(tasks, started=lambda i: tell("started", by_id[i])):
                 point = by_id[outcome.run_id]
+                if outcome.node is not None:
+                    result.nodes[outcome.node] = result.nodes.get(outcome.node, 0) + 1
                 if outcome.error is None:
                     result.ran += 1
                     summary = read_summary(directory / point.id)
@@ -129,7 +150,7 @@ def run_experiment(
                     result.failed[point.id] = outcome.error
                     tell("failed", point, seconds=outcome.seconds, error=outcome.error)
     except KeyboardInterrupt as exc:
-        result.interrupted = pool.interrupted
+        result.interrupted = executor.interrupted
         result.rows = collect_rows(points, directory)
         write_summaries(result.rows, directory)
         raise ExperimentInterrupted(result) from exc

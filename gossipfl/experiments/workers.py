@@ -68,6 +68,8 @@ class Outcome:
     """None: the run finished; else why not."""
     seconds: float
     """Wall time of the run in its worker (since it was handed out, if the worker died)."""
+    node: str | None = None
+    """The Ray node that ran it (Ray sweeps only)."""
 
 
 @dataclass
