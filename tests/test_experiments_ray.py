@@ -17,8 +17,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +90,15 @@ def _stop(nodes: list[subprocess.Popen[bytes]]) -> None:
                 time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    sessions: frozenset[int]
+    """Session ids of the nodes' processes (each ``ray start`` leads one)."""
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
+def cluster() -> Iterator[Cluster]:
     """The address of a fresh two-node Ray cluster, one CPU per node (no token
     authentication, whatever ``~/.ray/auth_token`` says: it is a test cluster)."""
     temp = Path(tempfile.mkdtemp(prefix="gfray-"))  # short: Ray's socket paths must fit
@@ -113,7 +122,7 @@ def cluster() -> Iterator[str]:
         with pytest.MonkeyPatch.context() as patch:  # the driver, in this process
             patch.setenv("RAY_AUTH_MODE", "disabled")
             patch.delenv("RAY_ADDRESS", raising=False)
-            yield f"127.0.0.1:{port}"
+            yield Cluster(f"127.0.0.1:{port}", frozenset(node.pid for node in nodes))
     finally:
         _stop(nodes)
         shutil.rmtree(temp, ignore_errors=True)
@@ -129,7 +138,7 @@ def _summaries(directory: Path) -> dict[str, dict[str, Any]]:
 @pytest.mark.network
 @pytest.mark.timeout(180)
 def test_a_grid_on_a_two_node_cluster_matches_the_local_run_and_resumes(
-    cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "grid.toml"
     path.write_text(GRID)
@@ -138,7 +147,7 @@ def test_a_grid_on_a_two_node_cluster_matches_the_local_run_and_resumes(
     assert (local.ran, local.failed) == (4, {})
 
     out = tmp_path / "ray"
-    on_ray = run_experiment(spec, out=out, ray=RayOptions(cluster))
+    on_ray = run_experiment(spec, out=out, ray=RayOptions(cluster.address))
     assert (on_ray.ran, on_ray.skipped, on_ray.failed) == (4, 0, {})
     assert len(on_ray.nodes) == 2, on_ray.nodes  # both nodes ran runs
     # deterministic simulations: the same numbers, bit for bit
@@ -152,7 +161,7 @@ def test_a_grid_on_a_two_node_cluster_matches_the_local_run_and_resumes(
     # resume through the CLI: the one run missing runs again, the rest are kept
     shutil.rmtree(first)
     capsys.readouterr()
-    assert main(["experiment", "run", str(path), "--out", str(out), "--ray", cluster]) == 0
+    assert main(["experiment", "run", str(path), "--out", str(out), "--ray", cluster.address]) == 0
     printed = capsys.readouterr().out
     assert "raygrid: 1 ran on 1 Ray node, 3 already done, 0 failed" in printed
     assert _summaries(out) == _summaries(tmp_path / "local")
@@ -162,7 +171,7 @@ def test_a_grid_on_a_two_node_cluster_matches_the_local_run_and_resumes(
 @pytest.mark.network
 @pytest.mark.timeout(120)
 def test_an_interrupted_ray_sweep_cancels_its_tasks_and_keeps_nothing_partial(
-    cluster: str, tmp_path: Path
+    cluster: Cluster, tmp_path: Path
 ) -> None:
     path = tmp_path / "grid.toml"
     path.write_text(GRID.replace("rounds = 3", "rounds = 100000"))
@@ -178,7 +187,9 @@ def test_an_interrupted_ray_sweep_cancels_its_tasks_and_keeps_nothing_partial(
     started: list[str] = []
     begin = time.monotonic()
     with pytest.raises(ExperimentInterrupted) as caught:
-        run_experiment(spec, out=tmp_path / "out", ray=RayOptions(cluster), on_event=interrupt)
+        run_experiment(
+            spec, out=tmp_path / "out", ray=RayOptions(cluster.address), on_event=interrupt
+        )
     assert time.monotonic() - begin < 60
     result = caught.value.result
     assert sorted(result.interrupted) == sorted(started)
@@ -192,8 +203,61 @@ def test_an_interrupted_ray_sweep_cancels_its_tasks_and_keeps_nothing_partial(
     # the cluster is free again: a short grid runs on both CPUs
     path.write_text(GRID)
     short = ExperimentSpec.from_toml(path)
-    again = run_experiment(short, out=tmp_path / "again", ray=RayOptions(cluster))
+    again = run_experiment(short, out=tmp_path / "again", ray=RayOptions(cluster.address))
     assert (again.ran, again.failed) == (4, {})
+
+
+def _kill_a_running_task(sessions: frozenset[int], killed: list[int]) -> None:
+    """SIGKILL the first worker process of our cluster seen running a run (Ray titles it
+    ``ray::run_files``); give up after 30 s."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not killed:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            with contextlib.suppress(OSError):
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+                if title.startswith(b"ray::run_files") and os.getsid(pid) in sessions:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+        time.sleep(0.05)
+
+
+@needs_ray
+@pytest.mark.network
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds workers in /proc")
+def test_a_run_whose_worker_dies_is_retried_by_ray(cluster: Cluster, tmp_path: Path) -> None:
+    path = tmp_path / "grid.toml"
+    text = GRID.replace("rounds = 3", "rounds = 1000").replace('"complete"', "")
+    path.write_text(text.replace("seed = [0, 1]", "seed = [0]"))
+    spec = ExperimentSpec.from_toml(path)
+    assert len(spec.points()) == 1
+
+    def run(retries: int) -> tuple[Any, list[int]]:
+        killed: list[int] = []
+
+        def kill_when_started(event: Any) -> None:
+            if event.kind == "started":
+                args = (cluster.sessions, killed)
+                threading.Thread(target=_kill_a_running_task, args=args, daemon=True).start()
+
+        options = RayOptions(cluster.address, max_retries=retries)
+        out = tmp_path / f"retries{retries}"
+        return run_experiment(spec, out=out, ray=options, on_event=kill_when_started), killed
+
+    result, killed = run(retries=1)
+    assert len(killed) == 1
+    assert (result.ran, result.failed) == (1, {})
+    # no retries: the run fails, and says why
+    result, killed = run(retries=0)
+    assert len(killed) == 1
+    assert result.ran == 0
+    (error,) = result.failed.values()
+    assert error.startswith("Ray: The worker died unexpectedly"), error
+    assert not (tmp_path / "retries0" / spec.points()[0].id).exists()
 
 
 def test_ray_without_ray_installed_is_a_one_line_install_hint(
