@@ -75,19 +75,34 @@ def _wait_started(node: subprocess.Popen[bytes], log: Path, timeout: float = 60)
         time.sleep(0.1)
 
 
+def _in_sessions(sessions: set[int]) -> list[int]:
+    """Processes whose session one of ``sessions`` leads: a node's raylet, GCS and agents,
+    and its task workers (which lead process groups of their own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry.name)) in sessions:
+                    found.append(int(entry.name))
+    return found
+
+
 def _stop(nodes: list[subprocess.Popen[bytes]]) -> None:
-    """SIGKILL each node's process group (its raylet, GCS, agents; task workers die with
-    their raylet), reap the ``ray start`` processes and wait for the groups to be gone."""
+    """SIGKILL each node's process group (raylet, GCS, agents) and whatever else of its
+    session is left (task workers), reap the ``ray start`` processes, and wait until no
+    process of those sessions is left."""
+    sessions = {node.pid for node in nodes}
     for node in nodes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGKILL)
     for node in nodes:
         node.wait(10)
-        deadline = time.monotonic() + 10
-        with contextlib.suppress(ProcessLookupError):
-            while time.monotonic() < deadline:
-                os.killpg(node.pid, 0)  # ProcessLookupError once the group is empty
-                time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while (left := _in_sessions(sessions)) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 @dataclass(frozen=True)
@@ -286,3 +301,20 @@ def test_gossipfl_never_imports_ray_unless_asked() -> None:
         [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+@needs_ray
+def test_an_address_where_no_ray_head_listens_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID)
+    address = f"127.0.0.1:{_free_port()}"  # ray.init would retry it for minutes
+    begin = time.monotonic()
+    assert main(["experiment", "run", str(path), "--out", str(tmp_path), "--ray", address]) == 2
+    assert time.monotonic() - begin < 20
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"gossipfl: error: --ray {address}: no Ray head answers there (Connection refused); "
+        f"start one with 'ray start --head --port={address.split(':')[1]}'"
+    )

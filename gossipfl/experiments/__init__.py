@@ -2,13 +2,15 @@
 
 :class:`ExperimentSpec` reads an experiment file (a base config plus a grid),
 :func:`run_experiment` runs its grid points in parallel processes, resumably (and stops
-them all on Ctrl+C or SIGTERM), and
+them all on Ctrl+C or SIGTERM), or as Ray tasks on a cluster (:class:`RayOptions`; Ray is
+the optional extra ``gossipfl[ray]``, imported only then), and
 :func:`plot_directory` draws a run or a whole experiment. The CLI front ends are
 ``gossipfl experiment run`` and ``gossipfl plot``.
 """
 
 from __future__ import annotations
 
+from gossipfl.experiments.cluster import RayOptions
 from gossipfl.experiments.plots import plot_directory
 from gossipfl.experiments.progress import RunEvent, SweepProgress
 from gossipfl.experiments.runner import (
@@ -23,6 +25,7 @@ __all__ = [
     "ExperimentInterrupted",
     "ExperimentResult",
     "ExperimentSpec",
+    "RayOptions",
     "RunEvent",
     "RunPoint",
     "SweepProgress",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -141,8 +142,12 @@ class RayExecutor:
             options: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
             if address == "local":
                 options["include_dashboard"] = False
-            with _keep_signal_handlers():  # ray.init makes SIGTERM exit the process
-                ray.init(address=address, **options)
+            _check_reachable(address)
+            try:
+                with _keep_signal_handlers():  # ray.init makes SIGTERM exit the process
+                    ray.init(address=address, **options)
+            except ConnectionError as exc:
+                raise ConfigError(f"--ray {address}: cannot connect to Ray: {exc}") from None
             self._started_ray = True
         cpus = float(ray.cluster_resources().get("CPU", 0))
         fits = int(cpus // self.options.cpus_per_run)
@@ -205,7 +210,10 @@ class RayExecutor:
                 time.monotonic() - since,
             )
         if error is None:
-            install_files(Path(task.run_dir), files)
+            try:
+                install_files(Path(task.run_dir), files)
+            except OSError as exc:
+                error = f"its files could not be written to {task.run_dir}: {exc}"
         return Outcome(task.run_id, error, seconds, node)
 
     def stop(self, grace: float | None = None) -> None:
@@ -228,6 +236,25 @@ class RayExecutor:
         for ref in left:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
+
+
+def _check_reachable(address: str) -> None:
+    """For a ``host:port`` address, fail at once if nothing listens there (``ray.init``
+    would retry for minutes)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not (host and port.isdigit()):
+        raise ConfigError(
+            f"--ray {address}: expected host:port (the head's --port), auto or ray://host:port"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--ray {address}: no Ray head answers there ({exc.strerror or exc}); start one "
+            f"with 'ray start --head --port={port}'"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -13,6 +13,10 @@ simulation is single-threaded Python, so processes are what buys parallelism, an
 process can be stopped for sure. On ``KeyboardInterrupt`` (Ctrl+C; the CLI turns SIGTERM
 into one too) the workers and everything they started are stopped within a few seconds,
 and :class:`ExperimentInterrupted` reports what finished.
+
+With ``run_experiment(ray=RayOptions(...))`` (``gossipfl experiment run --ray``) the runs
+are Ray tasks instead, on one machine or a cluster (:mod:`gossipfl.experiments.cluster`):
+the same run directories, summaries, events and resumption.
 """
 
 from __future__ import annotations
