@@ -28,16 +28,24 @@ def test_quick_transport_benchmark_prints_one_json_object(
         "repeats",
         "results",
         "ratio_libp2p_to_tcp",
+        "ratio_libp2p_to_tcp_in_place",
+        "ratio_libp2p_to_crypto_ceiling_two_cores",
         "ratio_untuned_to_tcp",
         "speedup_over_untuned",
         "target_ratio",
         "meets_target",
         "params_per_s",
+        "crypto",
     } <= set(report)
-    assert set(report["results"]) == {"tcp", "libp2p", "libp2p_untuned"}
+    assert report["target_ratio"] == 0.6
+    assert set(report["results"]) == {"tcp", "tcp_in_place", "libp2p", "libp2p_untuned"}
     for result in report["results"].values():
         assert len(result["seconds"]) == report["repeats"]
         assert 0 < result["mib_per_s_median"] <= result["mib_per_s_best"]
     assert report["ratio_libp2p_to_tcp"] > 0
+    crypto = report["crypto"]
+    assert crypto["encrypt_gib_per_s"] > 0
+    assert crypto["decrypt_gib_per_s"] > 0
+    assert 0 < crypto["ceiling_mib_per_s_one_core"] <= crypto["ceiling_mib_per_s_two_cores"]
     params = report["params_per_s"]
     assert params["libp2p_int8"] > params["libp2p_fp32"] > 0

@@ -178,3 +178,126 @@ def test_encode_prefix_checks_bounds() -> None:
     for bad in (0, 11):
         with pytest.raises(ValueError, match="1 to 10 bytes"):
             encode_prefix(bad, 10)
+
+
+class FakeInPlace:
+    """A stream read in place: hands out the given chunks into the caller's buffer."""
+
+    def __init__(self, chunks: list[bytes], *, budget: int = 1 << 30) -> None:
+        self.chunks = list(chunks)
+        self.budget = budget
+        self.reserved = 0
+        self.calls = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.reserved + size > self.budget:
+            return False
+        self.reserved += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
+
+    async def read(self, n: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if not self.chunks:
+            return b""
+        chunk = self.chunks.pop(0)
+        if len(chunk) > n:
+            self.chunks.insert(0, chunk[n:])
+            chunk = chunk[:n]
+        return chunk
+
+    async def read_into(self, view: memoryview) -> int:
+        self.calls += 1
+        chunk = await self.read(len(view))
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@given(
+    bodies=st.lists(st.binary(min_size=1, max_size=300), max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=2_000), max_size=12),
+    in_place_min=st.sampled_from([1, 16, 100]),
+)
+def test_frames_read_in_place_are_the_same_frames(
+    bodies: list[bytes], cuts: list[int], in_place_min: int
+) -> None:
+    data = framed(*bodies)
+    stream = FakeInPlace(cut(data, cuts))
+
+    async def main() -> list[bytes | bytearray]:
+        reader = FrameReader(
+            stream.read,
+            max_frame=1000,
+            read_timeout=5,
+            min_read=4,
+            in_place=stream,
+            in_place_min=in_place_min,
+        )
+        out: list[bytes | bytearray] = []
+        while (frame := await reader.next_frame()) is not None:
+            out.append(frame)
+        return out
+
+    frames = trio.run(main)
+    assert frames == bodies
+    assert stream.reserved == 0  # every reservation released
+    assert all(type(f) is bytearray or type(f) is bytes for f in frames)
+    assert all(type(f) is bytes for f in frames if len(f) < in_place_min)
+
+
+async def test_a_large_frame_is_assembled_in_place_and_returned_as_is() -> None:
+    body = bytes(range(256)) * 4000
+    stream = FakeInPlace([framed(body)[:10], framed(body)[10:70_000], framed(body)[70_000:]])
+    reader = FrameReader(
+        stream.read, max_frame=1 << 20, read_timeout=5, min_read=4, in_place=stream
+    )
+    frame = await reader.next_frame()
+    assert type(frame) is bytearray
+    assert frame == body
+    assert stream.calls >= 2
+    assert stream.reserved == 0
+
+
+async def test_a_frame_refused_a_reservation_is_read_in_pieces() -> None:
+    body = b"y" * 300_000
+    stream = FakeInPlace([framed(body)], budget=100_000)
+    reader = FrameReader(
+        stream.read, max_frame=1 << 20, read_timeout=5, min_read=4, in_place=stream
+    )
+    frame = await reader.next_frame()
+    assert type(frame) is bytes
+    assert frame == body
+    assert stream.calls == 0
+
+
+async def test_a_stream_cut_inside_a_frame_read_in_place_is_truncated() -> None:
+    body = b"z" * 300_000
+    stream = FakeInPlace([framed(body)[:200_000]])
+    reader = FrameReader(
+        stream.read, max_frame=1 << 20, read_timeout=5, min_read=4, in_place=stream
+    )
+    with pytest.raises(TruncatedFrame, match="of 300000 bytes received"):
+        await reader.next_frame()
+    assert stream.reserved == 0
+
+
+async def test_a_frozen_sender_of_a_frame_read_in_place_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream = FakeInPlace([struct.pack(">I", 300_000) + b"a" * 100])
+
+    async def stalls(view: memoryview) -> int:
+        if stream.chunks:
+            return await FakeInPlace.read_into(stream, view)
+        await trio.sleep_forever()
+        raise AssertionError
+
+    stream.read_into = stalls  # type: ignore[method-assign]
+    reader = FrameReader(
+        stream.read, max_frame=1 << 20, read_timeout=2.5, min_read=4, in_place=stream
+    )
+    with pytest.raises(FrameTimeout, match=r"2\.5 s"):
+        await reader.next_frame()
+    assert stream.reserved == 0

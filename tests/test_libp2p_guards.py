@@ -38,7 +38,7 @@ from gossipfl.transport.base import PeerUnreachable, Received
 from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig, TransportStats
 from gossipfl.transport.libp2p.budgets import FrameThrottle, RequestGate, TokenBucket
 from gossipfl.transport.libp2p.events import EventQueue
-from gossipfl.transport.libp2p.fastpath import read_yamux
+from gossipfl.transport.libp2p.fastpath import YamuxInPlace, install_body_reader, read_yamux
 from gossipfl.transport.libp2p.guards import (
     MAX_PENDING_RESETS,
     ConnectionGuard,
@@ -964,3 +964,139 @@ def test_the_default_limits_leave_room_for_honest_traffic() -> None:
     assert config.frame_burst >= 100
     assert config.frame_rate >= 100
     assert config.max_inbound_streams > config.max_streams_per_peer + config.max_requests_per_peer
+
+
+# ==================================================== frames read in place (Sink)
+
+
+class FakeDirectSecured(FakeSecured):
+    """A secured connection with what the fast path's body reader uses: ``last_header``
+    and ``read_into`` (as ``BatchedSecureSession``); counts the bytes read into views."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_header = b""
+        self.read_into_bytes = 0
+
+    async def read(self, n: int | None = None) -> bytes:
+        out = await super().read(n)
+        if n == HEADER.size:
+            self.last_header = out
+        return out
+
+    async def read_into(self, view: memoryview) -> None:
+        pos = 0
+        while pos < len(view):
+            chunk = await super().read(len(view) - pos)
+            assert chunk, "the test fed too little"
+            view[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        self.read_into_bytes += pos
+
+
+@contextlib.asynccontextmanager
+async def direct_muxer(*, buffered: int = 64 * MiB) -> AsyncIterator[Muxer]:
+    wire = FakeDirectSecured()
+    yamux = _yamux.Yamux(wire, ID.from_pubkey(create_new_key_pair().public_key), False)  # type: ignore[arg-type]
+    install_body_reader(yamux, wire)
+    tasks = TaskGroup()
+    reports: list[tuple[str, str, str]] = []
+    guard = install_yamux_guards(
+        yamux,
+        YamuxLimits(max_inbound_streams=32, max_buffered=buffered),
+        report=lambda peer, kind, detail: reports.append((peer, kind, detail)),
+        spawn=tasks.spawn,
+        stats=TransportStats(),
+    )
+    assert guard is not None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tasks.run)
+        nursery.start_soon(yamux.handle_incoming)
+        yield Muxer(yamux, wire, guard, reports)
+        tasks.close()
+        nursery.cancel_scope.cancel()
+
+
+def pattern(size: int, seed: int) -> bytes:
+    return bytes((seed + i) % 251 for i in range(size))
+
+
+def data_of(sid: int, body: bytes) -> bytes:
+    return HEADER.pack(0, _yamux.TYPE_DATA, 0, sid, len(body)) + body
+
+
+async def test_a_frame_read_in_place_gets_bodies_decrypted_straight_into_it() -> None:
+    async with direct_muxer() as m:
+        await m.feed(syn(1))
+        stream = m.yamux.streams[1]
+        reader = YamuxInPlace(stream, m.guard)
+        frame = bytearray(200_000)
+        got = 0
+
+        async def read_all() -> None:
+            nonlocal got
+            with memoryview(frame) as view:
+                while got < len(frame):
+                    got += await reader.read_into(view[got:])
+
+        bodies = [pattern(50_000, k) for k in range(4)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await trio.testing.wait_all_tasks_blocked()
+            await m.feed(*(data_of(1, body) for body in bodies))
+        assert frame == b"".join(bodies)
+        assert m.wire.read_into_bytes == 200_000  # none went through a buffer
+        assert m.guard.buffered == m.real_buffered() == 0
+        assert m.guard.peak == 0
+        assert m.reports == []
+        assert stream.recv_window >= WINDOW  # everything credited back (and auto-tuned)
+
+
+async def test_a_body_beyond_the_window_is_refused_even_when_read_in_place() -> None:
+    async with direct_muxer() as m:
+        await m.feed(syn(1))
+        stream = m.yamux.streams[1]
+        reader = YamuxInPlace(stream, m.guard)
+        frame = bytearray(4 * WINDOW)
+        outcome: list[object] = []
+
+        async def read_one() -> None:
+            with memoryview(frame) as view:
+                try:
+                    outcome.append(await reader.read_into(view))
+                except EOFError as exc:
+                    outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_one)
+            await trio.testing.wait_all_tasks_blocked()
+            await m.feed(data_of(1, pattern(WINDOW + 1, 7)))  # one byte beyond the window
+        assert m.kinds() == ["window"]
+        assert m.wire.read_into_bytes == WINDOW + 1  # it was read into the frame...
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], EOFError)  # ...but never counted: the stream is reset
+        assert m.wire.frames(_yamux.TYPE_WINDOW_UPDATE, _yamux.FLAG_RST) == [1]
+        assert m.guard.buffered == m.real_buffered() == 0
+
+
+async def test_bytes_buffered_before_the_reader_came_keep_their_order() -> None:
+    async with direct_muxer() as m:
+        await m.feed(syn(1), data_of(1, pattern(30_000, 1)))  # no reader yet: buffered
+        assert m.guard.buffered == 30_000
+        stream = m.yamux.streams[1]
+        reader = YamuxInPlace(stream, m.guard)
+        frame = bytearray(130_000)
+        got = 0
+
+        async def read_all() -> None:
+            nonlocal got
+            with memoryview(frame) as view:
+                while got < len(frame):
+                    got += await reader.read_into(view[got:])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await m.feed(data_of(1, pattern(100_000, 2)))
+        assert frame == pattern(30_000, 1) + pattern(100_000, 2)
+        assert m.guard.buffered == m.real_buffered() == 0
+        assert m.reports == []

@@ -908,7 +908,7 @@ class Peer:
                 self._codecs_of.pop(event.peer, None)
                 self._mark_down(event.peer)
 
-    async def _on_frame(self, peer: PeerId, data: bytes) -> None:
+    async def _on_frame(self, peer: PeerId, data: bytes | bytearray) -> None:
         self.counters.frames_received += 1
         self.counters.bytes_received += len(data)
         decoder = self._decoders.get(peer)

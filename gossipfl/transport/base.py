@@ -32,10 +32,13 @@ PeerId = str
 
 @dataclass(frozen=True, eq=False)
 class Received:
-    """A complete frame from ``peer`` (whose identity the transport vouches for)."""
+    """A complete frame from ``peer`` (whose identity the transport vouches for).
+
+    ``data`` is ``bytes``, or a ``bytearray`` for a large frame the transport assembled
+    in place (no copy); the transport keeps no reference to it. Treat it as read-only."""
 
     peer: PeerId
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,15 @@ What we do instead, all invisible on the wire (any libp2p peer can talk to us):
 :func:`install_batched_noise`
     swaps a fresh Noise session for a :class:`BatchedSecureSession` (same keys, same
     nonces): writes are cut into Noise messages, encrypted from views of the caller's
-    buffers, and sent with one vectored ``sendmsg``; reads ``recv_into`` one reusable
-    1 MiB buffer and decrypt from views of it, large reads straight into their result.
+    buffers straight into one reusable send buffer (``encrypt_into``), and sent with as
+    few ``send`` calls as the socket takes; reads ``recv_into`` one reusable 1 MiB
+    buffer and decrypt from views of it, large reads straight into their destination
+    (``decrypt_into``).
 :func:`install_direct_yamux_reads`
-    lets Yamux take a DATA frame's body from that session as is (no ``read_exactly``).
+    lets Yamux take a DATA frame's body from that session as is (no ``read_exactly``),
+    and decrypts it straight into a waiting reader's frame when there is one
+    (:class:`Sink`, :class:`YamuxInPlace`): large inbound frames are allocated whole
+    when their length prefix arrives and filled where they lie.
 :func:`write_yamux`
     writes DATA frames of up to ``yamux_chunk`` bytes (1 MiB), as large as the
     receiver's window allows: the Yamux spec bounds frames by the window only, and
@@ -30,9 +35,11 @@ What we do instead, all invisible on the wire (any libp2p peer can talk to us):
     takes a stream's whole receive buffer when the reader wants all of it, instead of
     copying it out.
 
-Together: about 3x the throughput of the untuned path, 1/3 or more of plain TCP on this
-machine (docs/benchmarks.md, section Transport). Received bytes are copied twice after
-decryption, sent bytes not at all before encryption.
+Together: 3-5x the throughput of the untuned path (docs/benchmarks.md, section
+Transport). A received byte that lands in a waiting frame is not copied after
+decryption; one that arrives while the reader is busy elsewhere (between frames, say)
+is copied twice (into Yamux's stream buffer, into the frame). Sent bytes are not copied
+before encryption.
 
 All of this reaches into py-libp2p internals (``SecureSession.conn``, the Noise cipher
 states, ``Yamux._read_data_body``/``_write_lock``/``stream_buffers``, ``YamuxStream``'s
@@ -52,11 +59,12 @@ from typing import Any
 import trio
 from cryptography.exceptions import InvalidTag
 from libp2p.abc import INetStream, ISecureConn
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.io.abc import EncryptedMsgReadWriter
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.security.secure_session import SecureSession
-from libp2p.stream_muxer.exceptions import MuxedStreamClosed
+from libp2p.stream_muxer.exceptions import MuxedStreamClosed, MuxedStreamEOF, MuxedStreamReset
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
 logger = logging.getLogger(__name__)
@@ -118,6 +126,13 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
             and hasattr(getattr(cipher, "cipher", None), "decrypt_into")
             and hasattr(cipher, "format_nonce")
         )
+        cipher = getattr(self._encrypter, "cipher", None)
+        self._can_encrypt_into = (
+            isinstance(getattr(self._encrypter, "n", None), int)
+            and hasattr(getattr(cipher, "cipher", None), "encrypt_into")
+            and hasattr(cipher, "format_nonce")
+        )
+        self._send_buf: bytearray | None = None
         self._socket = _trio_socket_of(conn)
         self._buf = bytearray(READ_BUFFER_MIN)
         self._view = memoryview(self._buf)
@@ -147,10 +162,29 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
     async def write_parts(self, parts: Sequence[Buffer]) -> None:
         """Encrypt the concatenation of ``parts`` as Noise messages and send them all.
 
-        Plaintext is cut from the parts without joining them first; each message is
-        encrypted on its own, and the ciphertexts go out with vectored sends, so the
-        only copies are the ones encryption needs.
+        Plaintext is cut from the parts without joining them first (except the few bytes
+        of a message that straddles two parts); each message is encrypted on its own,
+        straight into a reusable send buffer when the cipher can, and everything goes out
+        with as few sends as the socket allows.
         """
+        sealed = self._seal_into_buffer(parts)
+        if sealed is not None and self._socket is not None:
+            buf, size = sealed
+            try:
+                with memoryview(buf) as view:
+                    await _send_vectored(self._socket, [view[:size]])
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionClosedError(
+                    f"TCP connection failed: {exc}", transport="tcp"
+                ) from exc
+            finally:
+                self._send_buf = buf  # back for the next write
+            return
+        if sealed is not None:
+            buf, size = sealed
+            self._send_buf = buf
+            await self._raw.write(bytes(buf[:size]))
+            return
         out: list[bytes] = []
         for plaintext in _plaintext_pieces(parts, MAX_PLAINTEXT_LENGTH):
             ciphertext = self.encrypt(plaintext)
@@ -163,6 +197,38 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
             await _send_vectored(self._socket, out)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionClosedError(f"TCP connection failed: {exc}", transport="tcp") from exc
+
+    def _seal_into_buffer(self, parts: Sequence[Buffer]) -> tuple[bytearray, int] | None:
+        """Encrypt the concatenation of ``parts`` as Noise transport messages (length +
+        ciphertext) into one buffer; ``(buffer, size)``, or ``None`` if the cipher cannot
+        encrypt into a buffer or the nonces would run out (then the caller encrypts
+        message by message, and the Noise library raises its own error). The buffer is
+        the writer's reusable one, taken while in use (so that a concurrent write, which
+        Yamux's write lock rules out anyway, would get a fresh one)."""
+        state = self._encrypter
+        if state is None or not self._can_encrypt_into:
+            return None
+        plain = sum(memoryview(p).nbytes for p in parts)
+        messages = -(-plain // MAX_PLAINTEXT_LENGTH)
+        if not messages or state.n + messages >= _MAX_NONCE:
+            return None
+        size = plain + messages * (2 + _TAG)
+        buf = self._send_buf
+        if buf is None or len(buf) < size:
+            buf = bytearray(max(size, 2 * _MAX_MESSAGE))
+        self._send_buf = None
+        cipher = state.cipher
+        seal = cipher.cipher.encrypt_into
+        nonce = cipher.format_nonce
+        pos = 0
+        with memoryview(buf) as view:
+            for plaintext in _plaintext_pieces(parts, MAX_PLAINTEXT_LENGTH):
+                length = len(plaintext) + _TAG
+                _LENGTH.pack_into(buf, pos, length)
+                seal(nonce(state.n), plaintext, None, view[pos + 2 : pos + 2 + length])
+                state.n += 1
+                pos += 2 + length
+        return buf, pos
 
     def decrypt_into(self, ciphertext: memoryview, out: memoryview) -> bool:
         """Decrypt straight into ``out`` (exactly the plaintext's size). Returns ``False``,
@@ -258,7 +324,7 @@ def _plaintext_pieces(parts: Sequence[Buffer], size: int) -> Iterator[Buffer]:
         yield pending[0] if len(pending) == 1 else b"".join(pending)
 
 
-async def _send_vectored(sock: Any, buffers: list[bytes]) -> None:
+async def _send_vectored(sock: Any, buffers: Sequence[Buffer]) -> None:
     """Send all of ``buffers`` with ``sendmsg`` (scatter/gather: no joining)."""
     views = [memoryview(b) for b in buffers]
     while views:
@@ -301,6 +367,9 @@ class BatchedSecureSession(SecureSession):
         self.conn: BatchedNoiseReadWriter = conn
         self._message = b""
         self._offset = 0
+        self.last_header = b""
+        """The last read of exactly one Yamux header's size: Yamux reads each frame's header
+        that way right before its body (see :func:`install_direct_yamux_reads`)."""
 
     async def write_parts(self, parts: Sequence[Buffer]) -> None:
         """Write the concatenation of ``parts`` without joining it first."""
@@ -330,19 +399,28 @@ class BatchedSecureSession(SecureSession):
             pieces.append(message if take == len(message) else message[offset : offset + take])
             self._offset = offset + take
             need -= take
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if n == _YAMUX_HEADER.size:
+            self.last_header = data
+        return data
 
     async def _read_bulk(self, n: int) -> bytearray:
         """Exactly ``n`` bytes, decrypted straight into the result where messages fit
         whole. Returns a ``bytearray``: its one caller, Yamux, only copies it into its
         stream buffer (which takes any buffer)."""
         out = bytearray(n)
-        view = memoryview(out)
+        await self.read_into(memoryview(out))
+        return out
+
+    async def read_into(self, view: memoryview) -> None:
+        """Exactly ``len(view)`` bytes into ``view``, each Noise message that fits whole
+        decrypted straight into it (the rest of a message read in part is copied)."""
+        n = len(view)
         pos = 0
         message, offset = self._message, self._offset
         if offset < len(message):
             pos = min(n, len(message) - offset)
-            view[:pos] = message[offset : offset + pos]
+            view[:pos] = memoryview(message)[offset : offset + pos]
             self._offset = offset + pos
         conn = self.conn
         while pos < n:
@@ -353,10 +431,9 @@ class BatchedSecureSession(SecureSession):
                 continue
             message = conn.decrypt(ciphertext)
             take = min(len(message), n - pos)
-            view[pos : pos + take] = message[:take]
+            view[pos : pos + take] = memoryview(message)[:take]
             pos += take
             self._message, self._offset = message, take
-        return out
 
 
 def install_batched_noise(session: ISecureConn) -> ISecureConn:
@@ -373,13 +450,80 @@ def install_batched_noise(session: ISecureConn) -> ISecureConn:
     return BatchedSecureSession(session, BatchedNoiseReadWriter(current.conn, current.noise_state))
 
 
+class Sink:
+    """Where a reader waiting on a Yamux stream wants its next bytes: ``view`` (the rest of
+    an application frame being assembled). Hung on the stream's receive buffer
+    (:class:`~gossipfl.transport.libp2p.guards.GuardedBuffer`, attribute ``sink``) while
+    the reader waits.
+
+    A DATA body that fits in the room left is decrypted straight into ``view`` (the
+    region is ``landing``); when Yamux then hands that region to the buffer's ``extend``,
+    the buffer's guard checks it as any data (window, limits, stream state) and, if
+    admitted, ``filled`` grows instead of the buffer. Anything else (a region not
+    admitted, a sink taken away meanwhile) is never counted: the reader sees only
+    ``view[:filled]``."""
+
+    __slots__ = ("filled", "landing", "view")
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.filled = 0
+        self.landing: memoryview | None = None
+
+    def absorb(self, buffer: bytearray) -> None:
+        """Move the bytes of ``buffer`` (which come before any more) into ``view``; the
+        reader would copy them there itself when it next runs."""
+        start = self.filled
+        take = len(buffer)
+        with memoryview(buffer) as held:
+            self.view[start : start + take] = held
+        del buffer[:take]
+        self.filled = start + take
+
+    def claim(self, size: int) -> memoryview | None:
+        """The region for a ``size``-byte DATA body, or ``None`` if it does not fit."""
+        start = self.filled
+        if size > len(self.view) - start:
+            return None
+        region = self.view[start : start + size]
+        self.landing = region
+        return region
+
+    def commit(self, data: object) -> int:
+        """If ``data`` is the region handed out last, count it and return its size; else 0."""
+        region = self.landing
+        if region is None or data is not region:
+            return 0
+        self.landing = None
+        self.filled += len(region)
+        return len(region)
+
+
+DIRECT_MIN = 1 << 14
+"""Smallest DATA body decrypted straight into a waiting reader's frame: below it the
+bookkeeping costs more than the copy it saves."""
+
+
+def _data_header(header: bytes, length: int) -> int | None:
+    """The stream ID of ``header`` if it is the header of a ``length``-byte DATA frame."""
+    if len(header) != _YAMUX_HEADER.size:
+        return None
+    version, typ, _flags, sid, announced = _YAMUX_HEADER.unpack(header)
+    if version != 0 or typ != _yamux.TYPE_DATA or announced != length:
+        return None
+    return int(sid)
+
+
 def install_direct_yamux_reads(muxed_conn: object) -> bool:
     """Let a Yamux connection over a batched session read DATA bodies straight from it.
 
     Yamux reads each DATA frame body with ``read_exactly``, which copies the bytes into a
     bytearray and then into a new bytes object; :meth:`BatchedSecureSession.read` already
     returns exactly the bytes asked for, so the body is taken as is (two copies fewer per
-    byte received). Idempotent; returns whether the connection now reads directly.
+    byte received). And when the frame's stream has a reader waiting with a :class:`Sink`
+    that has room for the whole body, the body is decrypted straight into it (no copy at
+    all: see :class:`Sink`). Idempotent; returns whether the connection now reads
+    directly.
     """
     if not isinstance(muxed_conn, _yamux.Yamux):
         return False
@@ -388,14 +532,43 @@ def install_direct_yamux_reads(muxed_conn: object) -> bool:
         return False
     if getattr(muxed_conn, "_gossipfl_direct_reads", False):
         return True
-
-    async def read_data_body(length: int) -> bytes:
-        with trio.fail_after(_yamux._yamux_data_read_timeout()):
-            return await secured.read(length)
-
-    muxed_conn._read_data_body = read_data_body  # type: ignore[method-assign]
-    muxed_conn._gossipfl_direct_reads = True  # type: ignore[attr-defined]
+    install_body_reader(muxed_conn, secured)
     return True
+
+
+def install_body_reader(muxed_conn: _yamux.Yamux, secured: Any) -> None:
+    """The body reader of :func:`install_direct_yamux_reads`, over ``secured`` (which has
+    ``last_header``, ``read`` and ``read_into`` as :class:`BatchedSecureSession` does)."""
+    buffers_of = muxed_conn
+    timeout = _yamux._yamux_data_read_timeout
+
+    async def read_data_body(length: int) -> Buffer:
+        with trio.fail_after(timeout()):
+            if length >= DIRECT_MIN:
+                sid = _data_header(secured.last_header, length)
+                buffer = None if sid is None else buffers_of.stream_buffers.get(sid)
+                sink: Sink | None = getattr(buffer, "sink", None)
+                region = None
+                if sink is not None and buffer is not None and sink.landing is None:
+                    # Bytes already buffered come first: into the sink with them, if the
+                    # body fits after them (else it is buffered too).
+                    if buffer and len(buffer) + length <= len(sink.view) - sink.filled:
+                        sink.absorb(buffer)
+                    if not buffer:
+                        region = sink.claim(length)
+                if region is not None:
+                    await secured.read_into(region)
+                    return region
+            body: bytes | bytearray = await secured.read(length)
+            return body
+
+    muxed_conn._read_data_body = read_data_body  # type: ignore[method-assign,assignment]
+    muxed_conn._gossipfl_direct_reads = True  # type: ignore[attr-defined]
+
+
+def reads_directly(muxed_conn: object) -> bool:
+    """Whether :func:`install_direct_yamux_reads` is in place on ``muxed_conn``."""
+    return bool(getattr(muxed_conn, "_gossipfl_direct_reads", False))
 
 
 async def read_yamux(stream: _yamux.YamuxStream, n: int) -> bytes | bytearray:
@@ -418,6 +591,110 @@ async def read_yamux(stream: _yamux.YamuxStream, n: int) -> bytes | bytearray:
         return await stream.read(n)
     await stream._auto_tune_and_send_window_update(bytes_read=len(taken))
     return taken
+
+
+_CREDIT_ROUNDS = 8
+_RECHECK = 0.5
+
+
+class YamuxInPlace:
+    """Reads a Yamux stream into a caller's buffer: the
+    :class:`~gossipfl.transport.libp2p.framing.InPlace` of inbound gossip streams.
+
+    While :meth:`read_into` runs, a :class:`Sink` on its buffer hangs on the stream's
+    receive buffer, so that DATA bodies arriving meanwhile are decrypted straight into it
+    (over a connection with :func:`install_direct_yamux_reads` and a guarded buffer; else
+    they are buffered, and copied in from there once, as bytes already buffered are).
+    The memory reserved for frames not yet received is bounded per connection by the
+    connection's guard (``reserve``/``unreserve``).
+    """
+
+    def __init__(self, stream: _yamux.YamuxStream, guard: Any) -> None:
+        self.stream = stream
+        self.guard = guard
+        self._owed = 0  # bytes delivered but not yet credited to the sender's window
+
+    def reserve(self, size: int) -> bool:
+        return bool(self.guard.reserve(size))
+
+    def release(self, size: int) -> None:
+        self.guard.unreserve(size)
+
+    async def read_into(self, view: memoryview) -> int:
+        try:
+            return await self._read_into(view)
+        except BaseLibp2pError as exc:  # a reset, a dead connection: the end of the stream
+            raise EOFError(str(exc) or type(exc).__name__) from exc
+
+    async def _read_into(self, view: memoryview) -> int:
+        """At least one byte, at most ``len(view)``, into ``view``. Returns once bytes
+        have come and been credited (as ``YamuxStream.read`` credits them), and no body
+        is on its way into ``view``; raises py-libp2p's ``MuxedStreamReset`` or
+        ``MuxedStreamEOF`` at the end of the stream, as ``read`` does."""
+        stream = self.stream
+        conn = stream.conn
+        sid = stream.stream_id
+        sink = Sink(view)
+        hung: Any = None
+        credited = 0
+        rounds = 0
+        try:
+            while True:
+                buffer = conn.stream_buffers.get(sid)
+                if buffer is None:
+                    sink.landing = None
+                    if sink.filled:
+                        return sink.filled  # credited already: the stream is gone
+                    if stream.reset_received:
+                        raise MuxedStreamReset("stream was reset")
+                    raise MuxedStreamEOF("stream buffer closed")
+                if buffer is not hung and hasattr(buffer, "sink"):
+                    if hung is not None and hung.sink is sink:
+                        hung.sink = None
+                    hung = buffer
+                    buffer.sink = sink
+                if buffer:  # bytes buffered before the sink was hung: they come first
+                    start = sink.filled
+                    take = min(len(buffer), len(view) - start)
+                    if take:
+                        with memoryview(buffer) as held:
+                            view[start : start + take] = held[:take]
+                        del buffer[:take]
+                        sink.filled = start + take
+                due = self._owed + sink.filled - credited
+                if due:
+                    self._owed, credited = 0, sink.filled
+                    rounds += 1
+                    # Bodies may land while we await this; they are credited next round.
+                    await stream._auto_tune_and_send_window_update(bytes_read=due)
+                    if sink.filled > credited and (
+                        rounds < _CREDIT_ROUNDS or sink.filled == len(view)
+                    ):
+                        continue
+                if conn.event_shutting_down.is_set():
+                    sink.landing = None
+                if sink.filled and sink.landing is None:
+                    self._owed += sink.filled - credited
+                    return sink.filled
+                if not sink.filled:
+                    if stream.reset_received:
+                        raise MuxedStreamReset("stream was reset")
+                    if stream.recv_closed or conn.event_shutting_down.is_set():
+                        raise MuxedStreamEOF("stream is closed for receiving")
+                    if stream.closed:
+                        raise MuxedStreamReset("stream is reset or closed")
+                event = conn.stream_events.get(sid)
+                if event is None:
+                    raise MuxedStreamEOF("stream was removed during read")
+                # py-libp2p drops a stream's event without setting it when the stream is
+                # reset from our side (a guard's reset): look again now and then.
+                with trio.move_on_after(_RECHECK):
+                    await event.wait()
+                if event.is_set() and conn.stream_events.get(sid) is event:
+                    conn.stream_events[sid] = trio.Event()
+        finally:
+            if hung is not None and hung.sink is sink:
+                hung.sink = None
 
 
 def yamux_stream_of(stream: INetStream) -> _yamux.YamuxStream | None:

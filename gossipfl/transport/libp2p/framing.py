@@ -17,15 +17,20 @@ Why framing matters beyond splitting messages:
   progress within ``read_timeout`` (:class:`FrameTimeout`). Between frames a stream may
   idle as long as it likes.
 
-The body is collected as the pieces the muxer hands us and joined once at the end: one
+A body is collected as the pieces the muxer hands us and joined once at the end: one
 copy, and memory grows only as fast as bytes actually arrive (a liar announcing 16 MiB
-and sending nothing costs nothing).
+and sending nothing costs nothing). A large body on a stream that can read in place
+(:class:`InPlace`) is instead allocated whole and filled where it lies: the libp2p fast
+path decrypts the bytes straight into it. Such allocations are reserved first, and a
+peer's reservations are bounded (``InPlace.reserve``); a frame refused a reservation is
+read in pieces.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
@@ -36,8 +41,27 @@ PREFIX_SIZE = PREFIX.size
 
 ReadSome = Callable[[int], Awaitable[bytes]]
 """Reads at most ``n`` bytes, at least one; returns ``b""`` or raises
-:class:`EOFError` at the end of the stream. May return a ``bytearray``; frames are always
-returned as ``bytes``."""
+:class:`EOFError` at the end of the stream. May return a ``bytearray``."""
+
+IN_PLACE_MIN = 1 << 18
+"""Frames from this size on are assembled in place when the stream can (:class:`InPlace`)."""
+
+
+class InPlace(Protocol):
+    """A stream that can read into a caller's buffer, for frames assembled in place."""
+
+    def reserve(self, size: int) -> bool:
+        """May we allocate a ``size``-byte frame before its bytes have come?"""
+        ...
+
+    def release(self, size: int) -> None:
+        """The frame that reserved ``size`` is complete or abandoned."""
+        ...
+
+    async def read_into(self, view: memoryview) -> int:
+        """Read at least one byte, at most ``len(view)``, into ``view``; 0 or
+        :class:`EOFError` at the end of the stream."""
+        ...
 
 
 class FrameError(TransportError):
@@ -70,15 +94,28 @@ class FrameReader:
     ``b""``) at the end of the stream. Any other exception propagates. Reads ask for at
     least ``min_read`` bytes, so that a burst of small frames (or a prefix and its body)
     comes in one call; the surplus is kept for the next frame.
+
+    With ``in_place``, bodies of at least ``in_place_min`` bytes are read into one
+    ``bytearray`` allocated when the prefix arrives (when ``in_place.reserve`` allows it),
+    and returned as that ``bytearray``; other frames are returned as ``bytes``.
     """
 
     def __init__(
-        self, read: ReadSome, *, max_frame: int, read_timeout: float, min_read: int = 1 << 16
+        self,
+        read: ReadSome,
+        *,
+        max_frame: int,
+        read_timeout: float,
+        min_read: int = 1 << 16,
+        in_place: InPlace | None = None,
+        in_place_min: int = IN_PLACE_MIN,
     ) -> None:
         self._read = read
         self.max_frame = max_frame
         self.read_timeout = read_timeout
         self.min_read = min_read
+        self.in_place = in_place
+        self.in_place_min = in_place_min
         self.frames = 0
         self.bytes = 0
         self._buf = b""
@@ -112,7 +149,7 @@ class FrameReader:
             return data[:n]
         return data
 
-    async def next_frame(self) -> bytes | None:
+    async def next_frame(self) -> bytes | bytearray | None:
         """The next frame's body, or ``None`` if the stream ended cleanly between frames.
 
         Raises :class:`FrameError` subclasses for anything else.
@@ -134,6 +171,20 @@ class FrameReader:
             raise FrameTooLarge(f"frame of {size} bytes announced; the limit is {self.max_frame}")
         if size == 0:
             raise FrameTooLarge("frame of 0 bytes announced; frames hold at least one byte")
+        in_place = self.in_place
+        if (
+            in_place is not None
+            and size >= self.in_place_min
+            and size - self.pending >= self.in_place_min
+            and in_place.reserve(size)
+        ):
+            try:
+                body = await self._read_in_place(in_place, size)
+            finally:
+                in_place.release(size)
+            self.frames += 1
+            self.bytes += size
+            return body
         parts: list[bytes] = []
         have = 0
         while have < size:
@@ -148,3 +199,34 @@ class FrameReader:
         self.bytes += size
         first = parts[0]
         return first if len(parts) == 1 and type(first) is bytes else b"".join(parts)
+
+    async def next_bytes(self) -> bytes | None:
+        """:meth:`next_frame` as ``bytes`` (a copy only for a frame assembled in place)."""
+        frame = await self.next_frame()
+        return frame if frame is None or type(frame) is bytes else bytes(frame)
+
+    async def _read_in_place(self, in_place: InPlace, size: int) -> bytearray:
+        """A ``size``-byte body read into one buffer (see :class:`InPlace`)."""
+        body = bytearray(size)
+        view = memoryview(body)
+        have = 0
+        if self._off < len(self._buf):  # the start of the body came with the prefix
+            have = min(size, len(self._buf) - self._off)
+            view[:have] = memoryview(self._buf)[self._off : self._off + have]
+            self._off += have
+        while have < size:
+            try:
+                with trio.fail_after(self.read_timeout):
+                    got = await in_place.read_into(view[have:])
+            except trio.TooSlowError:
+                raise FrameTimeout(
+                    f"no data for {self.read_timeout:g} s in the middle of a {size}-byte frame"
+                ) from None
+            except EOFError:
+                got = 0
+            if not got:
+                raise TruncatedFrame(
+                    f"stream ended inside a frame: {have} of {size} bytes received"
+                )
+            have += got
+        return body

@@ -61,6 +61,7 @@ from typing import Any, Self, SupportsIndex
 import trio
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
+from gossipfl.transport.libp2p.fastpath import Sink
 from gossipfl.transport.libp2p.streams import TransportStats
 
 logger = logging.getLogger(__name__)
@@ -104,18 +105,32 @@ class YamuxLimits:
 
 class GuardedBuffer(bytearray):
     """A Yamux stream's receive buffer whose growth is checked by a guard. Detached from
-    its guard (``_guard is None``) it is a plain ``bytearray``."""
+    its guard (``_guard is None``) it is a plain ``bytearray``.
 
-    __slots__ = ("_guard", "_sid")
+    ``sink`` is set while a reader waits on the stream with a frame to fill
+    (:func:`~gossipfl.transport.libp2p.fastpath.read_yamux_into`): DATA bodies already
+    decrypted into it pass the same checks as any data, but land there, not here."""
+
+    __slots__ = ("_guard", "_sid", "sink")
 
     def __init__(self, guard: ConnectionGuard | None, sid: int) -> None:
         super().__init__()
         self._guard = guard
         self._sid = sid
+        self.sink: Sink | None = None
 
     def extend(self, data: Any) -> None:
         guard = self._guard
         if guard is not None:
+            sink = self.sink
+            landing = None if sink is None else sink.landing
+            if landing is not None and data is landing:
+                assert sink is not None
+                if guard.admit(self._sid, self, len(landing), direct=True):
+                    sink.commit(landing)
+                else:
+                    sink.landing = None  # dropped: the region will be written again
+                return
             if not isinstance(data, bytes | bytearray | memoryview):
                 data = bytes(data)  # an iterable of ints: not what py-libp2p passes
             if not guard.admit(self._sid, self, memoryview(data).nbytes):
@@ -140,6 +155,7 @@ class GuardedBuffer(bytearray):
         super().clear()
 
     def detach(self) -> None:
+        self.sink = None
         guard, self._guard = self._guard, None
         if guard is not None:
             guard.released(len(self))
@@ -231,6 +247,8 @@ class ConnectionGuard:
         on a stream after it was condemned."""
         self.refused_streams = 0
         self.violations = 0
+        self.reserved = 0
+        """Bytes of frames being assembled in place on this connection (see :meth:`reserve`)."""
         self.read = 0
         """DATA bytes the connection read (once :meth:`watch_reads` is in place)."""
         self.offered = 0
@@ -245,9 +263,13 @@ class ConnectionGuard:
 
     # ------------------------------------------------- called with streams_lock held
 
-    def admit(self, sid: int, buffer: bytearray, size: int) -> bool:
+    def admit(self, sid: int, buffer: bytearray, size: int, *, direct: bool = False) -> bool:
         """May ``size`` more bytes go into stream ``sid``'s buffer? If not, the frame is
-        dropped (and py-libp2p's window accounting compensated) and the stream reset."""
+        dropped (and py-libp2p's window accounting compensated) and the stream reset.
+
+        ``direct``: the bytes are already in a waiting reader's frame (a
+        :class:`~gossipfl.transport.libp2p.fastpath.Sink`), not going into the buffer.
+        Same checks, the buffer limit included; they are just not counted as buffered."""
         stream = self.muxed.streams.get(sid)
         self.offered += size
         if sid in self._doomed:
@@ -290,8 +312,24 @@ class ConnectionGuard:
                     f"(the limit is {limit}); dropped a {size}-byte frame on stream {sid}",
                 )
                 return False
-        self.grow(size)
+        if not direct:
+            self.grow(size)
         return True
+
+    def reserve(self, size: int) -> bool:
+        """May a reader hold ``size`` bytes for a frame whose bytes have not all come yet?
+        Frames assembled in place (:class:`~gossipfl.transport.libp2p.fastpath.YamuxInPlace`)
+        are allocated whole when their length prefix arrives; this bounds what a peer can
+        make us allocate by announcing large frames it never sends to ``max_buffered`` per
+        connection. A frame refused is read in pieces instead (memory grows only as its
+        bytes come)."""
+        if self.reserved + size > self.limits.max_buffered:
+            return False
+        self.reserved += size
+        return True
+
+    def unreserve(self, size: int) -> None:
+        self.reserved = max(0, self.reserved - size)
 
     def opened(self, sid: int) -> None:
         """A stream has been created; refuse it if the peer already has too many."""

@@ -72,7 +72,7 @@ async def serve_request(
     reader = _reader(stream, max_request, timeout)
     try:
         with trio.fail_after(timeout):
-            body = await reader.next_frame()
+            body = await reader.next_bytes()
         if body is None:
             raise FrameError("the stream ended before a request")
         reply = await handler(peer, body)
@@ -137,7 +137,7 @@ async def send_request(
         with trio.fail_after(timeout):
             stream = await open_stream()
             await _write_frame(stream, payload, max_request)
-            reply = await _reader(stream, max_reply, timeout).next_frame()
+            reply = await _reader(stream, max_reply, timeout).next_bytes()
     except trio.TooSlowError:
         raise PeerUnreachable(
             f"{protocol} request to {peer} timed out after {timeout:g} s"

@@ -28,7 +28,13 @@ from gossipfl.transport.base import PeerUnreachable, Received
 from gossipfl.transport.libp2p.budgets import FrameThrottle, Report
 from gossipfl.transport.libp2p.config import TransportConfig
 from gossipfl.transport.libp2p.events import EventQueue
-from gossipfl.transport.libp2p.fastpath import read_yamux, write_yamux, yamux_stream_of
+from gossipfl.transport.libp2p.fastpath import (
+    YamuxInPlace,
+    read_yamux,
+    reads_directly,
+    write_yamux,
+    yamux_stream_of,
+)
 from gossipfl.transport.libp2p.framing import (
     FrameError,
     FrameReader,
@@ -281,6 +287,19 @@ def _reader_of(stream: INetStream, config: TransportConfig) -> ReadSome:
     return read_some
 
 
+def _in_place_of(stream: INetStream, config: TransportConfig) -> YamuxInPlace | None:
+    """Large frames of an inbound stream are assembled in place (decrypted straight into
+    the frame) when the stream is py-libp2p Yamux over our batched Noise, with its
+    connection under a guard (which bounds the memory reserved for them)."""
+    yamux = yamux_stream_of(stream) if config.batch_noise else None
+    if yamux is None or not reads_directly(yamux.conn):
+        return None
+    guard = getattr(yamux.conn, "_gossipfl_guard", None)
+    if not callable(getattr(guard, "reserve", None)):
+        return None
+    return YamuxInPlace(yamux, guard)
+
+
 async def serve_stream(
     stream: INetStream,
     peer: str,
@@ -302,6 +321,7 @@ async def serve_stream(
         _reader_of(stream, config),
         max_frame=config.max_frame,
         read_timeout=config.read_timeout,
+        in_place=_in_place_of(stream, config),
     )
     relayed = muxed_path(stream.muxed_conn).relayed
     try:
