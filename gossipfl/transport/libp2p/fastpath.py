@@ -77,6 +77,7 @@ READ_BUFFER_MAX = 1 << 20
 _MAX_NONCE = 2**64 - 1  # noise.constants.MAX_NONCE
 _TAG = 16  # ChaCha20-Poly1305 / AES-GCM authentication tag
 _BULK_READ = 2 * MAX_PLAINTEXT_LENGTH
+_YIELD_EVERY = 1 << 18
 _MAX_IOVEC = 512
 
 _LENGTH = struct.Struct(">H")
@@ -423,7 +424,14 @@ class BatchedSecureSession(SecureSession):
             view[:pos] = memoryview(message)[offset : offset + pos]
             self._offset = offset + pos
         conn = self.conn
+        step = pos + _YIELD_EVERY
         while pos < n:
+            if pos >= step:
+                # Let other tasks run (the stream's reader, to hang its Sink before the
+                # next DATA frame is placed): a socket read that found 1 MiB waiting
+                # would otherwise have us decrypt all of it in one go.
+                step = pos + _YIELD_EVERY
+                await trio.lowlevel.checkpoint()
             ciphertext = await conn.next_ciphertext()
             size = len(ciphertext) - _TAG
             if 0 < size <= n - pos and conn.decrypt_into(ciphertext, view[pos : pos + size]):
