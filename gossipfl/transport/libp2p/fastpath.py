@@ -634,6 +634,16 @@ class YamuxInPlace:
         except BaseLibp2pError as exc:  # a reset, a dead connection: the end of the stream
             raise EOFError(str(exc) or type(exc).__name__) from exc
 
+    def _credit_now(self, due: int) -> bool:
+        """Grant ``due`` bytes of window now, or let them add up? py-libp2p sends a
+        WINDOW_UPDATE for nearly every read it credits (one per ~200 KiB in a bulk
+        transfer, each a Noise message both sides pay for); we credit once a quarter of
+        the stream's target window is due, or sooner when the sender is down to half
+        of it (so it never waits for credit because of us)."""
+        stream = self.stream
+        target = getattr(stream, "target_recv_window", _yamux.DEFAULT_WINDOW_SIZE)
+        return due >= target // 4 or stream.recv_window <= target // 2
+
     async def _read_into(self, view: memoryview) -> int:
         """At least one byte, at most ``len(view)``, into ``view``. Returns once bytes
         have come and been credited (as ``YamuxStream.read`` credits them), and no body
@@ -670,14 +680,12 @@ class YamuxInPlace:
                         del buffer[:take]
                         sink.filled = start + take
                 due = self._owed + sink.filled - credited
-                if due:
+                if due and self._credit_now(due):
                     self._owed, credited = 0, sink.filled
                     rounds += 1
                     # Bodies may land while we await this; they are credited next round.
                     await stream._auto_tune_and_send_window_update(bytes_read=due)
-                    if sink.filled > credited and (
-                        rounds < _CREDIT_ROUNDS or sink.filled == len(view)
-                    ):
+                    if sink.filled > credited and rounds < _CREDIT_ROUNDS:
                         continue
                 if conn.event_shutting_down.is_set():
                     sink.landing = None
