@@ -628,6 +628,29 @@ class YamuxInPlace:
     def release(self, size: int) -> None:
         self.guard.unreserve(size)
 
+    async def read_some(self, n: int) -> bytes | bytearray:
+        """Up to ``n`` bytes (at least one) of the stream, as :func:`read_yamux`; bytes
+        already buffered are taken at once (no lock, no schedule point) and credited
+        as :meth:`read_into` credits them. Between frames this is what reads the next
+        length prefix: the sooner the reader is back in :meth:`read_into`, the more of
+        the next frame lands in place."""
+        stream = self.stream
+        conn = stream.conn
+        sid = stream.stream_id
+        buffer = conn.stream_buffers.get(sid)
+        if not buffer or sid not in conn.streams or stream.reset_received:
+            data = await read_yamux(stream, n)
+        else:
+            take = min(len(buffer), n)
+            with memoryview(buffer) as held:
+                data = bytes(held[:take])
+            del buffer[:take]
+            self._owed += take
+            if self._credit_now(self._owed):
+                due, self._owed = self._owed, 0
+                await stream._auto_tune_and_send_window_update(bytes_read=due)
+        return data
+
     async def read_into(self, view: memoryview) -> int:
         try:
             return await self._read_into(view)

@@ -269,15 +269,20 @@ async def finish_stream(stream: INetStream, *, timeout: float) -> None:
     await reset_quietly(stream)
 
 
-def _reader_of(stream: INetStream, config: TransportConfig) -> ReadSome:
+def _reader_of(
+    stream: INetStream, config: TransportConfig, in_place: YamuxInPlace | None = None
+) -> ReadSome:
     """The read-some function of an inbound stream: the no-copy Yamux path when the
-    stream is py-libp2p Yamux (and the fast path is on), else ``stream.read``. Every way
-    a stream can end is mapped to :class:`EOFError`: a reset or a dead connection in the
-    middle of a frame must read as a truncated frame."""
+    stream is py-libp2p Yamux (and the fast path is on; through ``in_place`` when the
+    stream reads frames in place, which also grants the window), else ``stream.read``.
+    Every way a stream can end is mapped to :class:`EOFError`: a reset or a dead
+    connection in the middle of a frame must read as a truncated frame."""
     yamux = yamux_stream_of(stream) if config.batch_noise else None
 
     async def read_some(n: int) -> bytes:
         try:
+            if in_place is not None:
+                return await in_place.read_some(n)  # type: ignore[return-value]
             if yamux is not None:
                 return await read_yamux(yamux, n)  # type: ignore[return-value]
             return await stream.read(n)
@@ -317,11 +322,12 @@ async def serve_stream(
     is queued; while it waits, nothing more is read from the stream. A frame announced
     above the size limit is reported (kind ``bad_frame``); a stream that ends or stalls
     mid-frame is not (that is what a crashed or frozen honest peer looks like)."""
+    in_place = _in_place_of(stream, config)
     reader = FrameReader(
-        _reader_of(stream, config),
+        _reader_of(stream, config, in_place),
         max_frame=config.max_frame,
         read_timeout=config.read_timeout,
-        in_place=_in_place_of(stream, config),
+        in_place=in_place,
     )
     relayed = muxed_path(stream.muxed_conn).relayed
     try:
