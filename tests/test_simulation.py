@@ -145,6 +145,21 @@ def test_an_impossible_rule_is_refused_before_the_run() -> None:
         run_simulation(config)
 
 
+def test_more_peers_than_samples_is_refused_with_a_data_set_that_has_room() -> None:
+    config = SimulationConfig().with_overrides(["peers=1500", "topology.name=ring"])
+    with pytest.raises(ConfigError, match=r"digits has 1,438 training samples.*task synthetic"):
+        run_simulation(config)
+    # the advice works: a generated data set sized for the peers
+    small = ["peers=32", "rounds=2", "topology.name=ring", "data.partition=iid"]
+    synthetic = [*small, "task.name=synthetic"]
+    with pytest.raises(ConfigError, match="20 training samples, fewer than the 32 peers"):
+        run_simulation(SimulationConfig().with_overrides([*synthetic, "task.params.samples=30"]))
+    summary = run_simulation(
+        SimulationConfig().with_overrides([*synthetic, "task.params.samples=50"])
+    ).summary()
+    assert summary["rounds_completed"] == 2
+
+
 def test_torch_backend_trains_an_mlp() -> None:
     config = base_faulty(**{"training.backend": "torch", "training.model": "mlp", "rounds": 40})
     summary = run_simulation(config).summary()

@@ -168,6 +168,21 @@ def check_rule_fits(config: SimulationConfig, topology: Topology, honest: int) -
             raise ConfigError(f"node {node} of {topology.name!r}: {exc}") from None
 
 
+def check_room(config: SimulationConfig, samples: int, honest: int) -> None:
+    """Refuse, with what to use instead, a data set with fewer training samples than peers
+    (every peer needs at least one; digits has 1,438 training samples)."""
+    if samples >= honest:
+        return
+    need = math.ceil(honest * 10 / 0.8)
+    raise ConfigError(
+        f"{config.data_label()} has {samples:,} training samples, fewer than the {honest:,} "
+        "peers (each peer needs at least one). For large simulations, generate a data set "
+        "with room: --task synthetic --set task.params.samples=N (Gaussian clusters, numpy "
+        f"softmax regression; N samples in all, about 80% of them for training: {need:,} give "
+        "each peer about 10)"
+    )
+
+
 def run_simulation(
     config: SimulationConfig,
     *,
@@ -240,6 +255,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
         from gossipfl.data import partition
 
         dataset, make, _ = config.workload()
+        check_room(config, len(dataset.y_train), honest)
         params = {"alpha": config.data.alpha} if config.data.partition == "dirichlet" else {}
         parts = partition(
             dataset.y_train, honest, config.data.partition, seed=config.seed, **params
