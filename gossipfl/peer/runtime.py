@@ -40,6 +40,7 @@ from gossipfl.peer.checkpoint import CheckpointError, CheckpointStore
 from gossipfl.peer.config import PeerConfig
 from gossipfl.peer.outbox import Frames, Outboxes
 from gossipfl.peer.reports import PeerCounters, RoundReport, Vector
+from gossipfl.peer.timers import TimerWheel, timer_wheel
 from gossipfl.peerlog import PeerWarnings
 from gossipfl.protocol import (
     Action,
@@ -90,6 +91,14 @@ RoundHook = Callable[[RoundReport], None]
 EXTREME = float(np.sqrt(np.finfo(np.float32).max))
 """The largest magnitude (about 1.8e19) a merge takes from a neighbour's model: the square
 of anything larger overflows float32. No honest model comes near it."""
+
+
+class _Tick:
+    """Posted by the run's :class:`~gossipfl.peer.timers.TimerWheel` when one of our
+    timers may be due (never reaches the protocol core)."""
+
+
+_TICK = _Tick()
 
 
 @dataclass(frozen=True)
@@ -231,7 +240,9 @@ class Peer:
         self._hello_frame = wire.encode(self._hello)
         self._core: SyncGossip | AsyncGossip | None = None
         self._running = False
-        self._events_send, self._events_receive = trio.open_memory_channel[Event](math.inf)
+        self._events_send, self._events_receive = trio.open_memory_channel[Event | _Tick](
+            math.inf
+        )
         self._queued_models = 0
         self._decoders: dict[PeerId, wire.StreamDecoder] = {}
         self._connected: set[PeerId] = set()
@@ -252,6 +263,8 @@ class Peer:
         )
         self._unyielded = 0
         self._threads = True  # decided in __aenter__, where the run's clock is known
+        self._now: Callable[[], float] = trio.current_time  # the run's clock, once known
+        self._wheel: TimerWheel | None = None  # with inline training: the run's timers
         self._deadline: tuple[int, float] | None = None  # (round, trio time) of the wait
         self._step_done: tuple[float, LocalStepDone] | None = None  # simulated step end
         self._encoded: tuple[Vector, int, bool, dict[str, Frames]] | None = None
@@ -301,6 +314,9 @@ class Peer:
         self._threads = (
             self.config.threads if self.config.threads is not None else not _virtual_clock()
         )
+        self._now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
+        if not self._threads:
+            self._wheel = timer_wheel()
         self._stack = contextlib.AsyncExitStack()
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         self._outbox.attach(self._nursery)
@@ -419,7 +435,7 @@ class Peer:
                 tolerance=self.rule.byzantine_tolerance,
                 # A share is masked for its round: an old one would not cancel.
                 max_reuse=0 if self._secure is not None else cfg.max_reuse,
-                clock=trio.current_time,
+                clock=self._now,
                 wait=cfg.wait,
                 speedup=cfg.catch_up_speedup,
                 anchor_time=self._anchor_time,
@@ -485,27 +501,59 @@ class Peer:
     async def _next_event(self) -> Event:
         """The next event: a queued one, the simulated end of a local step, or the
         deadline passing, whichever comes first."""
-        with contextlib.suppress(trio.WouldBlock):
-            # Usually something is already queued: take it without arming a timeout, and
-            # without yielding each time (a yield per event is most of a large simulation's
-            # scheduling cost); yield every so often so other tasks still get their turn.
-            event = self._events_receive.receive_nowait()
-            self._unyielded += 1
-            if self._unyielded >= _YIELD_EVERY:
-                self._unyielded = 0
-                await trio.lowlevel.checkpoint()
-            return event
+        while True:
+            try:
+                # Usually something is already queued: take it without arming a timeout,
+                # and without yielding each time (a yield per event is most of a large
+                # simulation's scheduling cost); yield every so often so other tasks still
+                # get their turn.
+                event = self._events_receive.receive_nowait()
+                self._unyielded += 1
+                if self._unyielded >= _YIELD_EVERY:
+                    self._unyielded = 0
+                    await trio.lowlevel.checkpoint()
+            except trio.WouldBlock:
+                if self._wheel is None:
+                    return await self._wait_with_timers()
+                # the wheel posts a tick when a timer may be due: no timeout to arm here
+                event = await self._events_receive.receive()
+            if not isinstance(event, _Tick):
+                return event
+            due = self._due_timer()
+            if due is not None:
+                return due
+
+    def _due_timer(self) -> Event | None:
+        """The earliest of our timers that is due, cleared (None: none is)."""
+        now = self._now()
+        step, deadline = self._step_done, self._deadline
+        if step is not None and step[0] <= now and (deadline is None or step[0] <= deadline[1]):
+            self._step_done = None
+            return step[1]
+        if deadline is not None and deadline[1] <= now:
+            self._deadline = None
+            return DeadlinePassed(deadline[0])
+        return None
+
+    def _tick(self) -> None:
+        self._events_send.send_nowait(_TICK)
+
+    async def _wait_with_timers(self) -> Event:
+        """Nothing is queued: wait for an event, or until a timer is due."""
         timers: list[tuple[float, Event]] = []
         if self._step_done is not None:
             timers.append(self._step_done)
         if self._deadline is not None:
             timers.append((self._deadline[1], DeadlinePassed(self._deadline[0])))
         if not timers:
-            return await self._events_receive.receive()
+            received = await self._events_receive.receive()
+            assert not isinstance(received, _Tick)  # ticks come with a wheel only
+            return received
         at, due = min(timers, key=lambda t: t[0])
         with trio.move_on_at(at) as scope:
             received = await self._events_receive.receive()
         if not scope.cancelled_caught:
+            assert not isinstance(received, _Tick)
             return received
         if isinstance(due, LocalStepDone):
             self._step_done = None
@@ -551,7 +599,10 @@ class Peer:
         elif isinstance(action, Train):
             self._nursery.start_soon(self._train_round, action.round)
         elif isinstance(action, SetTimer):
-            self._deadline = (action.round, trio.current_time() + action.delay)
+            at = self._now() + action.delay
+            self._deadline = (action.round, at)
+            if self._wheel is not None:
+                self._wheel.add(at, self._tick)
         elif isinstance(action, Merge):
             self._deadline = None
             if self._secure is not None:
@@ -589,7 +640,10 @@ class Peer:
         done = LocalStepDone(round, self._trained_vector(round), dict(metrics or {}))
         delay = self._compute_time(round) if self._compute_time is not None else 0.0
         if delay > 0:
-            self._step_done = (trio.current_time() + delay, done)
+            at = self._now() + delay
+            self._step_done = (at, done)
+            if self._wheel is not None:
+                self._wheel.add(at, self._tick)
             return []
         assert self._core is not None
         return self._core.handle(done)
@@ -794,7 +848,7 @@ class Peer:
                     stats=action.stats,
                     train_metrics=action.metrics,
                     bytes_sent=self.counters.bytes_sent,
-                    time=trio.current_time(),
+                    time=self._now(),
                 )
             )
         store = self._checkpoints
@@ -950,7 +1004,7 @@ class Peer:
             penalize(peer, kind, detail)
 
     async def _on_message(self, peer: PeerId, message: object) -> None:
-        self._last_heard[peer] = trio.current_time()
+        self._last_heard[peer] = self._now()
         if isinstance(message, wire.Hello):
             refusal = wire.refuse_hello(mine=self._hello, theirs=message)
             if refusal is None:
