@@ -12,20 +12,28 @@ def test_quick_benchmark_prints_one_json_object(quick_benchmark: QuickBenchmark)
     report = quick_benchmark("simulate")
     assert report["benchmark"] == "simulate"
     assert report["meets_target"] is None  # a quick run claims nothing
-    for run, peers in (("baseline_16", 16), ("scale", 64)):
+    assert report["targets"] == {
+        "scale_wall_s_max": 20.0,
+        "large_wall_s_max": 600.0,
+        "large_rss_gib_max": 4.0,
+    }
+    for run, peers, rounds, data in (
+        ("baseline", 16, 10, "digits"),
+        ("scale", 64, 10, "digits"),
+        # more peers than digits has samples for would need: a generated data set
+        ("large", 200, 5, "synthetic task, 64 features"),
+    ):
         row = report[run]
+        assert row["case"] == run
+        assert row["data"] == data
         assert row["peers"] == peers
-        assert row["rounds"] == 10
+        assert row["rounds"] == rounds
         assert row["wall_s"] > 0
+        assert row["cpu_s"] > 0
         assert row["peer_rounds_per_s"] > 0
         # a sync round sends one update per directed edge of the 4-regular graph (plus
         # the handshakes), so the frame count pins down that every message really went
-        assert row["frames"] >= peers * 4 * 10
+        assert row["frames"] >= peers * 4 * rounds
         assert 0.5 < row["honest_mean_acc"] <= 1.0
-    assert 0 < report["peak_rss_mib"] < 4096
-    gc = report["gc"]
-    assert gc["peers"] == 64
-    assert gc["simulation_thresholds_wall_s"] == report["scale"]["wall_s"]
-    assert gc["speedup"] == round(
-        gc["default_thresholds_wall_s"] / gc["simulation_thresholds_wall_s"], 2
-    )
+        assert 0 < row["peak_rss_mib"] < 4096
+        assert len(row["load_before"]) == len(row["load_after"]) == 3

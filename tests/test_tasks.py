@@ -81,6 +81,33 @@ def test_the_built_in_tasks_load_by_name_with_text_parameters() -> None:
         load_task("mnist1d", {"model_name": "resnet"})
 
 
+def test_the_synthetic_test_split_is_a_parameter() -> None:
+    # large simulations keep the test split small: every peer's model is scored on it
+    data = load_task("synthetic", {"samples": "12000", "test_fraction": "0.1"}).dataset(seed=0)
+    assert (len(data.y_train), len(data.y_test)) == (10_800, 1_200)
+    with pytest.raises(TaskError, match=r"test_fraction must be in \(0, 1\)"):
+        load_task("synthetic", {"test_fraction": 1.0})
+
+
+def test_evaluating_many_models_in_chunks_changes_no_bit() -> None:
+    from gossipfl.learning import numpy_models
+    from gossipfl.learning.numpy_models import NumpySoftmaxLearner
+
+    data = load_dataset("digits")
+    learner = load_task("digits-softmax").learner(data, np.arange(100), init_seed=0, seed=0)
+    assert isinstance(learner, NumpySoftmaxLearner)
+    vectors = np.random.default_rng(1).normal(size=(9, 650)).astype(np.float32)
+    whole = learner.evaluate_vectors(vectors, data.x_test, data.y_test)
+    saved = numpy_models.EVAL_CHUNK
+    try:
+        for rows in (2, 3, 4):  # 4 leaves one model over: it joins the last chunk
+            numpy_models.EVAL_CHUNK = rows * len(data.y_test) * 10
+            chunked = learner.evaluate_vectors(vectors, data.x_test, data.y_test)
+            assert all(np.array_equal(a, b) for a, b in zip(whole, chunked, strict=True))
+    finally:
+        numpy_models.EVAL_CHUNK = saved
+
+
 def test_a_users_task_file_outside_the_package_trains(task_file: Path) -> None:
     task = load_task(f"{task_file}:Blobs", {"hidden": "16", "lr": "0.1"})
     assert isinstance(task, ClassificationTask)

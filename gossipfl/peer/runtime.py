@@ -240,9 +240,7 @@ class Peer:
         self._hello_frame = wire.encode(self._hello)
         self._core: SyncGossip | AsyncGossip | None = None
         self._running = False
-        self._events_send, self._events_receive = trio.open_memory_channel[Event | _Tick](
-            math.inf
-        )
+        self._events_send, self._events_receive = trio.open_memory_channel[Event | _Tick](math.inf)
         self._queued_models = 0
         self._decoders: dict[PeerId, wire.StreamDecoder] = {}
         self._connected: set[PeerId] = set()

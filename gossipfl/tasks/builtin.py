@@ -83,6 +83,7 @@ class Synthetic(_Softmax):
     features: int = param(20, "features per sample")
     classes: int = param(10, "classes")
     separation: float = param(1.5, "spread of the class means (1: hard, 3: easy)")
+    test_fraction: float = param(0.2, "share of the samples held out as the test split")
 
     def validate(self) -> None:
         super().validate()
@@ -90,6 +91,9 @@ class Synthetic(_Softmax):
         check_int(self.name, "features", self.features, 1)
         check_int(self.name, "samples", self.samples, 2 * self.classes)
         check_float(self.name, "separation", self.separation, low=0.0, low_open=True)
+        check_float(self.name, "test_fraction", self.test_fraction, low=0.0, high=1.0)
+        if not 0.0 < self.test_fraction < 1.0:
+            raise TaskError(f"{self.name} parameter test_fraction must be in (0, 1)")
 
     def dataset_name(self) -> str:
         return "synthetic"
@@ -100,6 +104,7 @@ class Synthetic(_Softmax):
             "features": self.features,
             "classes": self.classes,
             "separation": self.separation,
+            "test_fraction": self.test_fraction,
         }
 
 
