@@ -534,7 +534,13 @@ class Peer:
         return None
 
     def _tick(self) -> None:
-        self._events_send.send_nowait(_TICK)
+        """The wheel says a timer of ours may be due: wake the loop if one is. A timer
+        cleared or moved since (a round's deadline, mostly: the models came first) has
+        nothing to say; one moved earlier or later has its own tick."""
+        now = self._now()
+        step, deadline = self._step_done, self._deadline
+        if (step is not None and step[0] <= now) or (deadline is not None and deadline[1] <= now):
+            self._events_send.send_nowait(_TICK)
 
     async def _wait_with_timers(self) -> Event:
         """Nothing is queued: wait for an event, or until a timer is due."""
