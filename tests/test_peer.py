@@ -10,6 +10,7 @@ import contextlib
 import errno
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -821,3 +822,27 @@ async def test_each_model_version_is_hashed_once(
                 a._send_model(action)
         nursery.cancel_scope.cancel()
     assert hashed == [(id(one), "fp32"), (id(two), "fp32")]
+
+
+def test_the_timer_wheel_calls_each_tick_at_its_time_in_order() -> None:
+    from gossipfl.peer.timers import timer_wheel
+
+    calls: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        wheel = timer_wheel()
+        assert timer_wheel() is wheel  # one per trio run
+
+        def tick(name: str) -> Callable[[], None]:
+            return lambda: calls.append((name, trio.current_time()))
+
+        wheel.add(2.0, tick("b"))
+        wheel.add(3.0, tick("c"))
+        await trio.sleep(0.5)
+        wheel.add(1.0, tick("a"))  # earlier than the sleeping wheel's next: re-armed
+        wheel.add(2.0, tick("b2"))  # the same time: after b, in the order added
+        wheel.add(0.0, tick("past"))  # already due: called at once
+        await trio.sleep(5)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert calls == [("past", 0.5), ("a", 1.0), ("b", 2.0), ("b2", 2.0), ("c", 3.0)]
