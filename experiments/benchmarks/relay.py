@@ -56,6 +56,10 @@ from typing import Any
 
 import trio
 
+# The sibling benchmark (this directory is the script's sys.path[0]): one way to sum up
+# transfer times for both.
+from transport import summarize
+
 from gossipfl.identity import generate_identity, load_identity, save_identity
 from gossipfl.transport.base import Received
 from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig
@@ -337,15 +341,6 @@ async def _hold_transport(
     ) as transport:
         task_status.started(transport)
         await trio.sleep_forever()
-
-
-def summarize(times: list[float], total: int) -> dict[str, Any]:
-    rates = [total / t / MiB for t in times]
-    return {
-        "seconds": [round(t, 4) for t in times],
-        "mib_per_s_median": round(statistics.median(rates), 1),
-        "mib_per_s_best": round(max(rates), 1),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
