@@ -187,9 +187,7 @@ class _Relayed:
 
 def make_hole_punch(allowed: list[str]) -> HolePunch:
     host: Any = SimpleNamespace()
-    return HolePunch(
-        host, allowlist=Allowlist(allowed), refusal=lambda peer: None, on_direct=lambda p: None
-    )
+    return HolePunch(host, allowlist=Allowlist(allowed), refusal=lambda peer: None)
 
 
 def test_a_peer_gets_at_most_max_sessions_in_the_window() -> None:

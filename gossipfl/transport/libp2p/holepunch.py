@@ -22,9 +22,10 @@ to decide ourselves:
   peer and ``MAX_SESSIONS`` per peer in ``SESSION_WINDOW`` seconds; at most
   ``MAX_ADDRESSES`` addresses are taken from a message, TCP over IPv4/IPv6 only.
 - **Leaving the relay.** The library closes the relayed connection 60 s after the direct
-  one is up, cutting whatever is in flight on it. Here it only reports the direct
-  connection (``on_direct``); the transport moves its streams and closes the relayed
-  connection once it carries none (:meth:`~.host.Libp2pTransport`).
+  one is up, cutting whatever is in flight on it. Here that timer is off: the transport
+  sees the direct connection arrive beside the relayed one (as it sees every
+  connection), moves its streams and closes the relayed connection once it carries none
+  (:class:`~.host.Libp2pTransport`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -80,8 +80,6 @@ class HolePunch(DCUtRProtocol):
         host: our libp2p host.
         allowlist, refusal: whom we serve (the connection gate already refuses others;
             checked again per session, since a ban can come later).
-        on_direct: called with a peer's ID when a direct connection to it is up after
-            a session (either side's).
         dial_timeout: seconds one hole-punch dial may take.
     """
 
@@ -91,13 +89,11 @@ class HolePunch(DCUtRProtocol):
         *,
         allowlist: Allowlist,
         refusal: Refusal,
-        on_direct: Callable[[str], None],
         dial_timeout: float = 5.0,
     ) -> None:
         super().__init__(host, dial_timeout=max(1, round(dial_timeout)))
         self._allowlist = allowlist
         self._refusal = refusal
-        self._on_direct = on_direct
         self._sessions: defaultdict[str, deque[float]] = defaultdict(deque)
         self._serving: set[str] = set()
         self._started: set[str] = set()
@@ -110,9 +106,8 @@ class HolePunch(DCUtRProtocol):
         """The library's polling of every connection: off (see the module doc)."""
 
     def _schedule_relay_close(self, peer_id: ID) -> None:
-        """The library's 60 s timer that cuts the relayed connection: replaced by
-        ``on_direct``, which lets the transport move its streams first."""
-        self._on_direct(str(peer_id))
+        """The library's 60 s timer that cuts the relayed connection: off (see the
+        module doc)."""
 
     # ------------------------------------------------------------ being asked
 
@@ -193,7 +188,6 @@ class HolePunch(DCUtRProtocol):
                         peer,
                         time.monotonic() - started,
                     )
-                    self._on_direct(peer)
                     return
                 self.failed += 1
                 logger.info(

@@ -291,7 +291,6 @@ class Libp2pTransport:
                 host,
                 allowlist=allowlist,
                 refusal=self._policing.refusal,
-                on_direct=self._on_direct,
                 dial_timeout=min(config.dial_timeout, 5.0),
             )
             self._relay.on_reached = self._on_reached

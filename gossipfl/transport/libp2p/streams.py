@@ -107,11 +107,13 @@ async def reset_quietly(stream: INetStream) -> None:
 
 
 class _Outbound:
-    __slots__ = ("lock", "stream")
+    __slots__ = ("lock", "relayed", "stream")
 
     def __init__(self) -> None:
         self.lock = trio.Lock()
         self.stream: INetStream | None = None
+        self.relayed = False
+        """Whether ``stream`` runs over a relayed connection (taken when it is opened)."""
 
     def current(self) -> INetStream | None:
         """The stream now (a send in another task may have replaced it)."""
@@ -170,8 +172,7 @@ class OutboundStreams:
                     f"peer {peer} is not reading: no progress for "
                     f"{self.config.write_timeout:g} s while sending a {len(data)}-byte frame"
                 ) from None
-            sent_on = out.stream
-        relayed = sent_on is not None and muxed_path(sent_on.muxed_conn).relayed
+            relayed = out.relayed
         self._stats.count_sent(peer, len(data), relayed=relayed)
 
     def _unreachable(self, peer: str, exc: BaseException) -> PeerUnreachable:
@@ -183,6 +184,7 @@ class OutboundStreams:
             stale, out.stream = out.stream, None
             await reset_quietly(stale)
         out.stream = await self._open_stream(peer)
+        out.relayed = muxed_path(out.stream.muxed_conn).relayed
         self._stats.streams_opened += 1
 
     async def _attempt(self, out: _Outbound, data: bytes) -> None:
