@@ -126,6 +126,22 @@ def register(subparsers: Any) -> None:
         "(needs --rule mean; see docs/privacy.md)",
     )
     p.add_argument("--transport", help="memory (default) or libp2p (one OS process per peer)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="split the run over N shards by graph partition (threads here, or Ray actors "
+        "with --ray); the metrics are the unsharded run's, bit for bit (docs/simulate.md)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the --shards as Ray actors, one CPU each: on the cluster at ADDRESS "
+        "(auto, host:port, ray://host:port), or without ADDRESS on RAY_ADDRESS or a local "
+        "Ray started for this run (needs gossipfl[ray])",
+    )
     p.add_argument("--out", metavar="DIR", help="where run directories go (default: runs)")
     p.add_argument("--no-plot", action="store_true", help="do not draw accuracy.png")
     p.add_argument(
@@ -228,6 +244,14 @@ def run(args: argparse.Namespace) -> int:
         return run_showcase(args, _run_with_progress, err, Console())
     config = config_from_args(args)
     preflight(config, args)
+    if args.shards is not None:
+        from gossipfl.simulation.sharded import check_shardable
+
+        check_shardable(config, args.shards)
+    elif args.ray is not None:
+        from gossipfl.errors import ConfigError
+
+        raise ConfigError("--ray runs the shards of a run: add --shards N (e.g. --shards 2)")
     _report_placement(config, err)
     if config.transport == "libp2p":
         from gossipfl.simulation.processes import run_processes
@@ -239,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
             return run_processes(cfg, progress=progress, workdir=run_dir / "peers")
 
         result = _run_with_progress(config, err, run_libp2p)
+    elif args.shards is not None:
+        result = _run_sharded(config, args, err)
+        run_dir = new_run_dir(config.output.dir)
     else:
         result = _run_with_progress(config, err, run_simulation)
         run_dir = new_run_dir(config.output.dir)
@@ -251,6 +278,22 @@ def run(args: argparse.Namespace) -> int:
         _print_table(result, Console())
         Console().print(f"\nrun directory: [bold]{run_dir}[/bold]")
     return 0
+
+
+def _run_sharded(config: Any, args: argparse.Namespace, console: Any) -> Any:
+    """``--shards N``, as threads of this process or (``--ray``) as Ray actors."""
+    from gossipfl.simulation.sharded import ray_backend, run_sharded
+
+    if args.ray is None:
+        return _run_with_progress(
+            config, console, lambda cfg, progress: run_sharded(cfg, args.shards, progress=progress)
+        )
+    with ray_backend(args.ray or None) as backend:
+        return _run_with_progress(
+            config,
+            console,
+            lambda cfg, progress: run_sharded(cfg, args.shards, progress=progress, backend=backend),
+        )
 
 
 def preflight(config: Any, args: argparse.Namespace) -> None:

@@ -135,20 +135,8 @@ class RayExecutor:
         """Run ids that were running when the executor was stopped."""
 
     def __enter__(self) -> RayExecutor:
-        ray = import_ray()
-        self._ray = ray
-        if not ray.is_initialized():
-            address = self.options.address or os.environ.get("RAY_ADDRESS") or "local"
-            options: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
-            if address == "local":
-                options["include_dashboard"] = False
-            _check_reachable(address)
-            try:
-                with _keep_signal_handlers():  # ray.init makes SIGTERM exit the process
-                    ray.init(address=address, **options)
-            except ConnectionError as exc:
-                raise ConfigError(f"--ray {address}: cannot connect to Ray: {exc}") from None
-            self._started_ray = True
+        self._ray, self._started_ray = connect(self.options.address)
+        ray = self._ray
         cpus = float(ray.cluster_resources().get("CPU", 0))
         fits = int(cpus // self.options.cpus_per_run)
         self.size = max(1, self._wanted_size or fits)
@@ -164,8 +152,7 @@ class RayExecutor:
             self.stop()
         finally:
             if self._started_ray:
-                with _keep_signal_handlers():
-                    self._ray.shutdown()
+                disconnect(self._ray)
                 self._started_ray = False
 
     def nodes(self) -> int:
@@ -236,6 +223,32 @@ class RayExecutor:
         for ref in left:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
+
+
+def connect(address: str | None) -> tuple[ModuleType, bool]:
+    """``ray``, connected to ``address`` (None: ``RAY_ADDRESS`` if set, else a fresh local
+    Ray), and whether this call connected it (False: the program had already called
+    ``ray.init``; leave that connection open). Undo with :func:`disconnect`."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray, False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    options: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
+    if address == "local":
+        options["include_dashboard"] = False
+    _check_reachable(address)
+    try:
+        with _keep_signal_handlers():  # ray.init makes SIGTERM exit the process
+            ray.init(address=address, **options)
+    except ConnectionError as exc:
+        raise ConfigError(f"--ray {address}: cannot connect to Ray: {exc}") from None
+    return ray, True
+
+
+def disconnect(ray: ModuleType) -> None:
+    """Disconnect from Ray (and stop a local Ray that :func:`connect` started)."""
+    with _keep_signal_handlers():
+        ray.shutdown()
 
 
 def _check_reachable(address: str) -> None:

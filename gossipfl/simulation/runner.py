@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     # mypy and lack trio.TaskStatus; its own TaskStatus is the one mypy sees.
     from trio_typing import TaskStatus
 
+    from gossipfl.simulation.sharded import ShardSide
+
 Progress = Callable[[RoundSummary], None]
 
 
@@ -241,7 +243,12 @@ def rare_collections(threshold: int = GC_THRESHOLD) -> Iterator[None]:
         gc.set_threshold(*old)
 
 
-async def _simulate(config: SimulationConfig, progress: Progress | None) -> SimulationResult:
+async def _simulate(
+    config: SimulationConfig, progress: Progress | None, shard: ShardSide | None = None
+) -> SimulationResult:
+    """The run, in one trio run. With ``shard``, only that shard's peers run here, on its
+    network; their reports go to the shard (the driver's collector computes the metrics)
+    and the run ends when the driver says every peer of every shard is done."""
     wall_start = time.perf_counter()
     topology = honest_topology = build_topology_for(config)
     honest = config.peers
@@ -251,8 +258,10 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
         topology = placement.topology  # honest nodes weigh their Byzantine neighbours too
     check_rule_fits(config, topology, honest)
     ids = [f"peer-{i:04d}" for i in range(topology.n)]
+    local = list(range(honest)) if shard is None else shard.peers
 
     learners: list[Learner] = []
+    learner_of: dict[int, Learner] = {}
     dp_plans: list[DPPlan] = []
     parts: list[Any] = []
     evaluate = None
@@ -272,7 +281,8 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
                 import torch
 
                 torch.set_num_threads(1)  # many small models in one process: no threads
-        learners = [make(dataset, parts[i], config.seed * 100_003 + i) for i in range(honest)]
+        learner_of = {i: make(dataset, parts[i], config.seed * 100_003 + i) for i in local}
+        learners = list(learner_of.values())  # without shards: every peer's, in order
         dp_plans = enable_dp_all(config, learners, ids)
         probe = learners[0]
         test_x, test_y = dataset.x_test, dataset.y_test
@@ -300,19 +310,24 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
 
     def on_round(report: RoundReport) -> None:
         last_reported[report.peer] = report.round
+        if shard is not None:
+            shard.report(report)
+            return
         collector.add(report)
         watch.advance(collector.final_round)
 
     net_cfg = config.network
-    network = MemoryNetwork(
-        seed=config.seed,
-        default=LinkProfile(
-            latency=net_cfg.latency,
-            jitter=net_cfg.jitter,
-            bandwidth=net_cfg.bandwidth,
-            loss=net_cfg.loss,
-            duplicate=net_cfg.duplicate,
-        ),
+    link = LinkProfile(
+        latency=net_cfg.latency,
+        jitter=net_cfg.jitter,
+        bandwidth=net_cfg.bandwidth,
+        loss=net_cfg.loss,
+        duplicate=net_cfg.duplicate,
+    )
+    network = (
+        MemoryNetwork(seed=config.seed, default=link)
+        if shard is None
+        else shard.network(seed=config.seed, default=link, ids=ids)
     )
     peer_config = PeerConfig(
         network_id="simulation",
@@ -328,19 +343,21 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
         secure_averaging=config.privacy.secure_averaging,
     )
     rng = np.random.default_rng(config.seed)
-    models: list[Any]
-    if config.mode == "consensus":
-        models = [
-            {"x": rng.normal(size=config.dimension).astype(np.float32)} for _ in range(honest)
-        ]
+    models: dict[int, Any]
+    if config.mode == "consensus":  # drawn for every peer, so that each shard draws the same
+        models = {
+            i: {"x": rng.normal(size=config.dimension).astype(np.float32)} for i in range(honest)
+        }
     else:
-        models = [learner.adapter for learner in learners]
-    initial_mean = np.mean([m["x"] for m in models], axis=0) if config.mode == "consensus" else None
+        models = {i: learner.adapter for i, learner in learner_of.items()}
+    initial_mean = (
+        np.mean([m["x"] for m in models.values()], axis=0) if config.mode == "consensus" else None
+    )
 
     tc = config.training
     step_times = config.step_times(topology.n)
 
-    remaining = set(range(honest))
+    remaining = set(local)
     all_done = trio.Event()
     scopes: dict[int, trio.CancelScope] = {}
     last_reported: dict[str, int] = {}
@@ -348,7 +365,10 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
     def done_with(i: int) -> None:
         remaining.discard(i)
         if not remaining:
-            all_done.set()
+            if shard is None:
+                all_done.set()
+            else:
+                shard.local_done = True  # the driver sets all_done when every shard is
 
     def neighbourhood(i: int) -> Neighbourhood:
         hood = TopologyNeighbourhood(topology, i, ids)
@@ -369,7 +389,7 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
                     transport=transport,
                     model=models[i],
                     neighbourhood=neighbourhood(i),
-                    train=learners[i].train if learners else None,
+                    train=learner_of[i].train if learners else None,
                     rule=make_rule(config.rule.name, **rule_params(config, placement, i)),
                     config=peer_config,
                     on_round=on_round,
@@ -438,8 +458,10 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
 
     async with trio.open_nursery() as outer:
         outer.start_soon(network.run)
+        if shard is not None:
+            outer.start_soon(shard.gate, all_done)
         async with trio.open_nursery() as peers:
-            for i in range(honest):
+            for i in local:
                 peers.start_soon(run_peer, i)
             if byzantine is not None:
                 byzantine_step = float(step_times[:honest].max()) + byzantine.lag
@@ -449,6 +471,13 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
                 peers.start_soon(churn, peers)
         outer.cancel_scope.cancel()
     collector.finish()
+    if shard is not None:
+        shard.finals = (
+            {i: np.asarray(models[i]["x"]) for i in local} if config.mode == "consensus" else {}
+        )
+        return SimulationResult(
+            config, [], [], time.perf_counter() - wall_start, trio.current_time(), network.stats
+        )
 
     result = SimulationResult(
         config=config,
@@ -467,10 +496,15 @@ async def _simulate(config: SimulationConfig, progress: Progress | None) -> Simu
         result.extra.update(membership_leakage(config, learners, dataset, parts, topology, make))
     if config.mode == "consensus":
         assert initial_mean is not None
-        finals = [np.asarray(m["x"], np.float64) for m in models]
+        finals = [np.asarray(m["x"], np.float64) for m in models.values()]
         result.extra.update(consensus_fit(result.summaries, honest_topology))
-        result.extra["mean_drift"] = float(np.abs(np.mean(finals, axis=0) - initial_mean).max())
+        result.extra["mean_drift"] = mean_drift(finals, initial_mean)
     return result
+
+
+def mean_drift(finals: list[np.ndarray], initial_mean: np.ndarray) -> float:
+    """How far consensus moved the peers' average (0 for doubly stochastic mixing)."""
+    return float(np.abs(np.mean(finals, axis=0) - initial_mean).max())
 
 
 async def _run_then_serve(peer: Peer, rounds: int) -> None:

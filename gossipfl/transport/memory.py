@@ -11,6 +11,13 @@ even though trio schedules tasks in a randomized order.
 Delivery is driven by a single task (``MemoryNetwork.run``), a timer wheel in miniature:
 a heap of pending deliveries and one sleep until the earliest. Under trio's ``MockClock``
 with ``autojump_threshold=0`` the simulated time costs nothing to wait for.
+
+Opening a connection takes time too, as over TCP: the side that connects (or sends first)
+sees ``Connected`` at once; the other side sees it one link latency later, ahead of the
+first frame on that link. That makes every effect of a peer on another one a message
+with a delay of at least the link latency, which is what lets a simulation be split over
+processes that only exchange messages once per latency (``gossipfl.simulation.sharded``)
+and still compute exactly what one process would.
 """
 
 from __future__ import annotations
@@ -83,9 +90,14 @@ class MemoryNetwork:
         self._profiles: dict[tuple[PeerId, PeerId], LinkProfile] = {}
         self._links: dict[tuple[PeerId, PeerId], _Link] = {}
         self._connected: dict[PeerId, set[PeerId]] = {}  # adjacency of open connections
+        # The peers each endpoint has been told (by a Connected event) it is connected to:
+        # the far side of a new connection learns of it one latency after the near side.
+        self._aware: dict[PeerId, set[PeerId]] = {}
         self._down: set[PeerId] = set()
         self._groups: dict[PeerId, int] | None = None
-        self._heap: list[tuple[float, int, PeerId, PeerId, bytes]] = []
+        # Pending deliveries: (due, order, source, destination, frame or None), where None
+        # tells the destination that the source opened a connection to it.
+        self._heap: list[tuple[float, int, PeerId, PeerId, bytes | None]] = []
         self._seq = itertools.count()
         self._wakeup = trio.Event()
 
@@ -149,8 +161,11 @@ class MemoryNetwork:
             return
         self._connected[a].discard(b)
         self._connected[b].discard(a)
-        self._endpoints[a]._push(Disconnected(b, reason))
-        self._endpoints[b]._push(Disconnected(a, reason))
+        for near, far in ((a, b), (b, a)):
+            aware = self._aware.get(near)
+            if aware is not None and far in aware:  # only an end that knew of it hears
+                aware.discard(far)
+                self._endpoints[near]._push(Disconnected(far, reason))
 
     def _drop_peer(self, peer: PeerId, *, reason: str) -> None:
         for other in sorted(self._connected.get(peer, ())):
@@ -172,8 +187,30 @@ class MemoryNetwork:
         if not self.is_connected(src, dst):
             self._connected.setdefault(src, set()).add(dst)
             self._connected.setdefault(dst, set()).add(src)
+        aware = self._aware.setdefault(src, set())
+        if dst not in aware:
+            aware.add(dst)
             self._endpoints[src]._push(Connected(dst))
-            self._endpoints[dst]._push(Connected(src))
+            # The far side hears of it one latency later, before any frame on this link.
+            link = self._link(src, dst)
+            at = max(trio.current_time() + link.profile.latency, link.last_delivery)
+            link.last_delivery = at
+            self._enqueue(at, src, dst, None)
+
+    def _enqueue(self, at: float, src: PeerId, dst: PeerId, data: bytes | None) -> None:
+        """Deliver ``data`` (None: a connection notice) to ``dst`` at virtual time ``at``."""
+        heapq.heappush(self._heap, (at, next(self._seq), src, dst, data))
+        if self._heap[0][0] == at:  # the new entry is due first: re-arm the runner's sleep
+            self._wakeup.set()
+
+    def _notice(self, src: PeerId, dst: PeerId) -> None:
+        """``src``'s connection notice reached ``dst``: ``dst`` learns of the connection,
+        unless it was cut (or ``dst`` connected back and knows already)."""
+        if self.reachable(src, dst) and self.is_connected(src, dst):
+            aware = self._aware.setdefault(dst, set())
+            if src not in aware:
+                aware.add(src)
+                self._endpoints[dst]._push(Connected(src))
 
     def _send(self, src: PeerId, dst: PeerId, data: bytes) -> None:
         self._connect(src, dst)
@@ -197,9 +234,7 @@ class MemoryNetwork:
         at = max(link.busy_until + profile.latency + jitter, link.last_delivery)
         link.last_delivery = at
         for _ in range(copies):
-            heapq.heappush(self._heap, (at, next(self._seq), src, dst, data))
-        if self._heap[0][0] == at:  # the new frame is due first: re-arm the runner's sleep
-            self._wakeup.set()
+            self._enqueue(at, src, dst, data)
 
     async def run(self) -> None:
         """Deliver frames until cancelled. Run it in the nursery that holds the peers."""
@@ -216,7 +251,9 @@ class MemoryNetwork:
                 continue
             while self._heap and self._heap[0][0] <= at:  # everything due now, in order
                 _, _, src, dst, data = heapq.heappop(self._heap)
-                if self.reachable(src, dst) and self.is_connected(src, dst):
+                if data is None:
+                    self._notice(src, dst)
+                elif self.reachable(src, dst) and self.is_connected(src, dst):
                     self.stats.frames_delivered += 1
                     self._endpoints[dst]._push(Received(src, data))
                 else:

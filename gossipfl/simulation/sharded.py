@@ -1,0 +1,603 @@
+"""One simulation split over several shards: threads here, or Ray actors on a cluster.
+
+A simulation of more peers than one process can run in time is split by graph
+partition (:func:`gossipfl.topology.partition.partition_nodes`, few cut edges): each
+shard runs its peers -- the same :class:`~gossipfl.peer.Peer` runtime, protocol core and
+wire bytes as an unsharded run -- on its own trio run and virtual clock, and a driver
+moves the messages between shards. The result is the unsharded run's, bit for bit: same
+rounds, same metrics, same per-peer rows.
+
+**Why that can be exact.** In the in-process network every effect one peer has on
+another is a message that arrives at least one link latency ``L`` after it was sent
+(frames, and since this module, the notice that a connection was opened:
+:mod:`gossipfl.transport.memory`). So the shards advance in *conservative windows*:
+
+1. Each shard runs until the window's end ``G`` and keeps running everything due at
+   ``G`` until all its tasks wait (``trio.testing.wait_all_tasks_blocked`` with the
+   clock's auto-jump held off), then hands the driver the messages its peers sent to
+   other shards, the round reports of its peers, and the time of its next timer.
+2. The driver routes the messages. Nothing anywhere can happen before ``t`` = the
+   earliest next timer of any shard or arrival of any routed message, and nothing sent
+   at ``t`` or later arrives before ``t + L``: so every shard may safely run to
+   ``G' = t + L``. Idle stretches cost one window, not one per latency.
+3. A shard receives its messages before it runs past their arrival (checked: one that
+   arrives late is an error, not a silent difference).
+
+Each link's randomness (loss, jitter) lives with its sender and is seeded by
+(seed, source, destination); every peer's learner, data part and model are built from
+the seed and its index; events due at the same instant are handled in an order that
+does not change the result -- as in the unsharded run, where trio's scheduler already
+randomises that order. The metrics are computed by the driver's own
+:class:`~gossipfl.simulation.collector.MetricsCollector` from the reports in
+per-peer order, the same computation as unsharded.
+
+What differs from the unsharded run: the network totals of the summary count traffic
+until every shard has heard that all peers are done (a window later than one process
+would stop), and so does ``virtual_s``. Byzantine peers, churn, privacy options and
+links without latency are refused for now (each needs state that crosses shards
+outside messages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import trio
+import trio.testing
+
+from gossipfl.errors import ConfigError
+from gossipfl.peer import RoundReport
+from gossipfl.simulation.collector import MetricsCollector, RoundSummary
+from gossipfl.simulation.config import SimulationConfig
+from gossipfl.simulation.runner import (
+    GC_ALLOCATIONS_PER_PEER,
+    GC_THRESHOLD,
+    SimulationResult,
+    _gap_or_none,
+    _simulate,
+    build_topology_for,
+    check_room,
+    check_rule_fits,
+    consensus_fit,
+    mean_drift,
+    rare_collections,
+)
+from gossipfl.topology.partition import cut_edges, partition_nodes
+from gossipfl.transport import LinkProfile, MemoryNetwork, NetworkStats
+from gossipfl.transport.base import PeerId
+
+_T = TypeVar("_T")
+
+Envelope = tuple[float, PeerId, PeerId, "bytes | None"]
+"""A message between shards: (arrival time, source, destination, frame or None for a
+connection notice)."""
+
+
+@dataclass
+class Window:
+    """What a shard hands the driver at the end of a window."""
+
+    messages: list[Envelope]
+    """Sent by this shard's peers to other shards' peers, in send order."""
+    reports: list[RoundReport]
+    """Round reports of this shard's peers since the last window, in order."""
+    next_event: float
+    """Virtual time of the shard's earliest timer (inf: none)."""
+    done: bool
+    """Every peer of this shard has finished its rounds."""
+
+
+@dataclass
+class ShardOutcome:
+    """What a shard hands the driver when its run has ended."""
+
+    stats: NetworkStats
+    virtual_s: float
+    wall_s: float
+    finals: dict[int, np.ndarray]
+    """Consensus mode: each peer's final vector (else empty)."""
+    peers: int
+    peak_rss_mib: float
+    """Peak resident memory of the process the shard ran in."""
+
+
+def check_shardable(config: SimulationConfig, shards: int) -> None:
+    """A :class:`ConfigError` naming what a sharded run of ``config`` cannot do yet."""
+    if shards < 1:
+        raise ConfigError(f"shards must be at least 1, got {shards}")
+    if config.transport != "memory":
+        raise ConfigError("only in-process simulations (transport = 'memory') can be sharded")
+    reasons = []
+    if config.byzantine.count:
+        reasons.append("Byzantine peers")
+    if config.churn_nodes():
+        reasons.append("churn")
+    privacy = config.privacy
+    if config.dp_settings() is not None or privacy.mia or privacy.secure_averaging:
+        reasons.append("privacy options")
+    if reasons:
+        raise ConfigError(f"a sharded simulation cannot have {' or '.join(reasons)} yet")
+    if not config.network.latency > 0:
+        raise ConfigError(
+            "a sharded simulation needs network.latency > 0: the shards advance in windows "
+            "of one latency, the least time a message takes from one peer to another"
+        )
+
+
+# ---------------------------------------------------------------- inside a shard's run
+
+
+class ShardNetwork(MemoryNetwork):
+    """A :class:`MemoryNetwork` on which some peers live in other shards: what is sent to
+    them goes to :attr:`outbox`; what they send arrives through :meth:`inject`.
+
+    The state of a connection with a remote peer is kept per end: the local end opens it
+    (sending a notice that travels like a frame) or learns of it from the remote end's
+    notice. Remote peers are always up (churn is refused)."""
+
+    def __init__(self, *, seed: int, default: LinkProfile, remote: frozenset[PeerId]) -> None:
+        super().__init__(seed=seed, default=default)
+        self.remote = remote
+        self.outbox: list[Envelope] = []
+        self.sent_remote = 0
+
+    def reachable(self, a: PeerId, b: PeerId) -> bool:
+        remote = self.remote
+        if a in remote or b in remote:
+            near = b if a in remote else a
+            endpoint = self._endpoints.get(near)
+            return endpoint is not None and not endpoint.closed and near not in self._down
+        return super().reachable(a, b)
+
+    def _enqueue(self, at: float, src: PeerId, dst: PeerId, data: bytes | None) -> None:
+        if dst in self.remote:
+            self.outbox.append((at, src, dst, data))
+            return
+        super()._enqueue(at, src, dst, data)
+
+    def _notice(self, src: PeerId, dst: PeerId) -> None:
+        if src in self.remote and self.reachable(src, dst) and not self.is_connected(src, dst):
+            self._connected.setdefault(src, set()).add(dst)
+            self._connected.setdefault(dst, set()).add(src)
+        super()._notice(src, dst)
+
+    def take_outbox(self) -> list[Envelope]:
+        out, self.outbox = self.outbox, []
+        self.sent_remote += sum(1 for m in out if m[3] is not None)
+        return out
+
+    def inject(self, messages: Sequence[Envelope]) -> None:
+        now = trio.current_time()
+        for at, src, dst, data in messages:
+            if at < now:
+                raise RuntimeError(
+                    f"a message from {src} to {dst} due at {at} reached its shard at {now}: "
+                    "the windows let a shard run past a message's arrival"
+                )
+            super()._enqueue(at, src, dst, data)
+
+
+@dataclass
+class _Command:
+    inbound: list[Envelope]
+    until: float
+    all_done: bool
+
+
+class ShardSide:
+    """The shard's half inside its trio run: the hooks :func:`~gossipfl.simulation.runner._simulate`
+    calls, and the gate task that ends each window."""
+
+    def __init__(self, peers: list[int], others: frozenset[PeerId], first_until: float) -> None:
+        self.peers = peers
+        self.local_done = False
+        self.finals: dict[int, np.ndarray] = {}
+        self._others = others
+        self._until = first_until
+        self._reports: list[RoundReport] = []
+        self._network: ShardNetwork | None = None
+        self._to_host: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._command: _Command | None = None
+        self._command_set = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    # hooks for _simulate
+    def network(self, *, seed: int, default: LinkProfile, ids: list[str]) -> ShardNetwork:
+        self._network = ShardNetwork(seed=seed, default=default, remote=self._others)
+        return self._network
+
+    def report(self, report: RoundReport) -> None:
+        # the peer keeps its vector: copy it now, as the collector does on add
+        self._reports.append(
+            RoundReport(
+                peer=report.peer,
+                round=report.round,
+                vector=np.array(report.vector, dtype=np.float32, copy=True),
+                stats=report.stats,
+                train_metrics=dict(report.train_metrics),
+                bytes_sent=report.bytes_sent,
+                time=report.time,
+            )
+        )
+
+    async def gate(self, all_done: trio.Event) -> None:
+        """End a window at each ``until`` the driver names, until it says all are done."""
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        assert self._network is not None
+        self._token = trio.lowlevel.current_trio_token()
+        while True:
+            await trio.sleep_until(self._until)
+            clock.autojump_threshold = math.inf  # hold the clock at the window's end
+            await trio.testing.wait_all_tasks_blocked()
+            ahead = trio.lowlevel.current_statistics().seconds_to_next_deadline
+            window = Window(
+                messages=self._network.take_outbox(),
+                reports=self._reports,
+                next_event=trio.current_time() + ahead,
+                done=self.local_done,
+            )
+            self._reports = []
+            self._to_host.put(window)
+            await self._command_set.wait()
+            self._command_set = trio.Event()
+            command, self._command = self._command, None
+            assert command is not None
+            clock.autojump_threshold = 0
+            self._network.inject(command.inbound)
+            if command.all_done:
+                all_done.set()
+                return
+            self._until = command.until
+
+    def _receive(self, command: _Command) -> None:  # in the trio thread
+        self._command = command
+        self._command_set.set()
+
+
+# ---------------------------------------------------------------- a shard, from outside
+
+
+class Shard:
+    """One shard's peers in a trio run on a thread of its own, advanced window by window.
+
+    The same object runs in-process (``run_sharded(..., ray=None)``: one thread per
+    shard, for tests and small runs) or inside a Ray actor.
+    """
+
+    def __init__(
+        self, config: SimulationConfig, peers: list[int], ids: list[str], first_until: float
+    ) -> None:
+        local = {ids[i] for i in peers}
+        self.config = config
+        self.side = ShardSide(peers, frozenset(set(ids) - local), first_until)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Window:
+        """Build the peers and run the first window."""
+        self._thread = threading.Thread(target=self._main, name="gossipfl-shard", daemon=True)
+        self._thread.start()
+        return self._next(Window)
+
+    def advance(self, inbound: list[Envelope], until: float) -> Window:
+        """Deliver ``inbound`` and run to ``until``."""
+        self._send(_Command(inbound, until, all_done=False))
+        return self._next(Window)
+
+    def finish(self, inbound: list[Envelope]) -> ShardOutcome:
+        """Deliver ``inbound``, tell the peers that all are done, and wait for the end."""
+        self._send(_Command(inbound, math.inf, all_done=True))
+        outcome = self._next(ShardOutcome)
+        assert self._thread is not None
+        self._thread.join()
+        return outcome
+
+    def _send(self, command: _Command) -> None:
+        token = self.side._token
+        assert token is not None
+        token.run_sync_soon(self.side._receive, command)
+
+    def _next(self, kind: type[_T]) -> _T:
+        item = self.side._to_host.get()
+        if isinstance(item, BaseException):
+            raise item
+        if not isinstance(item, kind):  # pragma: no cover - a broken handshake
+            raise RuntimeError(f"shard sent {type(item).__name__}, expected {kind.__name__}")
+        return item
+
+    def _main(self) -> None:
+        side = self.side
+        try:
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            result = trio.run(_simulate, self.config, None, side, clock=clock)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            side._to_host.put(
+                ShardOutcome(
+                    stats=result.network,
+                    virtual_s=result.virtual_s,
+                    wall_s=result.wall_s,
+                    finals=side.finals,
+                    peers=len(side.peers),
+                    peak_rss_mib=peak,
+                )
+            )
+        except BaseException as exc:  # handed to the driver, which raises it
+            side._to_host.put(exc)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+@dataclass
+class ShardingReport:
+    """How the work was split and what crossed between shards."""
+
+    shards: int
+    peers_per_shard: list[int]
+    cut_edges: int
+    edges: int
+    windows: int
+    cross_messages: int
+    """Frames routed between shards (connection notices not counted)."""
+    cross_bytes: int
+    peak_rss_mib: list[float] = field(default_factory=list)
+    """Per shard, of the process it ran in (in-process shards share one)."""
+    shard_wall_s: list[float] = field(default_factory=list)
+
+    def row(self, rounds: int) -> dict[str, Any]:
+        return {
+            "shards": self.shards,
+            "peers_per_shard": self.peers_per_shard,
+            "cut_edges": self.cut_edges,
+            "edges": self.edges,
+            "windows": self.windows,
+            "cross_shard_messages": self.cross_messages,
+            "cross_shard_messages_per_round": self.cross_messages / max(rounds, 1),
+            "cross_shard_bytes": self.cross_bytes,
+            "peak_rss_mib_per_shard": [round(m, 1) for m in self.peak_rss_mib],
+        }
+
+
+class _LocalBackend:
+    """Shards as threads of this process."""
+
+    def __init__(self, shards: list[Shard]) -> None:
+        self.shards = shards
+
+    def start(self) -> list[Window]:
+        return [shard.start() for shard in self.shards]
+
+    def advance(self, inbound: list[list[Envelope]], until: float) -> list[Window]:
+        # one at a time: the shards' trio threads share the GIL, and each call returns
+        # only when its shard has reached the window's end anyway
+        return [
+            shard.advance(msgs, until) for shard, msgs in zip(self.shards, inbound, strict=True)
+        ]
+
+    def finish(self, inbound: list[list[Envelope]]) -> list[ShardOutcome]:
+        return [shard.finish(msgs) for shard, msgs in zip(self.shards, inbound, strict=True)]
+
+    def close(self) -> None:
+        pass
+
+
+def run_sharded(
+    config: SimulationConfig,
+    shards: int,
+    *,
+    progress: Callable[[RoundSummary], None] | None = None,
+    backend: Callable[[SimulationConfig, list[list[int]], list[str], float], Any] | None = None,
+) -> SimulationResult:
+    """Run ``config`` split over ``shards`` shards; the result equals :func:`run_simulation`'s
+    (see the module docstring for what may differ: network totals, ``virtual_s``).
+
+    ``backend`` builds the shards from (config, peers per shard, ids, first window end);
+    the default runs them as threads of this process. :func:`ray_backend` runs each in a
+    Ray actor.
+    """
+    config.validate()
+    check_shardable(config, shards)
+    wall_start = time.perf_counter()
+    topology = build_topology_for(config)
+    honest = config.peers
+    check_rule_fits(config, topology, honest)
+    ids = [f"peer-{i:04d}" for i in range(topology.n)]
+    graph = topology.union_graph()
+    parts = partition_nodes(graph, shards, seed=config.seed)
+    lookahead = config.network.latency
+
+    evaluate = None
+    if config.mode == "train":
+        evaluate = _driver_evaluator(config, honest)
+    collector = MetricsCollector(
+        ids[:honest],
+        rounds=config.rounds,
+        evaluate=evaluate,
+        eval_every=config.output.eval_every,
+        on_round=progress,
+    )
+    shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
+    runner = (backend or _local_backend)(config, parts, ids, lookahead)
+    windows = 1
+    cross = cross_bytes = 0
+    try:
+        with _collections(config):
+            states = runner.start()
+            while True:
+                inbound: list[list[Envelope]] = [[] for _ in parts]
+                earliest = math.inf
+                for state in states:
+                    for report in state.reports:
+                        collector.add(report)
+                    for message in state.messages:
+                        inbound[shard_of[message[2]]].append(message)
+                        earliest = min(earliest, message[0])
+                        if message[3] is not None:
+                            cross += 1
+                            cross_bytes += len(message[3])
+                if all(state.done for state in states):
+                    outcomes = runner.finish(inbound)
+                    break
+                earliest = min(earliest, *(state.next_event for state in states))
+                if earliest == math.inf:
+                    raise RuntimeError("the sharded simulation stalled: no timer and no message")
+                states = runner.advance(inbound, earliest + lookahead)
+                windows += 1
+    finally:
+        runner.close()
+    collector.finish()
+
+    stats = _sum_stats([o.stats for o in outcomes])
+    result = SimulationResult(
+        config=config,
+        summaries=sorted(collector.summaries, key=lambda s: s.round),
+        peer_rows=collector.peer_rows,
+        wall_s=time.perf_counter() - wall_start,
+        virtual_s=max(o.virtual_s for o in outcomes),
+        network=stats,
+        spectral_gap=_gap_or_none(topology),
+    )
+    report = ShardingReport(
+        shards=shards,
+        peers_per_shard=[len(p) for p in parts],
+        cut_edges=cut_edges(graph, parts),
+        edges=graph.number_of_edges(),
+        windows=windows,
+        cross_messages=cross,
+        cross_bytes=cross_bytes,
+        peak_rss_mib=[o.peak_rss_mib for o in outcomes],
+        shard_wall_s=[o.wall_s for o in outcomes],
+    )
+    result.extra["sharding"] = report.row(config.rounds)
+    if config.mode == "consensus":
+        finals = {i: v for o in outcomes for i, v in o.finals.items()}
+        vectors = [np.asarray(finals[i], np.float64) for i in range(honest)]
+        initial = _initial_consensus_mean(config, honest)
+        result.extra.update(consensus_fit(result.summaries, topology))
+        result.extra["mean_drift"] = mean_drift(vectors, initial)
+    return result
+
+
+class _RayBackend:
+    """Shards as Ray actors (one :class:`Shard` each, ``num_cpus`` = ``cpus``), advanced
+    together: each window's calls go out to every actor before the driver waits."""
+
+    def __init__(
+        self,
+        ray: Any,
+        config: SimulationConfig,
+        parts: list[list[int]],
+        ids: list[str],
+        first_until: float,
+        cpus: float,
+    ) -> None:
+        self.ray = ray
+        actor = ray.remote(num_cpus=cpus, max_restarts=0)(Shard)
+        self.actors = [actor.remote(config, nodes, ids, first_until) for nodes in parts]
+
+    def _all(self, calls: list[Any]) -> list[Any]:
+        try:
+            return list(self.ray.get(calls))
+        except self.ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
+
+    def start(self) -> list[Window]:
+        return self._all([a.start.remote() for a in self.actors])
+
+    def advance(self, inbound: list[list[Envelope]], until: float) -> list[Window]:
+        calls = [a.advance.remote(m, until) for a, m in zip(self.actors, inbound, strict=True)]
+        return self._all(calls)
+
+    def finish(self, inbound: list[list[Envelope]]) -> list[ShardOutcome]:
+        return self._all([a.finish.remote(m) for a, m in zip(self.actors, inbound, strict=True)])
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+
+
+@contextlib.contextmanager
+def ray_backend(
+    address: str | None = None, *, cpus_per_shard: float = 1.0
+) -> Iterator[Callable[[SimulationConfig, list[list[int]], list[str], float], _RayBackend]]:
+    """A ``backend`` for :func:`run_sharded` that runs each shard in a Ray actor.
+
+    ``address`` as for ``gossipfl experiment run --ray`` (None: ``RAY_ADDRESS``, else a
+    local Ray started for this run and stopped after). Every node needs gossipfl
+    installed; messages between shards go through the driver.
+    """
+    from gossipfl.experiments.cluster import connect, disconnect
+
+    if not cpus_per_shard > 0:
+        raise ConfigError(f"CPUs per shard must be positive, got {cpus_per_shard}")
+    ray, started = connect(address)
+    try:
+
+        def build(
+            config: SimulationConfig, parts: list[list[int]], ids: list[str], until: float
+        ) -> _RayBackend:
+            return _RayBackend(ray, config, parts, ids, until, cpus_per_shard)
+
+        yield build
+    finally:
+        if started:
+            disconnect(ray)
+
+
+def _local_backend(
+    config: SimulationConfig, parts: list[list[int]], ids: list[str], first_until: float
+) -> _LocalBackend:
+    return _LocalBackend([Shard(config, nodes, ids, first_until) for nodes in parts])
+
+
+def _collections(config: SimulationConfig) -> Any:
+    return rare_collections(max(GC_THRESHOLD, GC_ALLOCATIONS_PER_PEER * config.peers))
+
+
+def _driver_evaluator(
+    config: SimulationConfig, honest: int
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The unsharded run's evaluation: peer 0's learner as the probe (its model is
+    restored after each use, so a fresh one evaluates the same)."""
+    from gossipfl.data import partition
+    from gossipfl.learning import evaluate_many
+
+    dataset, make, _ = config.workload()
+    check_room(config, len(dataset.y_train), honest)
+    params = {"alpha": config.data.alpha} if config.data.partition == "dirichlet" else {}
+    parts = partition(dataset.y_train, honest, config.data.partition, seed=config.seed, **params)
+    probe = make(dataset, parts[0], config.seed * 100_003)
+    test_x, test_y = dataset.x_test, dataset.y_test
+
+    def evaluate(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return evaluate_many(probe, vectors, test_x, test_y)
+
+    return evaluate
+
+
+def _initial_consensus_mean(config: SimulationConfig, honest: int) -> np.ndarray:
+    rng = np.random.default_rng(config.seed)
+    start = [rng.normal(size=config.dimension).astype(np.float32) for _ in range(honest)]
+    mean: np.ndarray = np.mean(start, axis=0)
+    return mean
+
+
+def _sum_stats(parts: list[NetworkStats]) -> NetworkStats:
+    total = NetworkStats()
+    for s in parts:
+        total.frames_sent += s.frames_sent
+        total.frames_delivered += s.frames_delivered
+        total.frames_lost += s.frames_lost
+        total.frames_duplicated += s.frames_duplicated
+        total.bytes_sent += s.bytes_sent
+        total.bytes_by_peer.update(s.bytes_by_peer)
+    return total
