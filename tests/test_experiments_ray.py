@@ -1,4 +1,5 @@
-"""``gossipfl experiment run --ray``: a grid as Ray tasks on a two-node local cluster.
+"""Ray on a two-node local cluster: ``gossipfl experiment run --ray`` (a grid as Ray
+tasks) and ``gossipfl simulate --shards N --ray`` (one simulation over Ray actors).
 
 One cluster for the module (Ray takes seconds to start): two nodes of one CPU each,
 started with the venv's ``ray start --block`` in process groups of their own, which the
@@ -180,6 +181,40 @@ def test_a_grid_on_a_two_node_cluster_matches_the_local_run_and_resumes(
     printed = capsys.readouterr().out
     assert "raygrid: 1 ran on 1 Ray node, 3 already done, 0 failed" in printed
     assert _summaries(out) == _summaries(tmp_path / "local")
+
+
+@needs_ray
+@pytest.mark.network
+@pytest.mark.timeout(180)
+def test_one_simulation_sharded_over_both_nodes_equals_the_unsharded_run(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gossipfl.simulation import SimulationConfig, run_simulation
+    from gossipfl.simulation.sharded import ray_backend, run_sharded
+
+    config = SimulationConfig().with_overrides(
+        ["peers=256", "rounds=4", "topology.name=random-regular", "data.partition=iid"]
+    )
+    alone = run_simulation(config)
+    with ray_backend(cluster.address) as backend:
+        split = run_sharded(config, 2, backend=backend)
+    assert [s.__dict__ for s in split.summaries] == [s.__dict__ for s in alone.summaries]
+    assert split.peer_rows == alone.peer_rows
+    sharding = split.extra["sharding"]
+    # one actor per node (each node has one CPU, each actor takes one), none in here
+    assert sharding["processes"] == 2
+    assert sharding["cross_shard_messages"] > 0
+
+    # the CLI's --shards --ray, into a run directory like any other
+    args = ["simulate", "--peers", "16", "--rounds", "3", "--partition", "iid", "--no-plot"]
+    out = ["--json", "--out", str(tmp_path)]
+    assert main([*args, *out, "--shards", "2", "--ray", cluster.address]) == 0
+    on_ray = json.loads(capsys.readouterr().out)
+    assert main([*args, *out]) == 0
+    here = json.loads(capsys.readouterr().out)
+    assert on_ray["sharding"]["processes"] == 2
+    for key in ("honest_mean_acc", "honest_min_acc", "consensus_distance", "rounds_completed"):
+        assert on_ray[key] == here[key], key
 
 
 @needs_ray

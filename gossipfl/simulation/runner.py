@@ -185,6 +185,29 @@ def check_room(config: SimulationConfig, samples: int, honest: int) -> None:
     )
 
 
+def workload_parts(config: SimulationConfig, honest: int) -> tuple[Any, Any, list[Any]]:
+    """The run's data set, learner factory and each honest peer's part of the training
+    split (deterministic in the seed: every shard of a sharded run computes the same)."""
+    from gossipfl.data import partition
+
+    dataset, make, _ = config.workload()
+    check_room(config, len(dataset.y_train), honest)
+    params = {"alpha": config.data.alpha} if config.data.partition == "dirichlet" else {}
+    parts = partition(dataset.y_train, honest, config.data.partition, seed=config.seed, **params)
+    return dataset, make, parts
+
+
+def learner_seed(config: SimulationConfig, peer: int) -> int:
+    """The seed of peer ``peer``'s learner."""
+    return config.seed * 100_003 + peer
+
+
+def consensus_start(config: SimulationConfig, honest: int) -> list[np.ndarray]:
+    """Consensus mode: every honest peer's starting vector."""
+    rng = np.random.default_rng(config.seed)
+    return [rng.normal(size=config.dimension).astype(np.float32) for _ in range(honest)]
+
+
 def run_simulation(
     config: SimulationConfig,
     *,
@@ -268,20 +291,13 @@ async def _simulate(
     dataset = None
     make = None
     if config.mode == "train":
-        from gossipfl.data import partition
-
-        dataset, make, _ = config.workload()
-        check_room(config, len(dataset.y_train), honest)
-        params = {"alpha": config.data.alpha} if config.data.partition == "dirichlet" else {}
-        parts = partition(
-            dataset.y_train, honest, config.data.partition, seed=config.seed, **params
-        )
+        dataset, make, parts = workload_parts(config, honest)
         if config.training.backend == "torch" or config.task.name:
             with contextlib.suppress(ImportError):
                 import torch
 
                 torch.set_num_threads(1)  # many small models in one process: no threads
-        learner_of = {i: make(dataset, parts[i], config.seed * 100_003 + i) for i in local}
+        learner_of = {i: make(dataset, parts[i], learner_seed(config, i)) for i in local}
         learners = list(learner_of.values())  # without shards: every peer's, in order
         dp_plans = enable_dp_all(config, learners, ids)
         probe = learners[0]
@@ -342,12 +358,9 @@ async def _simulate(
         seed=config.seed,
         secure_averaging=config.privacy.secure_averaging,
     )
-    rng = np.random.default_rng(config.seed)
     models: dict[int, Any]
     if config.mode == "consensus":  # drawn for every peer, so that each shard draws the same
-        models = {
-            i: {"x": rng.normal(size=config.dimension).astype(np.float32)} for i in range(honest)
-        }
+        models = {i: {"x": x} for i, x in enumerate(consensus_start(config, honest))}
     else:
         models = {i: learner.adapter for i, learner in learner_of.items()}
     initial_mean = (

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import queue
 import resource
 import threading
@@ -65,11 +66,13 @@ from gossipfl.simulation.runner import (
     _gap_or_none,
     _simulate,
     build_topology_for,
-    check_room,
     check_rule_fits,
     consensus_fit,
+    consensus_start,
+    learner_seed,
     mean_drift,
     rare_collections,
+    workload_parts,
 )
 from gossipfl.topology.partition import cut_edges, partition_nodes
 from gossipfl.transport import LinkProfile, MemoryNetwork, NetworkStats
@@ -108,6 +111,8 @@ class ShardOutcome:
     peers: int
     peak_rss_mib: float
     """Peak resident memory of the process the shard ran in."""
+    pid: int
+    """That process."""
 
 
 def check_shardable(config: SimulationConfig, shards: int) -> None:
@@ -275,10 +280,19 @@ class Shard:
     """
 
     def __init__(
-        self, config: SimulationConfig, peers: list[int], ids: list[str], first_until: float
+        self,
+        config: SimulationConfig,
+        peers: list[int],
+        ids: list[str],
+        first_until: float,
+        *,
+        own_process: bool = False,
     ) -> None:
         local = {ids[i] for i in peers}
         self.config = config
+        # in a process of its own (a Ray actor), the shard sets the garbage collector's
+        # pace itself; threads share the driver's setting (it is per process)
+        self._own_process = own_process
         self.side = ShardSide(peers, frozenset(set(ids) - local), first_until)
         self._thread: threading.Thread | None = None
 
@@ -318,7 +332,9 @@ class Shard:
         side = self.side
         try:
             clock = trio.testing.MockClock(autojump_threshold=0)
-            result = trio.run(_simulate, self.config, None, side, clock=clock)
+            pace = _collections(self.config) if self._own_process else contextlib.nullcontext()
+            with pace:
+                result = trio.run(_simulate, self.config, None, side, clock=clock)
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             side._to_host.put(
                 ShardOutcome(
@@ -328,6 +344,7 @@ class Shard:
                     finals=side.finals,
                     peers=len(side.peers),
                     peak_rss_mib=peak,
+                    pid=os.getpid(),
                 )
             )
         except BaseException as exc:  # handed to the driver, which raises it
@@ -351,6 +368,7 @@ class ShardingReport:
     cross_bytes: int
     peak_rss_mib: list[float] = field(default_factory=list)
     """Per shard, of the process it ran in (in-process shards share one)."""
+    pids: list[int] = field(default_factory=list)
     shard_wall_s: list[float] = field(default_factory=list)
 
     def row(self, rounds: int) -> dict[str, Any]:
@@ -364,6 +382,7 @@ class ShardingReport:
             "cross_shard_messages_per_round": self.cross_messages / max(rounds, 1),
             "cross_shard_bytes": self.cross_bytes,
             "peak_rss_mib_per_shard": [round(m, 1) for m in self.peak_rss_mib],
+            "processes": len(set(self.pids)),
         }
 
 
@@ -476,12 +495,13 @@ def run_sharded(
         cross_bytes=cross_bytes,
         peak_rss_mib=[o.peak_rss_mib for o in outcomes],
         shard_wall_s=[o.wall_s for o in outcomes],
+        pids=[o.pid for o in outcomes],
     )
     result.extra["sharding"] = report.row(config.rounds)
     if config.mode == "consensus":
         finals = {i: v for o in outcomes for i, v in o.finals.items()}
         vectors = [np.asarray(finals[i], np.float64) for i in range(honest)]
-        initial = _initial_consensus_mean(config, honest)
+        initial = np.mean(consensus_start(config, honest), axis=0)
         result.extra.update(consensus_fit(result.summaries, topology))
         result.extra["mean_drift"] = mean_drift(vectors, initial)
     return result
@@ -502,7 +522,9 @@ class _RayBackend:
     ) -> None:
         self.ray = ray
         actor = ray.remote(num_cpus=cpus, max_restarts=0)(Shard)
-        self.actors = [actor.remote(config, nodes, ids, first_until) for nodes in parts]
+        self.actors = [
+            actor.remote(config, nodes, ids, first_until, own_process=True) for nodes in parts
+        ]
 
     def _all(self, calls: list[Any]) -> list[Any]:
         try:
@@ -568,27 +590,16 @@ def _driver_evaluator(
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The unsharded run's evaluation: peer 0's learner as the probe (its model is
     restored after each use, so a fresh one evaluates the same)."""
-    from gossipfl.data import partition
     from gossipfl.learning import evaluate_many
 
-    dataset, make, _ = config.workload()
-    check_room(config, len(dataset.y_train), honest)
-    params = {"alpha": config.data.alpha} if config.data.partition == "dirichlet" else {}
-    parts = partition(dataset.y_train, honest, config.data.partition, seed=config.seed, **params)
-    probe = make(dataset, parts[0], config.seed * 100_003)
+    dataset, make, parts = workload_parts(config, honest)
+    probe = make(dataset, parts[0], learner_seed(config, 0))
     test_x, test_y = dataset.x_test, dataset.y_test
 
     def evaluate(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return evaluate_many(probe, vectors, test_x, test_y)
 
     return evaluate
-
-
-def _initial_consensus_mean(config: SimulationConfig, honest: int) -> np.ndarray:
-    rng = np.random.default_rng(config.seed)
-    start = [rng.normal(size=config.dimension).astype(np.float32) for _ in range(honest)]
-    mean: np.ndarray = np.mean(start, axis=0)
-    return mean
 
 
 def _sum_stats(parts: list[NetworkStats]) -> NetworkStats:

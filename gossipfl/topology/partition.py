@@ -53,9 +53,10 @@ def _split(graph: nx.Graph, nodes: list[int], parts: int, seed: int) -> list[lis
     order = _breadth_first(sub, nodes)
     left, right = set(order[:size]), set(order[size:])
     if sub.number_of_edges():
-        left, right = nx.community.kernighan_lin_bisection(
+        a, b = nx.community.kernighan_lin_bisection(
             sub, partition=(left, right), max_iter=REFINE_PASSES, seed=seed
         )
+        left, right = (a, b) if len(a) == size else (b, a)  # sizes kept, order not
     return _split(graph, sorted(left), left_parts, seed) + _split(
         graph, sorted(right), parts - left_parts, seed
     )

@@ -1,0 +1,172 @@
+"""One simulation split over shards computes exactly what one process computes.
+
+The shards here are threads of the test process (the Ray actors are tested on a
+two-node cluster in test_experiments_ray.py); the windows, the routing and the metrics
+are the same code either way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import pytest
+import trio
+import trio.testing
+
+from gossipfl.cli import main
+from gossipfl.errors import ConfigError
+from gossipfl.simulation import SimulationConfig, SimulationResult, run_simulation
+from gossipfl.simulation.sharded import ShardNetwork, check_shardable, run_sharded
+from gossipfl.topology.partition import cut_edges, partition_nodes
+from gossipfl.transport import LinkProfile, Received
+
+
+def metrics(result: SimulationResult) -> tuple[list[dict[str, Any]], list[dict[str, object]]]:
+    return [s.__dict__ for s in result.summaries], result.peer_rows
+
+
+def config(*overrides: str) -> SimulationConfig:
+    return SimulationConfig().with_overrides(["data.partition=iid", *overrides])
+
+
+def test_256_peers_sharded_equal_the_unsharded_run_bit_for_bit() -> None:
+    cfg = config("peers=256", "rounds=8", "topology.name=random-regular")
+    alone = run_simulation(cfg)
+    split = run_sharded(cfg, 2)
+    assert metrics(split) == metrics(alone)
+    assert len(split.summaries) == 8
+    assert split.summaries[-1].mean_acc is not None
+    assert split.summaries[-1].mean_acc > 0.8
+    sharding = split.extra["sharding"]
+    assert sharding["peers_per_shard"] == [128, 128]
+    # Kernighan-Lin keeps most edges inside a shard (a random split would cut half)
+    assert 0 < sharding["cut_edges"] < 0.25 * sharding["edges"]
+    assert sharding["cross_shard_messages"] > 0
+    assert split.network.frames_sent >= alone.network.frames_sent
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # lossy, jittery, duplicating links with stragglers (per-link randomness, deadlines)
+        (
+            "network.loss=0.1",
+            "network.jitter=0.01",
+            "network.duplicate=0.05",
+            "training.step_time_spread=0.5",
+        ),
+        ("protocol=async", "topology.name=ring"),
+        ("mode=consensus", "dimension=8", "rounds=25"),
+        ("network.codec=fp16", "rule.name=trimmed-mean", "output.eval_every=2"),
+    ],
+    ids=["faulty-links", "async-ring", "consensus", "fp16-trimmed-mean"],
+)
+def test_sharded_runs_equal_unsharded_runs_in_every_mode(overrides: tuple[str, ...]) -> None:
+    cfg = config("peers=36", "rounds=6", *overrides)
+    alone = run_simulation(cfg)
+    for shards in (2, 3):
+        split = run_sharded(cfg, shards)
+        assert metrics(split) == metrics(alone), f"{shards} shards"
+    if cfg.mode == "consensus":
+        assert split.extra["mean_drift"] == alone.extra["mean_drift"]
+        assert split.extra["consensus_rate"] == alone.extra["consensus_rate"]
+
+
+def test_one_shard_is_the_unsharded_run() -> None:
+    cfg = config("peers=16", "rounds=4")
+    split = run_sharded(cfg, 1)
+    assert metrics(split) == metrics(run_simulation(cfg))
+    assert split.extra["sharding"]["cross_shard_messages"] == 0
+
+
+def test_idle_stretches_cost_one_window_not_one_per_latency() -> None:
+    # a 2 s local step and 5 ms links: windows of one latency would number ~400 a round
+    cfg = config("peers=16", "rounds=3", "training.step_time=2.0")
+    split = run_sharded(cfg, 2)
+    assert split.virtual_s > 6
+    assert split.extra["sharding"]["windows"] < 20 * cfg.rounds
+
+
+def test_partition_is_balanced_deterministic_and_cuts_few_edges() -> None:
+    torus = nx.convert_node_labels_to_integers(nx.grid_2d_graph(16, 16, periodic=True))
+    halves = partition_nodes(torus, 2, seed=0)
+    assert sorted(n for part in halves for n in part) == list(range(256))
+    assert [len(p) for p in halves] == [128, 128]
+    assert cut_edges(torus, halves) == 32  # the best cut: two rings of 16 edges
+    regular = nx.random_regular_graph(4, 300, seed=5)
+    parts = partition_nodes(regular, 3, seed=1)
+    assert sorted(len(p) for p in parts) == [100, 100, 100]
+    assert parts == partition_nodes(regular, 3, seed=1)
+    # a random 3-way split cuts 2/3 of the edges; a partition far fewer
+    assert cut_edges(regular, parts) < 0.45 * regular.number_of_edges()
+    with pytest.raises(ConfigError, match="cannot split 256 peers into 257"):
+        partition_nodes(torus, 257)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shards", "message"),
+    [
+        (("byzantine.count=1", "byzantine.attack=sign-flip"), 2, "Byzantine peers"),
+        (("churn.fraction=0.25",), 2, "churn"),
+        (("network.latency=0",), 2, "needs network.latency > 0"),
+        ((), 0, "at least 1"),
+        (("transport=libp2p",), 2, "in-process"),
+    ],
+)
+def test_what_cannot_be_sharded_yet_is_refused_by_name(
+    overrides: tuple[str, ...], shards: int, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_shardable(config("peers=16", *overrides), shards)
+
+
+def test_a_message_that_would_arrive_in_a_shards_past_is_an_error() -> None:
+    async def body() -> None:
+        net = ShardNetwork(seed=0, default=LinkProfile(), remote=frozenset({"far"}))
+        near = net.endpoint("near")
+        await trio.sleep(1.0)
+        net.inject([(1.5, "far", "near", None), (1.5, "far", "near", b"on time")])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            kinds = []
+            with trio.move_on_after(1):
+                async for event in near.events():
+                    kinds.append(type(event).__name__)
+                    if isinstance(event, Received):
+                        break
+            nursery.cancel_scope.cancel()
+        assert kinds == ["Connected", "Received"]
+        with pytest.raises(RuntimeError, match="let a shard run past a message's arrival"):
+            net.inject([(0.5, "far", "near", b"late")])
+
+    trio.run(body, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_cli_shards_a_run_and_records_how(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", "--peers", "16", "--rounds", "3", "--partition", "iid", "--no-plot"]
+    assert main([*args, "--shards", "2", "--json", "--out", str(tmp_path / "a")]) == 0
+    split = json.loads(capsys.readouterr().out)
+    assert main([*args, "--json", "--out", str(tmp_path / "b")]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert split["honest_mean_acc"] == alone["honest_mean_acc"]
+    assert split["consensus_distance"] == alone["consensus_distance"]
+    assert split["sharding"]["shards"] == 2
+    assert math.isclose(sum(split["sharding"]["peers_per_shard"]), 16)
+    rows_a = (Path(split["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    rows_b = (Path(alone["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    assert [r for r in rows_a if '"round"' in r] == [r for r in rows_b if '"round"' in r]
+
+
+def test_cli_refuses_ray_without_shards_and_unshardable_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "--peers", "16", "--ray"]) != 0
+    assert "--ray runs the shards of a run: add --shards N" in capsys.readouterr().err
+    assert main(["simulate", "--peers", "16", "--byzantine", "1", "--shards", "2"]) != 0
+    assert "cannot have Byzantine peers yet" in capsys.readouterr().err
