@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,14 @@ import trio.testing
 
 from gossipfl.cli import main
 from gossipfl.errors import ConfigError
-from gossipfl.simulation import SimulationConfig, SimulationResult, run_simulation
-from gossipfl.simulation.sharded import ShardNetwork, check_shardable, run_sharded
+from gossipfl.simulation import SimulationConfig, SimulationResult, run_simulation, sharded
+from gossipfl.simulation.sharded import (
+    ShardNetwork,
+    check_shardable,
+    process_backend,
+    run_sharded,
+    thread_backend,
+)
 from gossipfl.topology.partition import cut_edges, partition_nodes
 from gossipfl.transport import LinkProfile, Received
 
@@ -62,18 +70,38 @@ def test_256_peers_sharded_equal_the_unsharded_run_bit_for_bit() -> None:
         ("protocol=async", "topology.name=ring"),
         ("mode=consensus", "dimension=8", "rounds=25"),
         ("network.codec=fp16", "rule.name=trimmed-mean", "output.eval_every=2"),
+        ("protocol=epidemic",),
+        ("topology.name=one-peer-exponential",),  # time-varying: split by its union
     ],
-    ids=["faulty-links", "async-ring", "consensus", "fp16-trimmed-mean"],
+    ids=["faulty-links", "async-ring", "consensus", "fp16-trimmed-mean", "epidemic", "tv"],
 )
 def test_sharded_runs_equal_unsharded_runs_in_every_mode(overrides: tuple[str, ...]) -> None:
     cfg = config("peers=36", "rounds=6", *overrides)
     alone = run_simulation(cfg)
-    for shards in (2, 3):
-        split = run_sharded(cfg, shards)
+    # two shards in processes (the default), three in threads of this process
+    for shards, backend in ((2, process_backend), (3, thread_backend)):
+        split = run_sharded(cfg, shards, backend=backend)
         assert metrics(split) == metrics(alone), f"{shards} shards"
+        assert split.extra["sharding"]["processes"] == (shards if shards == 2 else 1)
     if cfg.mode == "consensus":
         assert split.extra["mean_drift"] == alone.extra["mean_drift"]
         assert split.extra["consensus_rate"] == alone.extra["consensus_rate"]
+
+
+def test_a_script_without_a_main_guard_can_shard(tmp_path: Path) -> None:
+    # shard processes start from a fork server, which would re-run such a script
+    script = tmp_path / "run.py"
+    script.write_text(
+        "from gossipfl.simulation import SimulationConfig\n"
+        "from gossipfl.simulation.sharded import run_sharded\n"
+        "cfg = SimulationConfig().with_overrides(['peers=16', 'rounds=2'])\n"
+        "print('rounds', len(run_sharded(cfg, 2).summaries))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["rounds 2"]
 
 
 def test_one_shard_is_the_unsharded_run() -> None:
@@ -89,6 +117,35 @@ def test_idle_stretches_cost_one_window_not_one_per_latency() -> None:
     split = run_sharded(cfg, 2)
     assert split.virtual_s > 6
     assert split.extra["sharding"]["windows"] < 20 * cfg.rounds
+
+
+def test_a_shard_that_fails_or_dies_stops_the_run_with_its_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = config("peers=16", "rounds=50")
+
+    async def broken(*args: object) -> None:
+        raise ValueError("the shard's own error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sharded, "_simulate", broken)
+        with pytest.raises(ValueError, match="the shard's own error"):
+            run_sharded(cfg, 2, backend=thread_backend)
+
+    def killing(*args: Any) -> Any:
+        backend = process_backend(*args)
+        start = backend.start
+
+        def start_then_die() -> Any:
+            windows = start()
+            backend.processes[1].kill()
+            return windows
+
+        backend.start = start_then_die  # type: ignore[method-assign]
+        return backend
+
+    with pytest.raises(RuntimeError, match=r"shard 1's process ended \(exit code -9\)"):
+        run_sharded(cfg, 2, backend=killing)
 
 
 def test_partition_is_balanced_deterministic_and_cuts_few_edges() -> None:

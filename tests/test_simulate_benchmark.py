@@ -37,3 +37,10 @@ def test_quick_benchmark_prints_one_json_object(quick_benchmark: QuickBenchmark)
         assert 0.5 < row["honest_mean_acc"] <= 1.0
         assert 0 < row["peak_rss_mib"] < 4096
         assert len(row["load_before"]) == len(row["load_after"]) == 3
+    # the scale run again, split over the machine's cores: the same metrics, bit for bit
+    sharded = report.get("scale_sharded")
+    if sharded is not None:
+        assert sharded["same_metrics_as_unsharded"] is True
+        assert sharded["shards"] >= 2
+        assert sharded["frames"] >= report["scale"]["frames"]
+        assert sharded["cross_shard_frames_per_round"] > 0

@@ -130,8 +130,9 @@ def register(subparsers: Any) -> None:
         "--shards",
         type=int,
         metavar="N",
-        help="split the run over N shards by graph partition (threads here, or Ray actors "
-        "with --ray); the metrics are the unsharded run's, bit for bit (docs/simulate.md)",
+        help="split the run over N shards by graph partition, each a process of this "
+        "machine (or a Ray actor with --ray): N cores at work, the metrics of the unsharded "
+        "run bit for bit (docs/simulate.md)",
     )
     p.add_argument(
         "--ray",

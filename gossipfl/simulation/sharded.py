@@ -1,4 +1,4 @@
-"""One simulation split over several shards: threads here, or Ray actors on a cluster.
+"""One simulation split over several shards: processes of this machine, or Ray actors.
 
 A simulation of more peers than one process can run in time is split by graph
 partition (:func:`gossipfl.topology.partition.partition_nodes`, few cut edges): each
@@ -45,6 +45,7 @@ import math
 import os
 import queue
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -275,8 +276,9 @@ class ShardSide:
 class Shard:
     """One shard's peers in a trio run on a thread of its own, advanced window by window.
 
-    The same object runs in-process (``run_sharded(..., ray=None)``: one thread per
-    shard, for tests and small runs) or inside a Ray actor.
+    The same object runs in a thread of the driver (:func:`thread_backend`), in a
+    process of its own (:func:`process_backend`) or inside a Ray actor
+    (:func:`ray_backend`).
     """
 
     def __init__(
@@ -386,7 +388,127 @@ class ShardingReport:
         }
 
 
-class _LocalBackend:
+class _ProcessBackend:
+    """Shards as processes of this machine, forked from a server that has imported this
+    module (so each starts in a fraction of a second), one CPU's worth of work each.
+    Commands and windows travel over a pipe per shard, pickled: the processes are ours,
+    nothing a peer sent is unpickled."""
+
+    def __init__(
+        self, config: SimulationConfig, parts: list[list[int]], ids: list[str], until: float
+    ) -> None:
+        import multiprocessing
+
+        from gossipfl.childenv import environment
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["gossipfl.simulation.sharded"])
+        self.pipes: list[Any] = []
+        self.processes: list[Any] = []
+        # one BLAS thread per shard (they share the cores); the shards need nothing from
+        # the caller's script, so it is not re-imported in them
+        with environment(), _main_script_hidden():
+            for k, nodes in enumerate(parts):
+                ours, theirs = context.Pipe()
+                process = context.Process(
+                    target=_shard_process,
+                    args=(theirs, config, nodes, ids, until),
+                    name=f"gossipfl-shard-{k}",
+                    daemon=True,
+                )
+                process.start()
+                theirs.close()
+                self.pipes.append(ours)
+                self.processes.append(process)
+
+    def _all(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        for k, (pipe, command) in enumerate(zip(self.pipes, commands, strict=True)):
+            try:
+                pipe.send(command)
+            except OSError:
+                raise self._ended(k) from None
+        answers = []
+        for k, pipe in enumerate(self.pipes):
+            try:
+                answer = pipe.recv()
+            except (EOFError, OSError):
+                raise self._ended(k) from None
+            if isinstance(answer, BaseException):
+                raise answer
+            answers.append(answer)
+        return answers
+
+    def _ended(self, k: int) -> RuntimeError:
+        process = self.processes[k]
+        process.join(timeout=5)
+        return RuntimeError(f"shard {k}'s process ended (exit code {process.exitcode})")
+
+    def start(self) -> list[Window]:
+        return self._all([("start",)] * len(self.pipes))
+
+    def advance(self, inbound: list[list[Envelope]], until: float) -> list[Window]:
+        return self._all([("advance", msgs, until) for msgs in inbound])
+
+    def finish(self, inbound: list[list[Envelope]]) -> list[ShardOutcome]:
+        return self._all([("finish", msgs) for msgs in inbound])
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.close()
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Start processes without multiprocessing re-running the caller's script in them.
+
+    A forkserver child imports ``__main__`` from its file before running its target, so
+    a script that calls :func:`run_sharded` at the top level (no ``if __name__ ==
+    "__main__"`` guard) would start the run again in every shard and fail. The shards'
+    code is all in this package; hiding the script's path while they start skips that
+    import (a module run with ``-m`` has a name instead, which is imported as usual).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+def _shard_process(
+    pipe: Any, config: SimulationConfig, peers: list[int], ids: list[str], until: float
+) -> None:
+    """Body of a shard's process: run the driver's commands until it hangs up."""
+    shard = Shard(config, peers, ids, until, own_process=True)
+    while True:
+        try:
+            command = pipe.recv()
+        except EOFError:
+            return
+        try:
+            if command[0] == "start":
+                answer: Any = shard.start()
+            elif command[0] == "advance":
+                answer = shard.advance(command[1], command[2])
+            else:
+                answer = shard.finish(command[1])
+        except BaseException as exc:  # handed to the driver, which raises it
+            answer = exc
+        pipe.send(answer)
+        if command[0] == "finish" or isinstance(answer, BaseException):
+            return
+
+
+class _ThreadBackend:
     """Shards as threads of this process."""
 
     def __init__(self, shards: list[Shard]) -> None:
@@ -419,9 +541,10 @@ def run_sharded(
     """Run ``config`` split over ``shards`` shards; the result equals :func:`run_simulation`'s
     (see the module docstring for what may differ: network totals, ``virtual_s``).
 
-    ``backend`` builds the shards from (config, peers per shard, ids, first window end);
-    the default runs them as threads of this process. :func:`ray_backend` runs each in a
-    Ray actor.
+    ``backend`` builds the shards from (config, peers per shard, ids, first window end):
+    :func:`process_backend` (the default) runs each in a process of this machine,
+    :func:`ray_backend` in a Ray actor anywhere in a cluster, :func:`thread_backend` in a
+    thread of this process.
     """
     config.validate()
     check_shardable(config, shards)
@@ -445,7 +568,7 @@ def run_sharded(
         on_round=progress,
     )
     shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
-    runner = (backend or _local_backend)(config, parts, ids, lookahead)
+    runner = (backend or process_backend)(config, parts, ids, lookahead)
     windows = 1
     cross = cross_bytes = 0
     try:
@@ -575,10 +698,20 @@ def ray_backend(
             disconnect(ray)
 
 
-def _local_backend(
+def thread_backend(
     config: SimulationConfig, parts: list[list[int]], ids: list[str], first_until: float
-) -> _LocalBackend:
-    return _LocalBackend([Shard(config, nodes, ids, first_until) for nodes in parts])
+) -> _ThreadBackend:
+    """A ``backend`` for :func:`run_sharded` with each shard a thread of this process:
+    no parallelism (one interpreter), no start-up cost; for tests and debugging."""
+    return _ThreadBackend([Shard(config, nodes, ids, first_until) for nodes in parts])
+
+
+def process_backend(
+    config: SimulationConfig, parts: list[list[int]], ids: list[str], first_until: float
+) -> _ProcessBackend:
+    """The default ``backend`` of :func:`run_sharded`: each shard a process of this
+    machine (use as many shards as cores)."""
+    return _ProcessBackend(config, parts, ids, first_until)
 
 
 def _collections(config: SimulationConfig) -> Any:
