@@ -226,7 +226,7 @@ def is_showcase(args: argparse.Namespace) -> bool:
     return (
         args.config is None
         and not args.overrides
-        and all(getattr(args, flag, None) is None for flag in settings)
+        and all(getattr(args, flag, None) is None for flag in [*settings, "shards", "ray"])
     )
 
 

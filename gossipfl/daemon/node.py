@@ -30,6 +30,7 @@ a stopped or killed peer resumes where it was.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -638,13 +639,18 @@ class Node:
             self._attack_kit = attack_kit
         if self._insider is not None:
             peer_transport = self._insider.wrap_transport(peer_transport)
-        workload = build_workload(
+        # In a thread: building the model imports torch and may run the task's own code
+        # for seconds, during which the event loop must keep answering the other peers
+        # (pings, dial-backs, hellos). Abandoned on cancel, like the data load above.
+        build = functools.partial(
+            build_workload,
             cfg,
             dataset,
             shard=shard,
             shards=shards,
             flip_labels=attack_kit is not None and attack_kit.trains,
         )
+        workload = await trio.to_thread.run_sync(build, abandon_on_cancel=True)  # type: ignore[call-arg]
         self._workload = workload
         train = workload.train
         if attack_kit is not None and not attack_kit.trains:
