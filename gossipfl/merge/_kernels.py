@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from gossipfl.merge import _compiled
 from gossipfl.merge.errors import MergeInputError, NonFiniteInputError
 
 F32 = npt.NDArray[np.float32]
@@ -319,6 +320,12 @@ def centred_gram(
     """
     k = rows.shape[0]
     g = np.zeros((k + 1, k + 1), dtype=np.float64)
+    if k and _compiled.enabled():
+        inner, norm = _compiled.gram(center, rows, full=True, center_norm=center_norm)
+        if not np.isfinite(inner.diagonal()).all() or not math.isfinite(norm):
+            raise_if_non_finite(center, rows)
+        g[1:, 1:] = inner
+        return g, norm
     if k:
         inner = _robust_pass(center, rows, ws, full=True, precise=precise)
         # Symmetrise: BLAS may round the two triangles differently.
@@ -340,6 +347,11 @@ def centred_sq_distances(
     if rows.shape[0] == 0:
         raise_if_non_finite(center, rows)
         return np.zeros(0), (_center_sq_norm(center) if center_norm else 0.0)
+    if _compiled.enabled():
+        diag, norm = _compiled.gram(center, rows, full=False, center_norm=center_norm)
+        if not np.isfinite(diag).all() or not math.isfinite(norm):
+            raise_if_non_finite(center, rows)
+        return diag, norm
     sq = _robust_pass(center, rows, ws, full=False, center_norm=center_norm)
     return sq[:-1], float(sq[-1])
 
@@ -662,6 +674,12 @@ def trimmed_mean(own: F32, rows: F32, b: int, ws: Workspace) -> F32:
     or a sum of finite values overflowed; only then the exact check decides. Raises
     :class:`NonFiniteInputError` for NaN or inf inputs.
     """
+    if _compiled.enabled():
+        result, bad = _compiled.trimmed_mean(own, rows, b)
+        if bad:
+            raise_if_non_finite(own, rows)
+        out_: F32 = result
+        return out_
     m = rows.shape[0] + 1
     n = own.shape[0]
     plan = trimmed_plan(m, b)
