@@ -48,3 +48,22 @@ def run_quick_benchmark(name: str, *args: str, timeout: float = 120) -> dict[str
 def quick_benchmark() -> QuickBenchmark:
     """:func:`run_quick_benchmark`, for the tests that keep the benchmark scripts working."""
     return run_quick_benchmark
+
+
+def _numba_installed() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once on each merge-kernel path (``GOSSIPFL_KERNELS``); the numba run is
+    skipped when the fast extra is not installed."""
+    path = str(request.param)
+    if path == "numba" and not _numba_installed():
+        pytest.skip("numba is not installed (the fast extra)")
+    monkeypatch.setenv("GOSSIPFL_KERNELS", path)
+    return path

@@ -203,6 +203,7 @@ def test_stays_within_the_honest_box_with_at_most_b_byzantine(
     assert np.all(out <= box.max(axis=0) + 1e-6)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_order_rules_are_exact_across_network_chunks() -> None:
     rng = np.random.default_rng(7)
     n = kernels.NETWORK_CHUNK * 2 + 5
@@ -215,6 +216,7 @@ def test_order_rules_are_exact_across_network_chunks() -> None:
     np.testing.assert_allclose(tm, ref[3:8].mean(axis=0), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_trimmed_mean_survives_huge_finite_middle_values() -> None:
     # Three huge values in the middle would overflow a float32 sum; the float64 redo
     # keeps the result finite and exact.
@@ -280,6 +282,7 @@ def test_extremes_networks_put_the_b_extremes_on_their_dead_wires(m: int) -> Non
 
 
 @pytest.mark.parametrize("m", range(1, 20))
+@pytest.mark.usefixtures("kernel_path")
 def test_compiled_trimmed_plans_match_a_sort_with_and_without_ties(m: int) -> None:
     # The plans run through the real kernel: pruning, single-output comparators,
     # operand allocation, inputs read in place, the middle rows averaged by BLAS.
@@ -638,6 +641,7 @@ def test_every_combination_of_small_degrees_and_b_runs(name: str) -> None:
 # ------------------------------------------------------------------ kernel precision
 
 
+@pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("offset", [0.0, 1e3])
 def test_centred_gram_is_accurate_when_models_nearly_agree(offset: float) -> None:
     """Consensus: models 1e3 from the origin, 1e-3 apart. Uncentred products would lose
@@ -657,6 +661,7 @@ def test_centred_gram_is_accurate_when_models_nearly_agree(offset: float) -> Non
     np.testing.assert_allclose(d2, exact.diagonal(), rtol=1e-5)
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_huge_finite_inputs_take_the_float64_path_and_stay_exact() -> None:
     rng = np.random.default_rng(6)
     own = rng.standard_normal(1000).astype(np.float32)
