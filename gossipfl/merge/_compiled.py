@@ -67,8 +67,26 @@ _import_error: ImportError | None = None
 compile_seconds: dict[str, float] = {}
 
 
+_forced: str | None = None
+
+
+def force(path: str | None) -> str | None:
+    """Override ``GOSSIPFL_KERNELS`` in this process with ``path`` (auto, numpy or numba);
+    ``None`` hands the choice back to the variable. Returns the previous override.
+
+    For benchmarks that time both paths in one run; anything else should set the
+    variable."""
+    global _forced
+    if path is not None and path not in MODES:
+        raise ValueError(f"kernel path must be one of {', '.join(MODES)}, got {path!r}")
+    previous, _forced = _forced, path
+    return previous
+
+
 def mode() -> str:
-    """The requested path, from ``GOSSIPFL_KERNELS`` (``auto`` when unset)."""
+    """The requested path: :func:`force`'s, else ``GOSSIPFL_KERNELS`` (``auto`` if unset)."""
+    if _forced is not None:
+        return _forced
     value = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if value not in MODES:
         raise ValueError(f"{ENV} must be one of {', '.join(MODES)}, got {value!r}")
@@ -148,7 +166,9 @@ def _write_source(directory: Path, name: str, source: str) -> Path | None:
 def _build(key: str, source: str, flags: Any) -> Callable[..., Any]:
     """Compile the function ``kernel`` defined by ``source`` (cached on disk if possible)."""
     numba = _load_numba()
-    digest = hashlib.sha256(f"{source}\n{numba.__version__}\n{flags}".encode()).hexdigest()
+    # A stable spelling of the flags: a set's order (hence its str) changes per process.
+    spelled = ",".join(sorted(flags)) if flags else "off"
+    digest = hashlib.sha256(f"{source}\n{numba.__version__}\n{spelled}".encode()).hexdigest()
     name = f"gossipfl_{key}_{digest[:12]}"
     directory = cache_dir()
     path = _write_source(directory, name, source) if directory is not None else None
