@@ -284,3 +284,18 @@ def test_importing_the_merge_package_does_not_import_numba() -> None:
         check=True,
     )
     assert done.stdout.strip() == "False"
+
+
+def test_compiled_weiszfeld_runs_the_same_iterations_as_numpy() -> None:
+    from gossipfl.merge.geomedian import weiszfeld
+
+    rng = np.random.default_rng(5)
+    for trial in range(100):
+        d = int(rng.integers(2, 12))
+        x = rng.standard_normal((d + 1, 40)).astype(np.float32)
+        if trial % 3 == 0:
+            x[1] *= np.float32(1e6)  # a far outlier: more iterations
+        g, _ = kernels.centred_gram(x[0], x[1:], kernels.Workspace(), precise=True)
+        (a, ia), (b, ib) = on_both(lambda g=g: weiszfeld(g, iterations=32, nu=1e-6))
+        assert ia == ib
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)

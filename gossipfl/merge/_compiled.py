@@ -366,3 +366,70 @@ def gram(
     g[rows_idx, cols_idx] = out[: len(pairs)]
     g[cols_idx, rows_idx] = out[: len(pairs)]
     return g, norm
+
+
+# --------------------------------------------------------------------------- Weiszfeld
+
+WEISZFELD_SOURCE = """import numpy as np
+
+
+def kernel(g, coef, iterations, nu, tolerance):
+    m = g.shape[0]
+    gc = np.empty(m)
+    beta = np.empty(m)
+    done = 0
+    while done < iterations:
+        done += 1
+        for i in range(m):
+            s = 0.0
+            for j in range(m):
+                s += g[i, j] * coef[j]
+            gc[i] = s
+        cgc = 0.0
+        for i in range(m):
+            cgc += coef[i] * gc[i]
+        total = 0.0
+        for i in range(m):
+            sq = g[i, i] - 2.0 * gc[i] + cgc
+            if sq < 0.0:
+                sq = 0.0
+            dist = np.sqrt(sq)
+            if dist < nu:
+                dist = nu
+            beta[i] = 1.0 / dist
+            total += beta[i]
+        for i in range(m):
+            new = beta[i] / total
+            beta[i] = new - coef[i]
+            coef[i] = new
+        moved = 0.0
+        for i in range(m):
+            s = 0.0
+            for j in range(m):
+                s += g[i, j] * beta[j]
+            moved += beta[i] * s
+        bound = tolerance * m / total
+        if moved <= bound * bound:
+            break
+    return done
+"""
+
+
+def weiszfeld(
+    g: npt.NDArray[np.float64],
+    coef: npt.NDArray[np.float64],
+    *,
+    iterations: int,
+    nu: float,
+    tolerance: float,
+) -> int:
+    """Smoothed Weiszfeld iterations on the coefficients ``coef`` (updated in place), the
+    loop of :func:`gossipfl.merge.geomedian.weiszfeld` compiled: the same arithmetic in
+    float64, without numpy's per-call overhead (≈ 10 µs per iteration). Returns the
+    number of iterations run."""
+    key = "weiszfeld"
+    fn = _kernel(key, lambda: WEISZFELD_SOURCE, False)
+    done = _timed_call(
+        key, fn, np.ascontiguousarray(g), coef, int(iterations), float(nu), float(tolerance)
+    )
+    return int(done)

@@ -24,6 +24,11 @@ rules fold the check into their own pass in the same way: the mean into the sum 
 result (:func:`combine`), the order statistics into row sums of each chunk as it enters
 the network (:func:`trimmed_mean`). :func:`ensure_finite` remains for rules that have no
 such pass (rules defined outside this package, and merges that keep the own model).
+
+With numba installed (the ``fast`` extra), :func:`trimmed_mean`, :func:`centred_gram` and
+:func:`centred_sq_distances` hand their pass to the fused loops of
+:mod:`gossipfl.merge._compiled` (one read of the inputs, float64 Gram sums); the code here
+is the reference and the fallback, and ``GOSSIPFL_KERNELS=numpy`` forces it.
 """
 
 from __future__ import annotations

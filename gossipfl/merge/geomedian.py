@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from gossipfl.merge import _compiled
 from gossipfl.merge._kernels import (
     F32,
     F64,
@@ -105,6 +106,12 @@ def weiszfeld(g: F64, *, iterations: int, nu: float) -> tuple[F64, int]:
     if at is not None:
         return at, 0
     coef = robust_start(g)
+    if _compiled.enabled():
+        coef = np.array(coef, dtype=np.float64)  # the kernel updates it in place
+        done = _compiled.weiszfeld(
+            g, coef, iterations=iterations, nu=nu, tolerance=RELATIVE_TOLERANCE
+        )
+        return coef, done
     m = g.shape[0]
     diag = g.diagonal()
     done = 0
