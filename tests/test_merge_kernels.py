@@ -249,13 +249,13 @@ def test_kernels_compile_in_memory_when_the_cache_is_not_writable(
 
 def test_kernels_are_cached_on_disk_and_reloaded_by_a_new_process(tmp_path: Path) -> None:
     script = (
-        "import numpy as np, time\n"
+        "import numpy as np\n"
         "from gossipfl.merge import make_rule\n"
         "from gossipfl.merge import _compiled\n"
         "x = np.random.default_rng(0).standard_normal((5, 100)).astype(np.float32)\n"
         "make_rule('trimmed-mean', b=1).merge(x[0], x[1:], np.full(4, 0.2))\n"
         "make_rule('krum').merge(x[0], x[1:], np.full(4, 0.2))\n"
-        "print(max(_compiled.compile_seconds.values()))\n"
+        "print(_compiled.compile_seconds['gram_k4_full'])\n"
     )
     env = {**os.environ, "GOSSIPFL_KERNEL_CACHE": str(tmp_path), compiled.ENV: "numba"}
     times = []
@@ -272,7 +272,9 @@ def test_kernels_are_cached_on_disk_and_reloaded_by_a_new_process(tmp_path: Path
     sources = sorted(p.name for p in tmp_path.glob("gossipfl_*.py"))
     assert len(sources) == 2
     assert any(tmp_path.glob("__pycache__/*.nbi")), "numba wrote no cache index"
-    assert times[1] < times[0]
+    # The Krum kernel is not the first of its process (that one also pays numba's
+    # import): compiling it takes ~0.3 s, loading it from the cache milliseconds.
+    assert times[1] < times[0] / 2
 
 
 def test_importing_the_merge_package_does_not_import_numba() -> None:

@@ -18,13 +18,14 @@ Which path runs is decided per call by the environment variable ``GOSSIPFL_KERNE
 (numba or an ImportError). Set it before a run; tests flip it per test.
 
 Each kernel is Python source generated for its shape (the network for (m, b), the
-products for d) and compiled by numba on first use, never at import: about 0.3–0.7 s per
-kernel. The source is written to a cache directory and imported from there, so that
-numba's ``cache=True`` can keep the machine code between processes (loading a cached
-kernel takes milliseconds). The directory is ``$GOSSIPFL_KERNEL_CACHE``, else
-``$NUMBA_CACHE_DIR/gossipfl``, else ``$XDG_CACHE_HOME/gossipfl/kernels`` (default
-``~/.cache/gossipfl/kernels``); nothing is written inside the installed package. If it is
-not writable, kernels are compiled in memory, once per process.
+products for d) and compiled by numba on first use, never at import: 0.3–1 s per kernel
+at d ≤ 8, up to 3 s at d = 16 (the full Gram matrix, the median of 17). The source is
+written to a cache directory and imported from there, so that numba's ``cache=True`` can
+keep the machine code between processes (loading a cached kernel takes milliseconds).
+The directory is ``$GOSSIPFL_KERNEL_CACHE``, else ``$NUMBA_CACHE_DIR/gossipfl``, else
+``$XDG_CACHE_HOME/gossipfl/kernels`` (default ``~/.cache/gossipfl/kernels``); nothing is
+written inside the installed package. If it is not writable, kernels are compiled in
+memory, once per process.
 
 Floating-point flags. The order-statistic kernels use ``fastmath=False``. The Gram
 kernels allow exactly two LLVM fast-math flags, ``reassoc`` and ``contract``: without
