@@ -171,11 +171,13 @@ def test_both_paths_agree_on_huge_finite_values(name: str) -> None:
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * (1.0 + float(np.abs(a).max())))
 
 
-@pytest.mark.parametrize("m", range(1, 18))
+@pytest.mark.parametrize("m", [*range(1, 12), 17])
 def test_compiled_order_kernels_match_a_sort_with_ties_and_signed_zeros(m: int) -> None:
+    # Every (m, b) up to m = 11; beyond, kernels take seconds each to compile, so only
+    # d = 16's defaults (b = 1 and the median).
     rng = np.random.default_rng(m)
     n = 1001
-    for b in range((m + 1) // 2):
+    for b in range((m + 1) // 2) if m < 12 else (1, m // 2):
         x = rng.integers(-2, 3, size=(m, n)).astype(np.float32)
         x[x == 0] = rng.choice(np.array([0.0, -0.0], dtype=np.float32), size=int((x == 0).sum()))
         with kernel_path("numba"):

@@ -282,10 +282,13 @@ def test_extremes_networks_put_the_b_extremes_on_their_dead_wires(m: int) -> Non
 
 
 @pytest.mark.parametrize("m", range(1, 20))
-@pytest.mark.usefixtures("kernel_path")
-def test_compiled_trimmed_plans_match_a_sort_with_and_without_ties(m: int) -> None:
+def test_compiled_trimmed_plans_match_a_sort_with_and_without_ties(
+    m: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The plans run through the real kernel: pruning, single-output comparators,
-    # operand allocation, inputs read in place, the middle rows averaged by BLAS.
+    # operand allocation, inputs read in place, the middle rows averaged by BLAS. (The
+    # numba kernels get the same check in test_merge_kernels.py.)
+    monkeypatch.setenv("GOSSIPFL_KERNELS", "numpy")
     rng = np.random.default_rng(m)
     n = 2 * kernels.NETWORK_CHUNK + 3
     for b in range((m + 1) // 2):
