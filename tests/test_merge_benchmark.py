@@ -22,12 +22,25 @@ def test_quick_benchmark_prints_one_json_object_with_every_rule(
         report["machine"]
     )
     assert report["grid"], "the quick grid must not be empty"
+    kernels = report["kernels"]
+    paths = kernels["paths"]
+    assert kernels["default_path"] == paths[0]
+    assert set(paths) <= {"numba", "numpy"}
+    assert "numpy" in paths  # the reference path is always timed
+    if "numba" in paths:
+        for build in kernels["compile"]:
+            for run in ("cold", "cached"):
+                assert build[run]["first_merge_of_every_rule_seconds"] > 0
+                assert build[run]["per_kernel_seconds"]
     for cell in report["grid"]:
         assert {"d", "n", "mean_seconds", "finite_check_seconds", "rules", "iterative"} <= set(cell)
         assert set(cell["rules"]) == set(RULES)
         for timing in cell["rules"].values():
             assert timing["seconds"] > 0
             assert timing["ratio_to_mean"] > 0
+            assert timing["path"] == paths[0]
+            for path in paths:
+                assert timing[f"{path}_ratio_to_mean"] > 0
         assert cell["rules"]["mean"]["ratio_to_mean"] == 1.0
         for name in ("geometric-median", "centered-clipping"):
             it = cell["iterative"][name]

@@ -9,8 +9,8 @@ rules run two fused loops instead of chains of numpy calls:
   finiteness check rides along (``x − x`` is 0 for finite x and NaN otherwise).
 * **the centred Gram matrix** (every distance rule): per column, ``y_j = x_j − own`` in
   float64 and every product ``y_j·y_l`` accumulated in float64: one read of the inputs, no
-  temporaries, and more precise than either numpy path (exact differences and products,
-  float64 sums; see :func:`gram`).
+  temporaries, and more precise than either numpy path (differences and products exact
+  when the models' magnitudes are alike, float64 sums; see :func:`gram`).
 
 The numpy code in :mod:`gossipfl.merge._kernels` stays the reference and the fallback.
 Which path runs is decided per call by the environment variable ``GOSSIPFL_KERNELS``:
