@@ -219,6 +219,25 @@ def test_the_mode_variable_picks_the_path(monkeypatch: pytest.MonkeyPatch) -> No
         compiled.backend()
 
 
+def test_auto_leaves_small_models_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # below the size where a compiled merge pays for its first compile, auto stays numpy
+    monkeypatch.delenv(compiled.ENV, raising=False)
+    small, large = compiled.AUTO_MIN_PARAMS - 1, compiled.AUTO_MIN_PARAMS
+    assert not compiled.enabled(small)
+    assert compiled.enabled(large)
+    assert compiled.enabled()  # size unknown: the mode decides
+    monkeypatch.setenv(compiled.ENV, "numba")
+    assert compiled.enabled(small)
+    # a merge takes the path its size picks: the numpy path's float32 sum keeps its bits
+    rng = np.random.default_rng(3)
+    own = rng.standard_normal(1000).astype(np.float32)
+    rows = rng.standard_normal((6, 1000)).astype(np.float32)
+    monkeypatch.delenv(compiled.ENV)
+    auto = kernels.trimmed_mean(own, rows, 1, kernels.Workspace())
+    monkeypatch.setenv(compiled.ENV, "numpy")
+    assert np.array_equal(auto, kernels.trimmed_mean(own, rows, 1, kernels.Workspace()))
+
+
 def test_without_numba_auto_falls_back_and_numba_mode_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -106,13 +106,24 @@ def _load_numba() -> Any:
     return _numba
 
 
-def enabled() -> bool:
-    """True if the next merge runs the compiled kernels.
+#: In ``auto`` mode, merges of models with fewer parameters than this take the numpy path.
+#: There a merge costs well under a millisecond either way, while a kernel not yet in
+#: the cache costs 0.3-4 s to compile on first use -- on the event loop of a peer that
+#: merges small models inline. Above it, the compiled kernels pay (2-6x at 10^6).
+AUTO_MIN_PARAMS = 1 << 16
 
-    ``auto`` uses numba when it imports; ``numba`` raises the ImportError if it does not.
+
+def enabled(params: int | None = None) -> bool:
+    """True if a merge of models of ``params`` parameters runs the compiled kernels.
+
+    ``auto`` uses numba when it imports and the models have at least
+    :data:`AUTO_MIN_PARAMS` parameters (any size if ``params`` is None); ``numba`` uses
+    it always, or raises the ImportError if it does not import.
     """
     wanted = mode()
     if wanted == "numpy":
+        return False
+    if wanted == "auto" and params is not None and params < AUTO_MIN_PARAMS:
         return False
     numba = _load_numba()
     if numba is None and wanted == "numba":

@@ -325,7 +325,7 @@ def centred_gram(
     """
     k = rows.shape[0]
     g = np.zeros((k + 1, k + 1), dtype=np.float64)
-    if k and _compiled.enabled():
+    if k and _compiled.enabled(center.shape[0]):
         inner, norm = _compiled.gram(center, rows, full=True, center_norm=center_norm)
         if not np.isfinite(inner.diagonal()).all() or not math.isfinite(norm):
             raise_if_non_finite(center, rows)
@@ -352,7 +352,7 @@ def centred_sq_distances(
     if rows.shape[0] == 0:
         raise_if_non_finite(center, rows)
         return np.zeros(0), (_center_sq_norm(center) if center_norm else 0.0)
-    if _compiled.enabled():
+    if _compiled.enabled(center.shape[0]):
         diag, norm = _compiled.gram(center, rows, full=False, center_norm=center_norm)
         if not np.isfinite(diag).all() or not math.isfinite(norm):
             raise_if_non_finite(center, rows)
@@ -679,7 +679,7 @@ def trimmed_mean(own: F32, rows: F32, b: int, ws: Workspace) -> F32:
     or a sum of finite values overflowed; only then the exact check decides. Raises
     :class:`NonFiniteInputError` for NaN or inf inputs.
     """
-    if _compiled.enabled():
+    if _compiled.enabled(own.shape[0]):
         result, bad = _compiled.trimmed_mean(own, rows, b)
         if bad:
             raise_if_non_finite(own, rows)

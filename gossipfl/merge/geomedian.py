@@ -96,17 +96,19 @@ def median_at_a_point(g: F64) -> F64 | None:
     return coef
 
 
-def weiszfeld(g: F64, *, iterations: int, nu: float) -> tuple[F64, int]:
+def weiszfeld(g: F64, *, iterations: int, nu: float, params: int | None = None) -> tuple[F64, int]:
     """Coefficients of the smoothed-Weiszfeld geometric median of the Gram points.
 
     Returns the coefficient vector (summing to 1) and the number of iterations run (0 when
     the median is one of the points, found exactly by :func:`median_at_a_point`).
+    ``params``: the models' size, which picks the kernel path (see
+    :func:`gossipfl.merge._compiled.enabled`).
     """
     at = median_at_a_point(g)
     if at is not None:
         return at, 0
     coef = robust_start(g)
-    if _compiled.enabled():
+    if _compiled.enabled(params):
         coef = np.array(coef, dtype=np.float64)  # the kernel updates it in place
         done = _compiled.weiszfeld(
             g, coef, iterations=iterations, nu=nu, tolerance=RELATIVE_TOLERANCE
@@ -161,7 +163,9 @@ class GeometricMedian(MergeRule):
 
     def _median(self, center: F32, rows: F32) -> F32:
         g, _ = centred_gram(center, rows, self._ws, precise=True)
-        coef, self.last_iterations = weiszfeld(g, iterations=self.T, nu=float(self.nu))
+        coef, self.last_iterations = weiszfeld(
+            g, iterations=self.T, nu=float(self.nu), params=center.shape[0]
+        )
         return combine(center, rows, coef[1:], self._ws)
 
     def _merge(self, own: F32, rows: F32, weights: F64, context: MergeContext | None) -> F32:
