@@ -343,7 +343,7 @@ async def _simulate(
     network = (
         MemoryNetwork(seed=config.seed, default=link)
         if shard is None
-        else shard.network(seed=config.seed, default=link, ids=ids)
+        else shard.network(seed=config.seed, default=link)
     )
     peer_config = PeerConfig(
         network_id="simulation",

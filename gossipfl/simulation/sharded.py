@@ -154,7 +154,6 @@ class ShardNetwork(MemoryNetwork):
         super().__init__(seed=seed, default=default)
         self.remote = remote
         self.outbox: list[Envelope] = []
-        self.sent_remote = 0
 
     def reachable(self, a: PeerId, b: PeerId) -> bool:
         remote = self.remote
@@ -178,7 +177,6 @@ class ShardNetwork(MemoryNetwork):
 
     def take_outbox(self) -> list[Envelope]:
         out, self.outbox = self.outbox, []
-        self.sent_remote += sum(1 for m in out if m[3] is not None)
         return out
 
     def inject(self, messages: Sequence[Envelope]) -> None:
@@ -217,7 +215,7 @@ class ShardSide:
         self._token: trio.lowlevel.TrioToken | None = None
 
     # hooks for _simulate
-    def network(self, *, seed: int, default: LinkProfile, ids: list[str]) -> ShardNetwork:
+    def network(self, *, seed: int, default: LinkProfile) -> ShardNetwork:
         self._network = ShardNetwork(seed=seed, default=default, remote=self._others)
         return self._network
 
