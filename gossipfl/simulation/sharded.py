@@ -81,6 +81,9 @@ from gossipfl.transport.base import PeerId
 
 _T = TypeVar("_T")
 
+Pending = Callable[[], "list[Window]"]
+"""A backend's windows in progress: call it to wait for their ends."""
+
 Envelope = tuple[float, PeerId, PeerId, "bytes | None"]
 """A message between shards: (arrival time, source, destination, frame or None for a
 connection notice)."""
@@ -114,6 +117,10 @@ class ShardOutcome:
     """Peak resident memory of the process the shard ran in."""
     pid: int
     """That process."""
+    busy_s: float
+    """Wall seconds the shard spent running windows (from the end of its set-up)."""
+    cpu_s: float
+    """CPU seconds of the shard's thread, set-up included."""
 
 
 def check_shardable(config: SimulationConfig, shards: int) -> None:
@@ -205,6 +212,8 @@ class ShardSide:
         self.peers = peers
         self.local_done = False
         self.finals: dict[int, np.ndarray] = {}
+        self.busy_s = 0.0
+        """Wall seconds spent running windows (the rest: waiting for the driver)."""
         self._others = others
         self._until = first_until
         self._reports: list[RoundReport] = []
@@ -239,6 +248,7 @@ class ShardSide:
         assert isinstance(clock, trio.testing.MockClock)
         assert self._network is not None
         self._token = trio.lowlevel.current_trio_token()
+        resumed = time.perf_counter()
         while True:
             await trio.sleep_until(self._until)
             clock.autojump_threshold = math.inf  # hold the clock at the window's end
@@ -251,8 +261,10 @@ class ShardSide:
                 done=self.local_done,
             )
             self._reports = []
+            self.busy_s += time.perf_counter() - resumed
             self._to_host.put(window)
             await self._command_set.wait()
+            resumed = time.perf_counter()
             self._command_set = trio.Event()
             command, self._command = self._command, None
             assert command is not None
@@ -304,7 +316,15 @@ class Shard:
 
     def advance(self, inbound: list[Envelope], until: float) -> Window:
         """Deliver ``inbound`` and run to ``until``."""
+        self.begin(inbound, until)
+        return self.window()
+
+    def begin(self, inbound: list[Envelope], until: float) -> None:
+        """:meth:`advance` without waiting: the shard runs while the caller works."""
         self._send(_Command(inbound, until, all_done=False))
+
+    def window(self) -> Window:
+        """The end of the window :meth:`begin` started."""
         return self._next(Window)
 
     def finish(self, inbound: list[Envelope]) -> ShardOutcome:
@@ -345,6 +365,8 @@ class Shard:
                     peers=len(side.peers),
                     peak_rss_mib=peak,
                     pid=os.getpid(),
+                    busy_s=side.busy_s,
+                    cpu_s=time.thread_time(),
                 )
             )
         except BaseException as exc:  # handed to the driver, which raises it
@@ -369,6 +391,15 @@ class ShardingReport:
     peak_rss_mib: list[float] = field(default_factory=list)
     """Per shard, of the process it ran in (in-process shards share one)."""
     pids: list[int] = field(default_factory=list)
+    busy_s: list[float] = field(default_factory=list)
+    """Per shard: wall seconds spent running windows."""
+    cpu_s: list[float] = field(default_factory=list)
+    """Per shard: CPU seconds of its thread."""
+    start_s: float = 0.0
+    """Seconds from starting the shards to the end of their first window (peers built)."""
+    waited_s: float = 0.0
+    """Seconds the driver waited for windows to end (the rest of its time it routed
+    messages and computed metrics while the shards ran)."""
     shard_wall_s: list[float] = field(default_factory=list)
 
     def row(self, rounds: int) -> dict[str, Any]:
@@ -383,6 +414,10 @@ class ShardingReport:
             "cross_shard_bytes": self.cross_bytes,
             "peak_rss_mib_per_shard": [round(m, 1) for m in self.peak_rss_mib],
             "processes": len(set(self.pids)),
+            "start_s": round(self.start_s, 2),
+            "driver_waited_s": round(self.waited_s, 2),
+            "shard_busy_s": [round(b, 2) for b in self.busy_s],
+            "shard_cpu_s": [round(c, 2) for c in self.cpu_s],
         }
 
 
@@ -420,11 +455,17 @@ class _ProcessBackend:
                 self.processes.append(process)
 
     def _all(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        self._send_all(commands)
+        return self._receive_all()
+
+    def _send_all(self, commands: list[tuple[Any, ...]]) -> None:
         for k, (pipe, command) in enumerate(zip(self.pipes, commands, strict=True)):
             try:
                 pipe.send(command)
             except OSError:
                 raise self._ended(k) from None
+
+    def _receive_all(self) -> list[Any]:
         answers = []
         for k, pipe in enumerate(self.pipes):
             try:
@@ -444,8 +485,9 @@ class _ProcessBackend:
     def start(self) -> list[Window]:
         return self._all([("start",)] * len(self.pipes))
 
-    def advance(self, inbound: list[list[Envelope]], until: float) -> list[Window]:
-        return self._all([("advance", msgs, until) for msgs in inbound])
+    def advance(self, inbound: list[list[Envelope]], until: float) -> Pending:
+        self._send_all([("advance", msgs, until) for msgs in inbound])
+        return self._receive_all
 
     def finish(self, inbound: list[list[Envelope]]) -> list[ShardOutcome]:
         return self._all([("finish", msgs) for msgs in inbound])
@@ -515,12 +557,10 @@ class _ThreadBackend:
     def start(self) -> list[Window]:
         return [shard.start() for shard in self.shards]
 
-    def advance(self, inbound: list[list[Envelope]], until: float) -> list[Window]:
-        # one at a time: the shards' trio threads share the GIL, and each call returns
-        # only when its shard has reached the window's end anyway
-        return [
-            shard.advance(msgs, until) for shard, msgs in zip(self.shards, inbound, strict=True)
-        ]
+    def advance(self, inbound: list[list[Envelope]], until: float) -> Pending:
+        for shard, msgs in zip(self.shards, inbound, strict=True):
+            shard.begin(msgs, until)
+        return lambda: [shard.window() for shard in self.shards]
 
     def finish(self, inbound: list[list[Envelope]]) -> list[ShardOutcome]:
         return [shard.finish(msgs) for shard, msgs in zip(self.shards, inbound, strict=True)]
@@ -566,18 +606,19 @@ def run_sharded(
         on_round=progress,
     )
     shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
+    started = time.perf_counter()
     runner = (backend or process_backend)(config, parts, ids, lookahead)
     windows = 1
     cross = cross_bytes = 0
+    waited = 0.0
     try:
         with _collections(config):
             states = runner.start()
+            start_s = time.perf_counter() - started
             while True:
                 inbound: list[list[Envelope]] = [[] for _ in parts]
                 earliest = math.inf
                 for state in states:
-                    for report in state.reports:
-                        collector.add(report)
                     for message in state.messages:
                         inbound[shard_of[message[2]]].append(message)
                         earliest = min(earliest, message[0])
@@ -585,12 +626,17 @@ def run_sharded(
                             cross += 1
                             cross_bytes += len(message[3])
                 if all(state.done for state in states):
+                    _collect(collector, states)
                     outcomes = runner.finish(inbound)
                     break
                 earliest = min(earliest, *(state.next_event for state in states))
                 if earliest == math.inf:
                     raise RuntimeError("the sharded simulation stalled: no timer and no message")
-                states = runner.advance(inbound, earliest + lookahead)
+                pending = runner.advance(inbound, earliest + lookahead)
+                _collect(collector, states)  # the metrics, while the shards run the window
+                waiting = time.perf_counter()
+                states = pending()
+                waited += time.perf_counter() - waiting
                 windows += 1
     finally:
         runner.close()
@@ -617,6 +663,10 @@ def run_sharded(
         peak_rss_mib=[o.peak_rss_mib for o in outcomes],
         shard_wall_s=[o.wall_s for o in outcomes],
         pids=[o.pid for o in outcomes],
+        start_s=start_s,
+        waited_s=waited,
+        busy_s=[o.busy_s for o in outcomes],
+        cpu_s=[o.cpu_s for o in outcomes],
     )
     result.extra["sharding"] = report.row(config.rounds)
     if config.mode == "consensus":
@@ -656,9 +706,9 @@ class _RayBackend:
     def start(self) -> list[Window]:
         return self._all([a.start.remote() for a in self.actors])
 
-    def advance(self, inbound: list[list[Envelope]], until: float) -> list[Window]:
+    def advance(self, inbound: list[list[Envelope]], until: float) -> Pending:
         calls = [a.advance.remote(m, until) for a, m in zip(self.actors, inbound, strict=True)]
-        return self._all(calls)
+        return lambda: self._all(calls)
 
     def finish(self, inbound: list[list[Envelope]]) -> list[ShardOutcome]:
         return self._all([a.finish.remote(m) for a, m in zip(self.actors, inbound, strict=True)])
@@ -694,6 +744,12 @@ def ray_backend(
     finally:
         if started:
             disconnect(ray)
+
+
+def _collect(collector: MetricsCollector, states: list[Window]) -> None:
+    for state in states:  # shard by shard: each peer's reports stay in order
+        for report in state.reports:
+            collector.add(report)
 
 
 def thread_backend(
