@@ -10,7 +10,8 @@ the end) at 4,096 peers, run three ways on a local Ray with this machine's CPUs:
 - ``2 actors``: two shards (the graph cut in two by Kernighan-Lin), one actor each.
 
 For each: wall seconds, the peak RSS of each actor process, windows, frames per round
-and cross-shard frames per round; and whether the round metrics equal the unsharded
+and cross-shard frames per round, the actors' start-up (until their peers are built),
+each actor's busy wall and CPU seconds and how long the driver waited for them; and whether the round metrics equal the unsharded
 run's, bit for bit. Then the numbers for a paper estimate of larger runs: memory per
 peer (from the two actor sizes) and frames per peer-round.
 
@@ -65,6 +66,10 @@ def measure(label: str, run: Any, config: Any) -> tuple[dict[str, Any], Any]:
                 "cross_shard_mib_per_round": round(
                     sharding["cross_shard_bytes"] / config.rounds / 2**20, 2
                 ),
+                "start_s": sharding["start_s"],
+                "actor_busy_s": sharding["shard_busy_s"],
+                "actor_cpu_s": sharding["shard_cpu_s"],
+                "driver_waited_s": sharding["driver_waited_s"],
             }
         )
     print(f"{label}: {row}", file=sys.stderr)
