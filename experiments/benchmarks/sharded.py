@@ -11,9 +11,10 @@ the end) at 4,096 peers, run three ways on a local Ray with this machine's CPUs:
 
 For each: wall seconds, the peak RSS of each actor process, windows, frames per round
 and cross-shard frames per round, the actors' start-up (until their peers are built),
-each actor's busy wall and CPU seconds and how long the driver waited for them; and whether the round metrics equal the unsharded
-run's, bit for bit. Then the numbers for a paper estimate of larger runs: memory per
-peer (from the two actor sizes) and frames per peer-round.
+each actor's busy wall and CPU seconds and how long the driver waited for them; and
+whether the round metrics equal the unsharded run's, bit for bit. Then the numbers for
+a paper estimate of larger runs: memory per peer (from the two actor sizes) and frames
+per peer-round.
 
     .venv/bin/python experiments/benchmarks/sharded.py [--peers N] [--rounds R] [--quick]
 """
