@@ -4,6 +4,8 @@ tasks) and ``gossipfl simulate --shards N --ray`` (one simulation over Ray actor
 One cluster for the module (Ray takes seconds to start): two nodes of one CPU each,
 started with the venv's ``ray start --block`` in process groups of their own, which the
 fixture kills at the end (``ray stop`` would stop every Ray of this user on the machine).
+The Ray grid benchmark's test is here too, to run on the same cluster (module scope, not
+session: an idle cluster must not sit beside the timing-sensitive tests of other modules).
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gossipfl.cli import main
 from gossipfl.experiments import ExperimentInterrupted, ExperimentSpec, run_experiment
 from gossipfl.experiments.cluster import RayOptions
+
+if TYPE_CHECKING:
+    from conftest import QuickBenchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
@@ -353,3 +358,24 @@ def test_an_address_where_no_ray_head_listens_is_a_one_line_error(
         f"gossipfl: error: --ray {address}: no Ray head answers there (Connection refused); "
         f"start one with 'ray start --head --port={address.split(':')[1]}'"
     )
+
+
+@needs_ray
+@pytest.mark.network
+@pytest.mark.timeout(150)
+def test_quick_ray_grid_benchmark_prints_one_json_object(
+    cluster: Cluster, quick_benchmark: QuickBenchmark
+) -> None:
+    """experiments/benchmarks/ray_grid.py --quick, on this module's cluster (the script
+    starts one of the same shape, two nodes of one CPU, when given no --address)."""
+    report = quick_benchmark("ray_grid", "--address", cluster.address, timeout=140)
+    assert report["benchmark"] == "ray_grid"
+    assert report["quick"] is True
+    assert report["identical_results"] is True
+    assert report["repeats"] == 1
+    assert (
+        len(report["results"]["local"]["seconds"]) == len(report["results"]["ray"]["seconds"]) == 1
+    )
+    assert report["results"]["ray"]["nodes"] == 2
+    assert report["results"]["ray"]["cluster_start_seconds"] is None  # it used ours
+    assert report["ratio_ray_to_local"] > 0
