@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,13 @@ def start_peers(width: int, rounds: int, base: Path) -> dict[str, Any]:
         first = start_daemon(base / "p0", *args)
         daemons.append(first)
         join = first.join.split()[2:]
-        daemons += [start_daemon(base / f"p{i}", *args, *join) for i in (1, 2)]
+        # the two joiners start side by side (each start-up imports torch: seconds)
+        with ThreadPoolExecutor(2) as pool:
+            joining = [pool.submit(start_daemon, base / f"p{i}", *args, *join) for i in (1, 2)]
+        daemons += [f.result() for f in joining if f.exception() is None]
+        errors = [e for f in joining if (e := f.exception()) is not None]
+        if errors:  # after the other one is in `daemons`, to be killed below
+            raise errors[0]
         for d in daemons:
             d.process.wait(timeout=1800)
     finally:
