@@ -89,6 +89,29 @@ def test_the_synthetic_test_split_is_a_parameter() -> None:
         load_task("synthetic", {"test_fraction": 1.0})
 
 
+def test_digits_read_without_scikit_learn_are_load_digits_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bundled file is read directly (a scikit-learn import costs each peer process
+    most of a second): the same arrays as ``load_digits``, and the same data set when the
+    file is not where it is looked for and ``load_digits`` is used instead."""
+    from sklearn.datasets import load_digits
+
+    from gossipfl.data import datasets
+
+    data, target = datasets._digits_arrays()
+    bunch = load_digits()
+    assert data.dtype == bunch.data.dtype
+    assert target.dtype == bunch.target.dtype
+    assert np.array_equal(data, bunch.data)
+    assert np.array_equal(target, bunch.target)
+    fast = datasets.digits()
+    monkeypatch.setattr(datasets, "_bundled_digits_file", lambda: None)
+    slow = datasets.digits()  # the fallback
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+
+
 def test_evaluating_many_models_in_chunks_changes_no_bit() -> None:
     from gossipfl.learning import numpy_models
     from gossipfl.learning.numpy_models import NumpySoftmaxLearner
