@@ -157,9 +157,7 @@ def main() -> int:
         path.write_text(grid(runs, rounds))
         spec = ExperimentSpec.from_toml(path)
         t = time.perf_counter()
-        cluster = (
-            contextlib.nullcontext(args.address) if args.address else two_node_cluster(temp)
-        )
+        cluster = contextlib.nullcontext(args.address) if args.address else two_node_cluster(temp)
         with cluster as address:
             cluster_s = None if args.address else round(time.perf_counter() - t, 2)
             for repeat in range(repeats):
