@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_sharded(config: Any, args: argparse.Namespace, console: Any) -> Any:
-    """``--shards N``, as threads of this process or (``--ray``) as Ray actors."""
+    """``--shards N``, as processes of this machine or (``--ray``) as Ray actors."""
     from gossipfl.simulation.sharded import ray_backend, run_sharded
 
     if args.ray is None:
