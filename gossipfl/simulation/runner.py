@@ -299,7 +299,8 @@ async def _simulate(
                 torch.set_num_threads(1)  # many small models in one process: no threads
         learner_of = {i: make(dataset, parts[i], learner_seed(config, i)) for i in local}
         learners = list(learner_of.values())  # without shards: every peer's, in order
-        dp_plans = enable_dp_all(config, learners, ids)
+        dp_plans = enable_dp_all(config, learners, ids)  # may wrap them, in place
+        learner_of = dict(zip(local, learners, strict=True))
         probe = learners[0]
         test_x, test_y = dataset.x_test, dataset.y_test
 
