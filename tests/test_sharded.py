@@ -169,6 +169,7 @@ def test_partition_is_balanced_deterministic_and_cuts_few_edges() -> None:
     [
         (("byzantine.count=1", "byzantine.attack=sign-flip"), 2, "Byzantine peers"),
         (("churn.fraction=0.25",), 2, "churn"),
+        (("privacy.mia=true",), 2, "privacy options"),
         (("network.latency=0",), 2, "needs network.latency > 0"),
         ((), 0, "at least 1"),
         (("transport=libp2p",), 2, "in-process"),
