@@ -231,3 +231,18 @@ def test_a_model_above_the_thread_threshold_misses_no_deadline() -> None:
     assert summary["missing_total"] == 0
     assert summary["late_total"] == 0
     assert sum(s.received for s in result.summaries) == 16 * 4 * 3  # torus: 4 in-neighbours
+
+
+def test_consensus_distance_of_large_models_is_taken_in_chunks_to_the_same_value() -> None:
+    from gossipfl.simulation.collector import DISTANCE_CHUNK, _sq_distances
+
+    rng = np.random.default_rng(4)
+    for n in (DISTANCE_CHUNK, 3 * DISTANCE_CHUNK + 17):
+        vectors = (5.0 + rng.standard_normal((6, n))).astype(np.float32)
+        mean = vectors.mean(axis=0, dtype=np.float64)
+        direct = ((vectors - mean) ** 2).sum(axis=1)
+        got = _sq_distances(vectors, mean)
+        if n <= DISTANCE_CHUNK:
+            assert np.array_equal(got, direct)  # small models keep their bits
+        else:
+            np.testing.assert_allclose(got, direct, rtol=1e-12)

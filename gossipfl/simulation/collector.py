@@ -142,7 +142,7 @@ class MetricsCollector:
         peers = sorted(reports)
         vectors = np.stack([reports[p].vector for p in peers])
         mean = vectors.mean(axis=0, dtype=np.float64)
-        distances = ((vectors - mean) ** 2).sum(axis=1)
+        distances = _sq_distances(vectors, mean)
         evaluate_now = self._evaluate is not None and (
             (round + 1) % self._eval_every == 0 or round == self.rounds - 1
         )
@@ -206,6 +206,29 @@ class MetricsCollector:
         self.summaries.append(summary)
         if self._on_round is not None:
             self._on_round(summary)
+
+
+#: Columns per pass of :func:`_sq_distances` over large models.
+DISTANCE_CHUNK = 1 << 16
+
+
+def _sq_distances(vectors: FloatArray, mean: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``‖v_i − mean‖²`` for every row, in float64.
+
+    Models of up to :data:`DISTANCE_CHUNK` parameters in one pass (their results keep
+    the bits they always had); larger ones column chunk by column chunk, so that 16
+    peers of an 11-million-parameter model need a few MB of temporaries a round, not two
+    float64 copies of all 16 models (2.9 GB).
+    """
+    n = vectors.shape[1]
+    if n <= DISTANCE_CHUNK:
+        out: npt.NDArray[np.float64] = ((vectors - mean) ** 2).sum(axis=1)
+        return out
+    out = np.zeros(vectors.shape[0], dtype=np.float64)
+    for start in range(0, n, DISTANCE_CHUNK):
+        diff = vectors[:, start : start + DISTANCE_CHUNK] - mean[start : start + DISTANCE_CHUNK]
+        out += np.einsum("ij,ij->i", diff, diff)
+    return out
 
 
 def _finite_or_none(x: float) -> float | None:
