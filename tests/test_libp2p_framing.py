@@ -24,6 +24,15 @@ def framed(*bodies: bytes) -> bytes:
     return b"".join(struct.pack(">I", len(b)) + b for b in bodies)
 
 
+def take(chunks: list[bytes], n: int) -> bytes:
+    """The next chunk, at most ``n`` bytes of it (the rest stays first in ``chunks``)."""
+    chunk = chunks.pop(0)
+    if len(chunk) > n:
+        chunks.insert(0, chunk[n:])
+        chunk = chunk[:n]
+    return chunk
+
+
 class Script:
     """A fake stream: returns the given chunks (at most n bytes each call), then EOF."""
 
@@ -39,11 +48,7 @@ class Script:
             if self.eof == "raise":
                 raise EOFError("stream closed")
             return b""
-        chunk = self.chunks.pop(0)
-        if len(chunk) > n:
-            self.chunks.insert(0, chunk[n:])
-            chunk = chunk[:n]
-        return chunk
+        return take(self.chunks, n)
 
 
 async def read_all(reader: FrameReader) -> list[bytes]:
@@ -202,11 +207,7 @@ class FakeInPlace:
         await trio.lowlevel.checkpoint()
         if not self.chunks:
             return b""
-        chunk = self.chunks.pop(0)
-        if len(chunk) > n:
-            self.chunks.insert(0, chunk[n:])
-            chunk = chunk[:n]
-        return chunk
+        return take(self.chunks, n)
 
     async def read_into(self, view: memoryview) -> int:
         self.calls += 1

@@ -1021,6 +1021,14 @@ def pattern(size: int, seed: int) -> bytes:
     return bytes((seed + i) % 251 for i in range(size))
 
 
+async def read_into_whole(reader: YamuxInPlace, frame: bytearray) -> None:
+    """Read until ``frame`` is full, as the fast path does."""
+    got = 0
+    with memoryview(frame) as view:
+        while got < len(frame):
+            got += await reader.read_into(view[got:])
+
+
 def data_of(sid: int, body: bytes) -> bytes:
     return HEADER.pack(0, _yamux.TYPE_DATA, 0, sid, len(body)) + body
 
@@ -1031,17 +1039,10 @@ async def test_a_frame_read_in_place_gets_bodies_decrypted_straight_into_it() ->
         stream = m.yamux.streams[1]
         reader = YamuxInPlace(stream, m.guard)
         frame = bytearray(200_000)
-        got = 0
-
-        async def read_all() -> None:
-            nonlocal got
-            with memoryview(frame) as view:
-                while got < len(frame):
-                    got += await reader.read_into(view[got:])
 
         bodies = [pattern(50_000, k) for k in range(4)]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_all)
+            nursery.start_soon(read_into_whole, reader, frame)
             await trio.testing.wait_all_tasks_blocked()
             await m.feed(*(data_of(1, body) for body in bodies))
         assert frame == b"".join(bodies)
@@ -1086,16 +1087,9 @@ async def test_bytes_buffered_before_the_reader_came_keep_their_order() -> None:
         stream = m.yamux.streams[1]
         reader = YamuxInPlace(stream, m.guard)
         frame = bytearray(130_000)
-        got = 0
-
-        async def read_all() -> None:
-            nonlocal got
-            with memoryview(frame) as view:
-                while got < len(frame):
-                    got += await reader.read_into(view[got:])
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_all)
+            nursery.start_soon(read_into_whole, reader, frame)
             await m.feed(data_of(1, pattern(100_000, 2)))
         assert frame == pattern(30_000, 1) + pattern(100_000, 2)
         assert m.guard.buffered == m.real_buffered() == 0

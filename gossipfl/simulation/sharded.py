@@ -109,10 +109,8 @@ class ShardOutcome:
 
     stats: NetworkStats
     virtual_s: float
-    wall_s: float
     finals: dict[int, np.ndarray]
     """Consensus mode: each peer's final vector (else empty)."""
-    peers: int
     peak_rss_mib: float
     """Peak resident memory of the process the shard ran in."""
     pid: int
@@ -360,9 +358,7 @@ class Shard:
                 ShardOutcome(
                     stats=result.network,
                     virtual_s=result.virtual_s,
-                    wall_s=result.wall_s,
                     finals=side.finals,
-                    peers=len(side.peers),
                     peak_rss_mib=peak,
                     pid=os.getpid(),
                     busy_s=side.busy_s,
@@ -400,7 +396,6 @@ class ShardingReport:
     waited_s: float = 0.0
     """Seconds the driver waited for windows to end (the rest of its time it routed
     messages and computed metrics while the shards ran)."""
-    shard_wall_s: list[float] = field(default_factory=list)
 
     def row(self, rounds: int) -> dict[str, Any]:
         return {
@@ -661,7 +656,6 @@ def run_sharded(
         cross_messages=cross,
         cross_bytes=cross_bytes,
         peak_rss_mib=[o.peak_rss_mib for o in outcomes],
-        shard_wall_s=[o.wall_s for o in outcomes],
         pids=[o.pid for o in outcomes],
         start_s=start_s,
         waited_s=waited,
