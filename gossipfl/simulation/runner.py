@@ -37,7 +37,7 @@ from gossipfl.simulation.byzantine import (
     rule_params,
     setup_byzantine,
 )
-from gossipfl.simulation.collector import MetricsCollector, RoundSummary
+from gossipfl.simulation.collector import Evaluate, MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.simulation.privacy import dp_summary, enable_dp_all, membership_leakage
 from gossipfl.topology import Topology, build_topology
@@ -197,6 +197,17 @@ def workload_parts(config: SimulationConfig, honest: int) -> tuple[Any, Any, lis
     return dataset, make, parts
 
 
+def evaluator_on_test_split(probe: Learner, dataset: Any) -> Evaluate:
+    """Accuracy and loss of many models on ``dataset``'s test split, through ``probe``
+    (its own model is restored after each use)."""
+    test_x, test_y = dataset.x_test, dataset.y_test
+
+    def evaluate(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return evaluate_many(probe, vectors, test_x, test_y)
+
+    return evaluate
+
+
 def learner_seed(config: SimulationConfig, peer: int) -> int:
     """The seed of peer ``peer``'s learner."""
     return config.seed * 100_003 + peer
@@ -229,7 +240,7 @@ def run_simulation(
     clock = trio.testing.MockClock(autojump_threshold=0)
     threshold = gc_threshold
     if threshold is None:
-        threshold = max(GC_THRESHOLD, GC_ALLOCATIONS_PER_PEER * config.peers)
+        threshold = gc_threshold_for(config)
     with rare_collections(threshold) if threshold else contextlib.nullcontext():
         result: SimulationResult = trio.run(_simulate, config, progress, clock=clock)
     return result
@@ -243,6 +254,11 @@ GC_THRESHOLD = 50_000
 #: peers, so the passes per round stay as few at 10,000 peers as at 1,000 (at 4,000
 #: peers, 8 rounds: 32 passes for 2.3 s at 50,000; 6 for 1.3 s at 250,000).
 GC_ALLOCATIONS_PER_PEER = 50
+
+
+def gc_threshold_for(config: SimulationConfig) -> int:
+    """The garbage collector's young-generation threshold for a run of ``config``."""
+    return max(GC_THRESHOLD, GC_ALLOCATIONS_PER_PEER * config.peers)
 
 
 @contextlib.contextmanager
@@ -301,11 +317,7 @@ async def _simulate(
         learners = list(learner_of.values())  # without shards: every peer's, in order
         dp_plans = enable_dp_all(config, learners, ids)  # may wrap them, in place
         learner_of = dict(zip(local, learners, strict=True))
-        probe = learners[0]
-        test_x, test_y = dataset.x_test, dataset.y_test
-
-        def evaluate(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return evaluate_many(probe, vectors, test_x, test_y)
+        evaluate = evaluator_on_test_split(learners[0], dataset)
 
     byzantine: ByzantineSetup | None = None
     if placement is not None:

@@ -58,11 +58,9 @@ import trio.testing
 
 from gossipfl.errors import ConfigError
 from gossipfl.peer import RoundReport
-from gossipfl.simulation.collector import MetricsCollector, RoundSummary
+from gossipfl.simulation.collector import Evaluate, MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.simulation.runner import (
-    GC_ALLOCATIONS_PER_PEER,
-    GC_THRESHOLD,
     SimulationResult,
     _gap_or_none,
     _simulate,
@@ -70,6 +68,8 @@ from gossipfl.simulation.runner import (
     check_rule_fits,
     consensus_fit,
     consensus_start,
+    evaluator_on_test_split,
+    gc_threshold_for,
     learner_seed,
     mean_drift,
     rare_collections,
@@ -763,24 +763,14 @@ def process_backend(
 
 
 def _collections(config: SimulationConfig) -> Any:
-    return rare_collections(max(GC_THRESHOLD, GC_ALLOCATIONS_PER_PEER * config.peers))
+    return rare_collections(gc_threshold_for(config))
 
 
-def _driver_evaluator(
-    config: SimulationConfig, honest: int
-) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The unsharded run's evaluation: peer 0's learner as the probe (its model is
-    restored after each use, so a fresh one evaluates the same)."""
-    from gossipfl.learning import evaluate_many
-
+def _driver_evaluator(config: SimulationConfig, honest: int) -> Evaluate:
+    """The unsharded run's evaluation, with a fresh peer 0's learner as the probe (the
+    run's own probe is restored after each use, so a fresh one evaluates the same)."""
     dataset, make, parts = workload_parts(config, honest)
-    probe = make(dataset, parts[0], learner_seed(config, 0))
-    test_x, test_y = dataset.x_test, dataset.y_test
-
-    def evaluate(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return evaluate_many(probe, vectors, test_x, test_y)
-
-    return evaluate
+    return evaluator_on_test_split(make(dataset, parts[0], learner_seed(config, 0)), dataset)
 
 
 def _sum_stats(parts: list[NetworkStats]) -> NetworkStats:
