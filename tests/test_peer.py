@@ -10,6 +10,7 @@ import contextlib
 import errno
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import trio.testing
 
 from gossipfl import wire
 from gossipfl.errors import ConfigError, GossipflError
+from gossipfl.merge import make_rule
 from gossipfl.model import NumpyAdapter
 from gossipfl.peer import CheckpointError, CheckpointStore, Peer, PeerConfig
 from gossipfl.peerlog import BURST as PEER_WARNING_BURST
@@ -512,6 +514,69 @@ async def test_worker_threads_on_a_real_clock() -> None:
     with trio.fail_after(10):
         assert await _training_threads(None) == {False}
         assert await _training_threads(False) == {True}
+
+
+async def test_a_first_compiled_merge_does_not_stall_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A merge that may take the compiled kernels runs in a worker thread on a real clock:
+    a kernel's first use on a machine compiles it (here made to take 1 s), which inline
+    would freeze the peer's event loop, and with it the network, for that long."""
+    pytest.importorskip("numba")
+    from gossipfl.merge import _compiled
+
+    built: list[str] = []
+    real_build = _compiled._build
+
+    def slow_build(key: str, source: str, flags: Any) -> Any:
+        built.append(key)
+        time.sleep(1.0)  # a cold compile, in whatever thread asked for it
+        return real_build(key, source, flags)
+
+    monkeypatch.setattr(_compiled, "_kernels", {})
+    monkeypatch.setattr(_compiled, "_build", slow_build)
+    size = _compiled.AUTO_MIN_PARAMS
+    net = MemoryNetwork()
+    config = PeerConfig(heartbeat_interval=None, deadline=5.0)
+    gaps: list[float] = []
+
+    async def tick(done: trio.Event) -> None:
+        last = trio.current_time()
+        while not done.is_set():
+            await trio.sleep(0.01)
+            now = trio.current_time()
+            gaps.append(now - last)
+            last = now
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            done = trio.Event()
+            nursery.start_soon(tick, done)
+            async with (
+                Peer(
+                    transport=net.endpoint("a"),
+                    model={"x": np.zeros(size, np.float32)},
+                    neighbourhood=pair_hood("b"),
+                    rule=make_rule("median", b=0),
+                    config=config,
+                ) as a,
+                Peer(
+                    transport=net.endpoint("b"),
+                    model={"x": np.ones(size, np.float32)},
+                    neighbourhood=pair_hood("a"),
+                    rule=make_rule("median", b=0),
+                    config=config,
+                ) as b,
+                trio.open_nursery() as runs,
+            ):
+                runs.start_soon(a.run, 2)
+                runs.start_soon(b.run, 2)
+            done.set()
+            nursery.cancel_scope.cancel()
+    assert built, "no kernel was compiled: the test measured nothing"
+    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+    np.testing.assert_array_equal(a.adapter.get_flat(), np.full(size, 0.5, np.float32))
 
 
 # ------------------------------------------------------------ extreme neighbours

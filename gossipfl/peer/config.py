@@ -66,7 +66,9 @@ class PeerConfig:
     deadlines before the work is done; inline, the work takes zero virtual time."""
     thread_threshold: int = 1_000_000
     """Models with more parameters than this are decoded and merged in a thread (when
-    threads are in use)."""
+    threads are in use). Models that may take the compiled merge kernels (65,536
+    parameters and up, see :mod:`gossipfl.merge`) are merged in a thread whatever this
+    says: a kernel's first use compiles it, which can take seconds."""
     heartbeat_interval: float | None = 1.0
     """Send a heartbeat to neighbours this often; ``None`` disables heartbeats."""
     heartbeat_timeout: float = 5.0

@@ -34,7 +34,7 @@ import trio.testing
 
 from gossipfl import wire
 from gossipfl.errors import ConfigError, GossipflError
-from gossipfl.merge import MergeContext, MergeRule, NonFiniteInputError, make_rule
+from gossipfl.merge import MergeContext, MergeRule, NonFiniteInputError, _compiled, make_rule
 from gossipfl.model import ModelAdapter, NumpyAdapter
 from gossipfl.peer.checkpoint import CheckpointError, CheckpointStore
 from gossipfl.peer.config import PeerConfig
@@ -261,6 +261,10 @@ class Peer:
         )
         self._unyielded = 0
         self._threads = True  # decided in __aenter__, where the run's clock is known
+        # Merge in a worker thread too (decided in __aenter__): large models, and any model
+        # that may take the compiled kernels, whose first use compiles one (0.3-4 s with a
+        # cold cache): that must not stall the event loop.
+        self._merge_in_threads = True
         self._now: Callable[[], float] = trio.current_time  # the run's clock, once known
         self._wheel: TimerWheel | None = None  # with inline training: the run's timers
         self._deadline: tuple[int, float] | None = None  # (round, trio time) of the wait
@@ -313,6 +317,11 @@ class Peer:
             self.config.threads if self.config.threads is not None else not _virtual_clock()
         )
         self._now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
+        self._merge_in_threads = self._threads and (
+            self._num_params > self.config.thread_threshold
+            or self._num_params >= _compiled.AUTO_MIN_PARAMS
+            or _compiled.mode() == "numba"
+        )
         if not self._threads:
             self._wheel = timer_wheel()
         self._stack = contextlib.AsyncExitStack()
@@ -611,7 +620,7 @@ class Peer:
             self._deadline = None
             if self._secure is not None:
                 self._nursery.start_soon(self._secure_merge, action)
-            elif self._threads and self._num_params > self.config.thread_threshold:
+            elif self._merge_in_threads:
                 self._nursery.start_soon(self._merge_in_thread, action, total_rounds)
             else:
                 merged = self._merge(action, total_rounds)
