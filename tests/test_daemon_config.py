@@ -358,3 +358,28 @@ def test_the_manifest_names_the_job_not_the_host() -> None:
     # Timings and addresses are each peer's own business.
     mine = task.with_overrides(["training.deadline=9", "network.listen=['/ip4/127.0.0.1/tcp/0']"])
     assert job_manifest(mine) == job_manifest(task)
+
+
+def test_two_versions_of_one_task_file_are_two_jobs(tmp_path: Path) -> None:
+    """A task file counts by its bytes too: one name, one label, one set of parameters,
+    but another model in the file is another job (hosts named apart, copies equal)."""
+    source = Path("examples/tasks/shapes_cnn.py").read_text()
+    here, there, edited = (tmp_path / name for name in ("a", "b", "c"))
+    for folder, text in ((here, source), (there, source), (edited, source + "\n# v2\n")):
+        folder.mkdir()
+        (folder / "shapes_cnn.py").write_text(text)
+
+    def manifest(folder: Path) -> dict[str, str]:
+        return job_manifest(
+            DaemonConfig().with_overrides([f"task.name={folder / 'shapes_cnn.py'}:Shapes"])
+        )
+
+    assert manifest(here) == manifest(there)
+    assert manifest(here)["task.source"].startswith("blake2b:")
+    assert job_differences(manifest(here), manifest(edited)) == ["task.source"]
+    # A task of an installed module counts by its module's file; a built-in has none.
+    module = job_manifest(
+        DaemonConfig().with_overrides(["task.name=gossipfl.tasks.builtin:Synthetic"])
+    )
+    assert module["task.source"].startswith("blake2b:")
+    assert "task.source" not in job_manifest(DaemonConfig().with_overrides(["task.name=synthetic"]))

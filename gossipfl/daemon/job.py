@@ -22,6 +22,8 @@ from typing import Any
 
 from gossipfl.configfile import literal
 from gossipfl.daemon.config import DaemonConfig
+from gossipfl.tasks.loading import task_source_digest
+from gossipfl.tasks.section import anchored
 from gossipfl.wire.job import MAX_JOB_ENTRIES, MAX_JOB_KEY, MAX_JOB_VALUE
 
 _TRAINING = ("rounds", "protocol", "codec", "seed", "mode")
@@ -68,14 +70,18 @@ def job_manifest(config: DaemonConfig) -> dict[str, str]:
 
     A task's parameters enter with their defaults (so that ``lr`` left at its default of
     0.05 and ``lr = 0.05`` written out are the same job), and the task by its short
-    label, since the path of its file differs between hosts. Raises the task's own
-    errors if it cannot be built.
+    label, since the path of its file differs between hosts; a task of a file or module
+    enters with a digest of that file's bytes too (``task.source``), since one name can
+    hold two versions. Raises the task's own errors if it cannot be built.
     """
     settings = job_settings(config)
     task = config.task.build(base_dir=config.base_dir)
     if task is not None:
         settings = {k: v for k, v in settings.items() if not k.startswith("task.params.")}
         settings["task.name"] = config.task.label
+        source = task_source_digest(anchored(config.task.name, config.base_dir))
+        if source is not None:
+            settings["task.source"] = source
         for name, value in task.settings().items():
             settings[f"task.params.{name}"] = value
     manifest = {_key(k): _text(v) for k, v in settings.items()}

@@ -133,6 +133,32 @@ def _build(cls: type[Task], name: str, params: dict[str, object]) -> Task:
         raise TaskError(str(exc)) from None
 
 
+def task_source_digest(reference: str) -> str | None:
+    """A digest of the code a task reference names: the bytes of its file
+    (``path/to/file.py:Class``) or of its module's file (``package.module:Class``); None
+    for a built-in task (its code is gossipfl's own) or a module without a file.
+
+    Two hosts can hold different versions of one task file under one name: the same
+    label and parameters, another model or loss. The digest goes into the job manifest
+    so that their peers are refused as two jobs rather than merge unlike models. Call it
+    after the task was built (a module reference is then imported)."""
+    where, attr = split_reference(reference)
+    if attr is None:
+        return None
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path: Path | None = Path(where).expanduser()
+    else:
+        origin = getattr(sys.modules.get(where) or _import_module(where), "__file__", None)
+        path = Path(origin) if origin else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TaskError(f"cannot read task file {path}: {exc}") from exc
+    return "blake2b:" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def load_task(reference: str, params: Mapping[str, object] | None = None) -> Task:
     """The task ``reference`` names, built with ``params`` (values may be text, as from a
     command line: they are parsed by the parameter's type)."""
@@ -173,4 +199,4 @@ def load_task(reference: str, params: Mapping[str, object] | None = None) -> Tas
     raise TaskError(f"{attr} in {where} is a {type(target).__name__}, not a Task class")
 
 
-__all__ = ["load_task", "split_reference"]
+__all__ = ["load_task", "split_reference", "task_source_digest"]
