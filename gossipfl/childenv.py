@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import signal
+import sys
 from collections.abc import Iterator, Mapping
 
 SINGLE_THREADED = {
@@ -32,3 +35,56 @@ def environment(values: Mapping[str, str] = SINGLE_THREADED) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGTERM this process when its parent ``parent`` exits
+    (raised at once if it already has). Elsewhere a no-op.
+
+    For processes started directly by a long-lived thread of the program (experiment
+    workers): the kernel signals when the parent *thread* ends. A fork server's children
+    use :func:`exit_with` instead (see there).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before we asked
+        signal.raise_signal(signal.SIGTERM)
+
+
+def exit_with(pid: int) -> None:
+    """SIGTERM this process when process ``pid`` (the program that asked for it) exits.
+
+    For the processes of a multiprocessing fork server (peer and shard processes): if
+    the program that started them is SIGKILLed, nothing else stops them, and they would
+    train on (and hold their ports) for nobody. The kernel's parent-death signal does not
+    help there: their parent is the fork server, which waits for them (they hold its
+    liveness pipe) before it exits. So a daemon thread waits on a pidfd of ``pid``
+    (Linux 5.3+) and raises SIGTERM here when it becomes readable, which a ``gossipfl
+    start`` peer answers with its clean stop. Where pidfds do not exist, a no-op.
+    """
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return
+    try:
+        fd = opener(pid)
+    except ProcessLookupError:  # already gone
+        signal.raise_signal(signal.SIGTERM)
+        return
+    except OSError:  # no pidfds in this kernel
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    import threading
+
+    threading.Thread(target=watch, name="gossipfl-exit-with", daemon=True).start()

@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection, wait
 from types import FrameType, TracebackType
 from typing import Any
 
-from gossipfl.childenv import SINGLE_THREADED, environment
+from gossipfl.childenv import SINGLE_THREADED, die_with_parent, environment
 
 logger = logging.getLogger(__name__)
 
@@ -305,27 +305,10 @@ def _detach(parent: int) -> None:
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)
-    _die_with_parent(parent)
+    die_with_parent(parent)
 
 
 def _sigterm_as_sigint(signum: int, frame: FrameType | None) -> None:
     # Re-raised as SIGINT rather than raising here: inside trio.run (in-process
     # simulations), trio's own SIGINT handler delivers KeyboardInterrupt at a safe point.
     signal.raise_signal(signal.SIGINT)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: SIGTERM this process when its parent dies (elsewhere: a no-op; the parent's
-    closed pipe still ends an idle worker)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before we asked
-        signal.raise_signal(signal.SIGTERM)

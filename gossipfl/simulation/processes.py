@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gossipfl.childenv import SINGLE_THREADED, environment
+from gossipfl.childenv import SINGLE_THREADED, environment, exit_with
 from gossipfl.errors import ConfigError, GossipflError
 from gossipfl.simulation.collector import MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
@@ -90,8 +90,11 @@ PRELOAD = (
 of the ~2 s (and ~2,700 modules) a fresh interpreter needs."""
 
 
-def _peer_main(argv: list[str], stdout: str, stderr: str) -> None:
-    """Body of a peer process: ``gossipfl <argv>`` with its output in two files."""
+def _peer_main(argv: list[str], stdout: str, stderr: str, launcher: int) -> None:
+    """Body of a peer process: ``gossipfl <argv>`` with its output in two files. It stops
+    (SIGTERM) when the ``launcher`` process does: a SIGKILLed experiment leaves no peer
+    behind."""
+    exit_with(launcher)
     for fd, path in ((1, stdout), (2, stderr)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
@@ -126,7 +129,7 @@ class PeerLauncher:
         with environment(CHILD_ENV):
             process = self._context.Process(
                 target=_peer_main,
-                args=(argv, str(home / "stdout.log"), str(home / "stderr.log")),
+                args=(argv, str(home / "stdout.log"), str(home / "stderr.log"), os.getpid()),
                 name=f"gossipfl-peer-{home.name}",
             )
             process.start()

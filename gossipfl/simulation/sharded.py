@@ -440,7 +440,7 @@ class _ProcessBackend:
                 ours, theirs = context.Pipe()
                 process = context.Process(
                     target=_shard_process,
-                    args=(theirs, config, nodes, ids, until),
+                    args=(theirs, config, nodes, ids, until, os.getpid()),
                     name=f"gossipfl-shard-{k}",
                     daemon=True,
                 )
@@ -520,9 +520,18 @@ def _main_script_hidden() -> Iterator[None]:
 
 
 def _shard_process(
-    pipe: Any, config: SimulationConfig, peers: list[int], ids: list[str], until: float
+    pipe: Any,
+    config: SimulationConfig,
+    peers: list[int],
+    ids: list[str],
+    until: float,
+    driver: int,
 ) -> None:
-    """Body of a shard's process: run the driver's commands until it hangs up."""
+    """Body of a shard's process: run the driver's commands until it hangs up, or until
+    the ``driver`` process is gone (SIGKILLed mid-window, it never hangs up)."""
+    from gossipfl.childenv import exit_with
+
+    exit_with(driver)
     shard = Shard(config, peers, ids, until, own_process=True)
     while True:
         try:
