@@ -262,8 +262,9 @@ def test_a_peer_pasting_a_join_command_without_the_jobs_settings_stops_and_says_
 ) -> None:
     """Host 1 runs trimmed-mean for a long job; a peer started with a bare bootstrap
     address would train beside it with the defaults. It stops at once instead, exit 2,
-    naming the settings; the printed join command starts a peer that trains with it."""
-    homes = {name: tmp_path / name for name in ("host", "bare", "pasted")}
+    naming the settings; the printed join command starts a peer that trains with it, even
+    when another bootstrap address given to it is a peer of another job."""
+    homes = {name: tmp_path / name for name in ("host", "bare", "pasted", "other", "both")}
     for home in homes.values():
         init(home, capsys)
     timings = [
@@ -300,7 +301,33 @@ def test_a_peer_pasting_a_join_command_without_the_jobs_settings_stops_and_says_
                 what=f"{d.home.name} training with the other",
                 failed=d.died,
             )
-        assert all(r["members"] <= 2 for r in metrics(homes["host"]) if r["kind"] == "round")
+        # One bootstrap peer of another job (an honest mistake, or an insider saying
+        # so) does not stop a peer that was given another one of its job.
+        other = start_daemon(homes["other"], "--listen", LOOPBACK, *timing_args)
+        daemons.append(other)
+        both = start_daemon(
+            homes["both"],
+            "--listen",
+            LOOPBACK,
+            "--bootstrap",
+            other.addresses[0],
+            *host.join.split()[2:],
+            *timing_args,
+        )
+        daemons.append(both)
+        wait_for(
+            lambda: f"peer {other.peer_id} runs another job" in both.stderr(),
+            timeout=60,
+            what="the peer hearing the other job's bootstrap peer",
+            failed=both.died,
+        )
+        wait_for(
+            functools.partial(trained_with, homes["both"], 3),
+            timeout=60,
+            what="the peer training with the job's two",
+            failed=both.died,
+        )
+        assert all(r["members"] <= 3 for r in metrics(homes["host"]) if r["kind"] == "round")
     finally:
         kill_all(daemons)
 

@@ -176,6 +176,7 @@ class Node:
         self.job = job_manifest(config)
         """The job manifest this peer states (:mod:`gossipfl.daemon.job`)."""
         self._bootstrap_ids: set[str] = set()
+        self._bootstrap_other_jobs: set[str] = set()  # those that answered: another job
         self._other_jobs_told: set[str] = set()
         self.peer: Any = None
         self.view: MembershipView | None = None
@@ -369,14 +370,23 @@ class Node:
             services.cancel_scope.cancel()
 
     def _other_job(self, peer: str, differences: str, asked: bool) -> None:
-        """A peer states another job. The peer we were told to join through defines the
-        job we meant to join: stop, naming the settings (training beside the job, alone,
-        is worth nothing). Any other peer is only not taken in; say so once."""
+        """A peer states another job. If every peer we were told to join through does,
+        and no peer of our job has spoken to us, we cannot join the job we meant to:
+        stop, naming the settings (training beside the job, alone, is worth nothing;
+        most often the operator pasted a join command without the job's settings).
+
+        One bootstrap peer's word is not enough while another may still answer or a
+        peer of our job already has: an insider among the bootstrap peers could
+        otherwise stop every peer that joins through it by stating another job. Such a
+        peer, like any other of another job, is only not taken in; say so once."""
         if asked and peer in self._bootstrap_ids:
-            raise JobMismatchError(
-                f"the peer you join through ({peer}) runs another job: {differences}. "
-                "Start this peer with the join command that peer printed"
-            )
+            self._bootstrap_other_jobs.add(peer)
+            alone = self.exchange is None or len(self.exchange.view.known()) <= 1
+            if alone and self._bootstrap_other_jobs >= self._bootstrap_ids:
+                raise JobMismatchError(
+                    f"the peer you join through ({peer}) runs another job: {differences}. "
+                    "Start this peer with the join command that peer printed"
+                )
         if peer not in self._other_jobs_told and len(self._other_jobs_told) < 64:
             self._other_jobs_told.add(peer)  # said once per peer, for the first 64
             self.reporter.warn(f"peer {peer} runs another job ({differences}): not a member")
