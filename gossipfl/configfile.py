@@ -270,10 +270,22 @@ class TomlConfig:
 
 def _set_in_section(section_name: str, section: Any, key: str, value: Any) -> None:
     settings = {f.name: f for f in _settings(section)}
-    if key in settings:
+    if key in settings and isinstance(value, Mapping) and isinstance(getattr(section, key), dict):
+        for name, item in value.items():  # a [section.table] table: entry by entry
+            _set_in_section(section_name, section, f"{key}.{name}", item)
+    elif key in settings:
         hint = typing.get_type_hints(type(section))[key]
         example = _default(settings[key])
         setattr(section, key, coerce(f"{section_name}.{key}", value, hint, example))
+    elif (table := key.partition(".")[0]) in settings and isinstance(
+        getattr(section, table), dict
+    ):  # section.table.name: one entry of a table setting ([score] weights)
+        name = key.partition(".")[2]
+        if not name or "." in name:
+            raise ConfigError(f"{section_name}.{key} is not a {table} entry name")
+        if not isinstance(value, str | int | float | bool):
+            raise ConfigError(f"{section_name}.{key} must be a number, string or boolean")
+        getattr(section, table)[name] = value
     elif hasattr(section, "params"):
         if key == "params" and isinstance(value, Mapping):  # a [section.params] table
             for name, item in value.items():

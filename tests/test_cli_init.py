@@ -161,7 +161,7 @@ def test_template_defaults_are_valid_names() -> None:
     config = tomllib.loads(config_template(peer_id=generate_identity().peer_id))
     assert set(config) == {
         "identity", "network", "topology", "rule", "training", "data", "task", "privacy",
-        "output",
+        "output", "limits", "score",
     }  # fmt: skip
     assert config["topology"]["name"] in FAMILIES
     assert config["rule"]["name"] in RULES

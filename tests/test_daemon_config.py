@@ -383,3 +383,37 @@ def test_two_versions_of_one_task_file_are_two_jobs(tmp_path: Path) -> None:
     )
     assert module["task.source"].startswith("blake2b:")
     assert "task.source" not in job_manifest(DaemonConfig().with_overrides(["task.name=synthetic"]))
+
+
+def test_limits_and_score_sections_default_to_the_transports_own() -> None:
+    """[limits] and [score] restate TransportConfig's and ScorePolicy's defaults (the
+    daemon's config must not import libp2p to build its template): they must agree."""
+    from gossipfl.peerscore import ScorePolicy
+    from gossipfl.transport.libp2p.config import TransportConfig
+
+    settings = DaemonConfig().transport_settings()
+    assert TransportConfig(**settings) == TransportConfig()
+    assert settings["score"] == ScorePolicy()
+
+
+def test_limits_and_score_reach_the_transport_and_bad_ones_are_named() -> None:
+    config = DaemonConfig().with_overrides(
+        ["limits.max_frame=33554432", "limits.frame_rate=200", "score.weights.replay=100"]
+    )
+    config.validate()
+    settings = config.transport_settings()
+    assert settings["max_frame"] == 32 * 1024 * 1024
+    assert settings["frame_rate"] == 200.0
+    assert settings["score"].weights["replay"] == 100
+    assert settings["score"].weights["window"] == 60.0  # the kinds not named keep theirs
+    table = DaemonConfig.from_dict(tomllib.loads("[score]\nweights = { bad_frame = 50 }\n"))
+    assert table.transport_settings()["score"].weights["bad_frame"] == 50
+    for bad, message in (
+        ("limits.max_frame=1000", "limits.max_frame must be at least 65536 bytes"),
+        ("limits.frame_rate=-1", "limits.frame_rate must be a positive finite number"),
+        ("limits.max_connections=0", "limits.max_connections must be a positive int"),
+        ("score.threshold=0", "score.threshold must be a positive finite number"),
+        ("score.weights.window=-2", "score.weights['window'] must be a finite number >= 0"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            DaemonConfig().with_overrides([bad]).validate()

@@ -389,6 +389,41 @@ record_models = false
 # Seconds to keep answering neighbours after the last round before leaving.
 linger = 1.0
 
+[limits]
+# What one peer may cost this one (docs/operations.md, "Resource limits and peer
+# scores"): bytes, seconds, per second. A peer that breaks one is counted against
+# ([score]), then banned. The defaults suit models up to a few million parameters.
+max_frame = 16777216
+read_timeout = 30.0
+write_timeout = 30.0
+max_connections = 300
+max_inbound_streams = 32
+max_streams_per_peer = 4
+max_buffered = 67108864
+max_buffered_per_peer = 16777216
+max_connection_buffer = 67108864
+frame_rate = 1000.0
+frame_burst = 5000
+max_requests_per_peer = 8
+request_rate = 50.0
+request_burst = 100
+connection_rate = 1.0
+connection_burst = 20
+
+[score]
+# Each violation adds its kind's weight to the peer's score, which halves every
+# half_life seconds; reaching threshold bans the peer for `ban` seconds (doubling on
+# each repeat, up to max_ban).
+threshold = 100.0
+half_life = 60.0
+ban = 60.0
+max_ban = 3600.0
+forget_bans_after = 86400.0
+default_weight = 10.0
+# Weights by kind of violation, replacing the defaults of the kinds named (the kinds:
+# docs/operations.md), e.g. {{ replay = 50.0, bad_frame = 50.0 }}.
+weights = {{}}
+
 # Tests and experiments only: make this peer Byzantine (see docs/attacks.md).
 # [attack]
 # name = "sign-flip"

@@ -16,13 +16,14 @@ to the config file's directory, or to the home directory when there is no file.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gossipfl.configfile import Scalar, TomlConfig, parse_value, read_toml
 from gossipfl.errors import ConfigError, did_you_mean, unknown_name
@@ -160,6 +161,62 @@ class InsiderSection:
     params: dict[str, Scalar] = field(default_factory=dict)
 
 
+MiB = 1 << 20
+
+
+@dataclass
+class LimitsSection:
+    """What one peer may cost this one: the libp2p transport's limits
+    (:class:`~gossipfl.transport.libp2p.TransportConfig`; docs/operations.md, "Resource
+    limits and peer scores"). Sizes in bytes, times in seconds, rates per second. The
+    defaults suit models up to a few million parameters on a LAN or the internet; a
+    peer that breaks one is counted against (``[score]``), then banned."""
+
+    max_frame: int = 16 * MiB
+    """Largest frame sent or accepted (larger models travel in several chunks)."""
+    read_timeout: float = 30.0
+    """A frame that has started must progress within this time, or its stream is reset."""
+    write_timeout: float = 30.0
+    """A send that cannot push its frame within this time gives up on that neighbour."""
+    max_connections: int = 300
+    max_inbound_streams: int = 32
+    """Streams one connection may hold open at once, all protocols together."""
+    max_streams_per_peer: int = 4
+    """Gossip streams one peer may hold open at once."""
+    max_buffered: int = 64 * MiB
+    """Received frames waiting to be processed, all peers together."""
+    max_buffered_per_peer: int = 16 * MiB
+    max_connection_buffer: int = 64 * MiB
+    """Bytes received and not yet read on one connection, all its streams together."""
+    frame_rate: float = 1000.0
+    frame_burst: int = 5000
+    max_requests_per_peer: int = 8
+    request_rate: float = 50.0
+    request_burst: int = 100
+    connection_rate: float = 1.0
+    connection_burst: int = 20
+
+
+@dataclass
+class ScoreSection:
+    """When violations of ``[limits]`` (and malformed or forged messages) ban a peer
+    (:class:`~gossipfl.peerscore.ScorePolicy`). Each violation adds its kind's weight to
+    the peer's score, which halves every ``half_life`` seconds; reaching ``threshold``
+    bans the peer for ``ban`` seconds, doubling on each repeat up to ``max_ban``."""
+
+    threshold: float = 100.0
+    half_life: float = 60.0
+    ban: float = 60.0
+    max_ban: float = 3600.0
+    forget_bans_after: float = 86400.0
+    """A peer with no ban for this long is a first offender again."""
+    default_weight: float = 10.0
+    """Weight of a kind of violation not in ``weights``."""
+    weights: dict[str, Scalar] = field(default_factory=dict)
+    """Weights by kind, replacing the defaults of the kinds named (``window``,
+    ``bad_frame``, ``replay``...: docs/operations.md lists them)."""
+
+
 @dataclass
 class DaemonConfig(TomlConfig):
     """Everything ``gossipfl start`` reads; see the module docstring."""
@@ -176,6 +233,8 @@ class DaemonConfig(TomlConfig):
     task: TaskSection = field(default_factory=TaskSection)
     """Your own model and data (see :mod:`gossipfl.tasks`); unset: ``[data]`` and
     ``[training]`` choose a built-in workload."""
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    score: ScoreSection = field(default_factory=ScoreSection)
     privacy: DPSection = field(default_factory=DPSection)
     """Differential privacy for this peer's training data (DP-SGD); a local choice, not
     part of the job: peers of one job may differ. Secure averaging is part of the job."""
@@ -214,6 +273,7 @@ class DaemonConfig(TomlConfig):
         a port, not minutes later inside the running peer.
         """
         self._validate_network()
+        self._validate_limits()
         self._validate_topology()
         self._validate_training()
         self._validate_data()
@@ -228,6 +288,40 @@ class DaemonConfig(TomlConfig):
         if out.linger < 0:
             raise ConfigError(f"output.linger cannot be negative, got {out.linger}")
         self._validate_roles()
+
+    def transport_settings(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~gossipfl.transport.libp2p.TransportConfig` from
+        ``[limits]`` and ``[score]``; :class:`ConfigError` naming the key of a bad value."""
+        from gossipfl.peerscore import DEFAULT_WEIGHTS, ScorePolicy
+
+        score = self.score
+        try:
+            policy = ScorePolicy(
+                weights={**DEFAULT_WEIGHTS, **score.weights},  # type: ignore[dict-item]
+                default_weight=score.default_weight,
+                half_life=score.half_life,
+                threshold=score.threshold,
+                ban=score.ban,
+                max_ban=score.max_ban,
+                forget_bans_after=score.forget_bans_after,
+            )
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("ScorePolicy.", "score.")) from None
+        return {**dataclasses.asdict(self.limits), "score": policy}
+
+    def _validate_limits(self) -> None:
+        from gossipfl.transport.libp2p.config import TransportConfig
+
+        try:
+            TransportConfig(**self.transport_settings())
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("TransportConfig.", "limits.")) from None
+        except TypeError as exc:  # a value of the wrong type the TOML let through
+            raise ConfigError(f"[limits]: {exc}") from None
+        if self.limits.max_frame < 64 * 1024:  # a chunk message must hold its header
+            raise ConfigError(
+                f"limits.max_frame must be at least 65536 bytes, got {self.limits.max_frame}"
+            )
 
     def _validate_network(self) -> None:
         from gossipfl.transport.libp2p.allowlist import (

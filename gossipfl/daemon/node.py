@@ -222,6 +222,7 @@ class Node:
         cfg, net = self.config, self.config.network
         allow = resolve_allowlist(cfg, self.roster)
         tconfig = TransportConfig(
+            **cfg.transport_settings(),
             dial_timeout=net.dial_timeout,
             close_timeout=CLOSE_TIMEOUT,
             relay_service=net.relay_service,
@@ -668,6 +669,7 @@ class Node:
         net, tc = cfg.network, cfg.training
         peer_config = PeerConfig(
             network_id=net.network_id,
+            max_frame=cfg.limits.max_frame,  # our frames fit the limit we hold others to
             protocol=tc.protocol,
             codec=tc.codec,
             deadline=tc.deadline,
