@@ -40,6 +40,7 @@ from gossipfl.simulation.byzantine import (
 from gossipfl.simulation.collector import Evaluate, MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.simulation.privacy import dp_summary, enable_dp_all, membership_leakage
+from gossipfl.simulation.scheduling import seeded_scheduler
 from gossipfl.topology import Topology, build_topology
 from gossipfl.transport import LinkProfile, MemoryNetwork, NetworkStats
 
@@ -241,7 +242,10 @@ def run_simulation(
     threshold = gc_threshold
     if threshold is None:
         threshold = gc_threshold_for(config)
-    with rare_collections(threshold) if threshold else contextlib.nullcontext():
+    with (
+        rare_collections(threshold) if threshold else contextlib.nullcontext(),
+        seeded_scheduler(config.seed),
+    ):
         result: SimulationResult = trio.run(_simulate, config, progress, clock=clock)
     return result
 

@@ -75,6 +75,7 @@ from gossipfl.simulation.runner import (
     rare_collections,
     workload_parts,
 )
+from gossipfl.simulation.scheduling import seeded_scheduler
 from gossipfl.topology.partition import cut_edges, partition_nodes
 from gossipfl.transport import LinkProfile, MemoryNetwork, NetworkStats
 from gossipfl.transport.base import PeerId
@@ -351,7 +352,13 @@ class Shard:
         try:
             clock = trio.testing.MockClock(autojump_threshold=0)
             pace = _collections(self.config) if self._own_process else contextlib.nullcontext()
-            with pace:
+            # (shards in threads of one process would share trio's generator: not seeded)
+            order = (
+                seeded_scheduler(self.config.seed)
+                if self._own_process
+                else contextlib.nullcontext()
+            )
+            with pace, order:
                 result = trio.run(_simulate, self.config, None, side, clock=clock)
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             side._to_host.put(
