@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -783,6 +784,26 @@ async def test_a_checkpoint_is_bound_to_its_peer_and_network(
     assert "network 'gossipfl', and this peer is on 'other'" in str(refused)
     summary = await run_alone(store, 4, name="alice")  # its own peer resumes as before
     assert (summary.first_round, summary.last_round) == (2, 3)
+
+
+def test_a_save_interrupted_by_sigkill_leaves_no_file_behind_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    """A peer killed mid-save leaves its temporary file (as large as the model); the
+    restarted peer's first save removes it, but not a file another writer may be using."""
+    old = tmp_path / ".checkpoint-killed.npz"
+    old.write_bytes(b"\0" * 1000)
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    fresh = tmp_path / ".checkpoint-in-progress.npz"
+    fresh.write_bytes(b"\0" * 10)
+    store = CheckpointStore(tmp_path)
+    store.save(3, np.ones(4, np.float32), b"f" * 16)
+    assert not old.exists()
+    assert fresh.exists()
+    saved = store.load()
+    assert saved is not None
+    assert saved.round == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "checkpoint.npz"]
 
 
 async def test_a_full_disk_fails_checkpoints_with_one_warning_and_training_goes_on(

@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,24 @@ class CheckpointStore:
         )
         """Rate-limited warnings about saves that failed (a full disk): the runtime keeps
         training and reports them here."""
+        self._swept = False
+
+    #: A temporary file younger than this may be another writer's save in progress.
+    STRAY_AGE = 5.0
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of saves that never finished (the process was
+        SIGKILLed or the machine lost power mid-write): nothing else would, and each is
+        as large as the model. Once per store, at its first save."""
+        self._swept = True
+        cutoff = time.time() - self.STRAY_AGE
+        for stray in self.directory.glob(".checkpoint-*.npz"):
+            try:
+                if stray.stat().st_mtime < cutoff:
+                    stray.unlink()
+                    logger.info("removed %s, left by an interrupted checkpoint save", stray)
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove: leave it
 
     def save(
         self,
@@ -126,6 +145,8 @@ class CheckpointStore:
         }
         fields["digest"] = np.frombuffer(_digest(fields), np.uint8)
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._sweep()
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".checkpoint-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
