@@ -6,9 +6,9 @@ with their own trio event loop, and every method call waits for the answer. The 
 keeps a checkpoint, so a peer that is stopped and started again with the same
 ``--checkpoints`` directory resumes after its last completed round.
 
-    python examples/embed_sync.py --key a/identity.key --shard 0/2 --peer <B's peer ID> \\
+    python examples/embed_sync.py --key a/identity.key --shard 1/2 --peer <B's peer ID> \\
         --checkpoints a/checkpoints
-    python examples/embed_sync.py --key b/identity.key --shard 1/2 --peer <address A printed>
+    python examples/embed_sync.py --key b/identity.key --shard 2/2 --peer <address A printed>
 """
 
 from __future__ import annotations

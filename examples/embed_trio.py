@@ -6,8 +6,8 @@ neighbours' weights received over libp2p. Give every peer an identity first
 (`gossipfl init --home DIR --quiet` prints the peer ID), then start one peer with its
 neighbours' peer IDs and the others with its address:
 
-    python examples/embed_trio.py --key a/identity.key --shard 0/2 --peer <B's peer ID>
-    python examples/embed_trio.py --key b/identity.key --shard 1/2 --peer <address A printed>
+    python examples/embed_trio.py --key a/identity.key --shard 1/2 --peer <B's peer ID>
+    python examples/embed_trio.py --key b/identity.key --shard 2/2 --peer <address A printed>
 
 A neighbour given by its full address (``/ip4/.../tcp/.../p2p/<peer ID>``) is dialed; one
 given by its peer ID alone must dial us. Ctrl+C stops the peer cleanly.

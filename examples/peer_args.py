@@ -21,7 +21,11 @@ def make_parser(description: str) -> argparse.ArgumentParser:
         required=True,
         help="a neighbour: its full multiaddr (dialed) or its peer ID (it dials us); repeatable",
     )
-    parser.add_argument("--shard", default="0/1", help="I/N: hold the digits c with c %% N == I")
+    parser.add_argument(
+        "--shard",
+        default="1/1",
+        help="I/N, counted from 1 as in gossipfl start: hold the digits c with c %% N == I-1",
+    )
     parser.add_argument("--rounds", type=int, default=30, help="training rounds")
     parser.add_argument("--steps", type=int, default=10, help="SGD steps per round")
     parser.add_argument("--rule", default="mean", help="merge rule, e.g. trimmed-mean, cs-plus")
@@ -47,6 +51,13 @@ def parse_neighbours(texts: Sequence[str]) -> dict[str, str | None]:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"1/3"`` -> ``(1, 3)``."""
+    """``"1/3"`` (the first of three, counted from 1 as ``gossipfl start --shard`` does)
+    -> ``(0, 3)``: the index from 0, and the count."""
     index, _, count = text.partition("/")
-    return int(index), int(count or 1)
+    try:
+        i, n = int(index), int(count or 1)
+    except ValueError:
+        raise SystemExit(f"--shard takes I/N with whole numbers (1/2), not {text!r}") from None
+    if not 1 <= i <= n:
+        raise SystemExit(f"--shard {text}: I counts from 1 to N (1/{n} is the first)")
+    return i - 1, n

@@ -127,7 +127,7 @@ def start_group(
     addresses: list[str] = []
     for i, key in enumerate(keys):
         peers = [*addresses, *(k.peer_id for k in keys[i + 1 :])]
-        args = [f"--key={key.path}", f"--shard={i}/{n}", f"--rounds={ROUNDS}"]
+        args = [f"--key={key.path}", f"--shard={i + 1}/{n}", f"--rounds={ROUNDS}"]
         args += [f"--peer={p}" for p in peers]
         process = PeerProcess(script, *args, *(a.replace("{i}", str(i)) for a in extra))
         started.append(process)
