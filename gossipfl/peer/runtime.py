@@ -287,6 +287,7 @@ class Peer:
         self._save_lock = trio.Lock()
         self._saved_round = -1
         self._nursery: trio.Nursery | None = None
+        self._deliver_to: Callable[[Callable[[TransportEvent], None] | None], None] | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._final_vector: Vector | None = None
 
@@ -327,6 +328,12 @@ class Peer:
         self._stack = contextlib.AsyncExitStack()
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         self._outbox.attach(self._nursery)
+        if not self._threads:
+            # Frames straight from the in-memory network, in its task: no task switch per
+            # frame (the receive loop still takes the connection events).
+            self._deliver_to = getattr(self.transport, "deliver_to", None)
+            if self._deliver_to is not None:
+                self._deliver_to(self._on_delivered)
         self._nursery.start_soon(self._receive_loop)
         self._nursery.start_soon(self._dial_loop)
         if self.config.heartbeat_interval is not None:
@@ -341,6 +348,9 @@ class Peer:
     ) -> bool | None:
         assert self._nursery is not None
         assert self._stack is not None
+        if self._deliver_to is not None:
+            self._deliver_to(None)  # what arrives from now on stays queued, unread
+            self._deliver_to = None
         self._nursery.cancel_scope.cancel()
         return await self._stack.__aexit__(exc_type, exc, tb)
 
@@ -963,45 +973,93 @@ class Peer:
                     return
             if isinstance(event, Received):
                 await self._on_frame(event.peer, event.data)
-            elif isinstance(event, Connected):
-                self._connected.add(event.peer)
-                self._outbox.send(event.peer, None)
-            elif isinstance(event, Disconnected):
-                self._connected.discard(event.peer)
-                self._decoders.pop(event.peer, None)
-                self._newest.pop(event.peer, None)
-                self._outbox.forget(event.peer)
-                self._verified.discard(event.peer)
-                self._codecs_of.pop(event.peer, None)
-                self._mark_down(event.peer)
+            else:
+                self._on_connection(event)
+
+    def _on_connection(self, event: TransportEvent) -> None:
+        if isinstance(event, Connected):
+            self._connected.add(event.peer)
+            self._outbox.send(event.peer, None)
+        elif isinstance(event, Disconnected):
+            self._connected.discard(event.peer)
+            self._decoders.pop(event.peer, None)
+            self._newest.pop(event.peer, None)
+            self._outbox.forget(event.peer)
+            self._verified.discard(event.peer)
+            self._codecs_of.pop(event.peer, None)
+            self._mark_down(event.peer)
 
     async def _on_frame(self, peer: PeerId, data: bytes | bytearray) -> None:
-        self.counters.frames_received += 1
-        self.counters.bytes_received += len(data)
-        decoder = self._decoders.get(peer)
-        if decoder is None:
-            decoder = self._decoders[peer] = wire.StreamDecoder(limits=self._limits)
+        decoder = self._decoder_for(peer, data)
         try:
             if self._threads and len(data) > 4 * self.config.thread_threshold:
                 message: Any = await trio.to_thread.run_sync(decoder.feed_message, data)
             else:
                 message = decoder.feed_message(data)
         except wire.WireError as exc:
-            self.counters.bad_frames += 1
-            del self._decoders[peer]  # resynchronize on the next message
-            self._warnings.warn(logger, peer, "%s: bad frame from %s: %s", self.name, peer, exc)
-            self._penalize(peer, "bad_frame", str(exc))
+            self._bad_frame(peer, exc)
             return
         if message is None:
             return  # a chunk of an update still being assembled
+        refusal = self._take(peer, message)
+        if refusal is not None:
+            await self._refuse(peer, refusal)
+
+    def _on_delivered(self, event: TransportEvent) -> None:
+        """The receive loop's work for an event handed over by the transport in its own
+        task (``deliver_to``), synchronously: the same checks; a refusal is sent by a
+        task of ours."""
+        if not isinstance(event, Received):
+            self._on_connection(event)
+            return
+        peer, data = event.peer, event.data
+        decoder = self._decoder_for(peer, data)
         try:
-            await self._on_message(peer, message)
+            message = decoder.feed_message(data)
+        except wire.WireError as exc:
+            self._bad_frame(peer, exc)
+            return
+        if message is None:
+            return
+        refusal = self._take(peer, message)
+        if refusal is not None and self._nursery is not None:
+            self._nursery.start_soon(self._refuse, peer, refusal)
+
+    def _decoder_for(self, peer: PeerId, data: bytes | bytearray) -> wire.StreamDecoder:
+        """Count a frame from ``peer``; the decoder of its stream."""
+        self.counters.frames_received += 1
+        self.counters.bytes_received += len(data)
+        decoder = self._decoders.get(peer)
+        if decoder is None:
+            decoder = self._decoders[peer] = wire.StreamDecoder(limits=self._limits)
+        return decoder
+
+    def _bad_frame(self, peer: PeerId, exc: wire.WireError) -> None:
+        self.counters.bad_frames += 1
+        del self._decoders[peer]  # resynchronize on the next message
+        self._warnings.warn(logger, peer, "%s: bad frame from %s: %s", self.name, peer, exc)
+        self._penalize(peer, "bad_frame", str(exc))
+
+    def _take(self, peer: PeerId, message: object) -> wire.Refusal | None:
+        """:meth:`_on_message`, a remote peer's errors counted, never raised; the refusal
+        to send back, if any."""
+        try:
+            if isinstance(message, wire.Hello):
+                return self._on_hello(peer, message)
+            self._on_message(peer, message)
         except GossipflError as exc:  # a remote peer must never crash us
             self.counters.bad_frames += 1
             self._warnings.warn(
                 logger, peer, "%s: unusable message from %s: %s", self.name, peer, exc
             )
             self._penalize(peer, "bad_frame", str(exc))
+        return None
+
+    async def _refuse(self, peer: PeerId, refusal: wire.Refusal) -> None:
+        """Tell ``peer`` why we refuse it, and hang up."""
+        with contextlib.suppress(TransportError):
+            await self.transport.send(peer, wire.encode(refusal))
+            await self.transport.disconnect(peer)
 
     def _hold_off(self, peer: PeerId) -> None:
         """Do not redial ``peer`` for about ``dial_backoff_max`` (a refused handshake would
@@ -1016,26 +1074,27 @@ class Peer:
         if penalize is not None:
             penalize(peer, kind, detail)
 
-    async def _on_message(self, peer: PeerId, message: object) -> None:
+    def _on_hello(self, peer: PeerId, message: wire.Hello) -> wire.Refusal | None:
+        """Accept ``peer``'s handshake, or return the refusal to send it."""
         self._last_heard[peer] = self._now()
-        if isinstance(message, wire.Hello):
-            refusal = wire.refuse_hello(mine=self._hello, theirs=message)
-            if refusal is None:
-                self._verified.add(peer)
-                self._incompatible.discard(peer)
-                self._codecs_of[peer] = tuple(message.codecs)
-                self._notify()
-                self._mark_up(peer)
-                if self._secure is not None:
-                    self._secure.greet(peer)
-                return
-            self.counters.refused += 1
-            self._hold_off(peer)
-            self._warnings.warn(logger, peer, "%s: refusing %s: %s", self.name, peer, refusal.text)
-            with contextlib.suppress(TransportError):
-                await self.transport.send(peer, wire.encode(refusal))
-                await self.transport.disconnect(peer)
-            return
+        refusal = wire.refuse_hello(mine=self._hello, theirs=message)
+        if refusal is None:
+            self._verified.add(peer)
+            self._incompatible.discard(peer)
+            self._codecs_of[peer] = tuple(message.codecs)
+            self._notify()
+            self._mark_up(peer)
+            if self._secure is not None:
+                self._secure.greet(peer)
+            return None
+        self.counters.refused += 1
+        self._hold_off(peer)
+        self._warnings.warn(logger, peer, "%s: refusing %s: %s", self.name, peer, refusal.text)
+        return refusal
+
+    def _on_message(self, peer: PeerId, message: object) -> None:
+        """Act on a decoded message other than a Hello."""
+        self._last_heard[peer] = self._now()
         if isinstance(message, wire.Refusal):
             self._warnings.warn(
                 logger, peer, "%s: %s refused us: %s", self.name, peer, message.text

@@ -21,6 +21,11 @@ from gossipfl.transport.base import PeerId, Transport, TransportEvent
 class TransportWrapper:
     """A :class:`~gossipfl.transport.base.Transport` that forwards to ``inner``."""
 
+    #: Not the wrapped transport's: a wrapper may watch or change what arrives through
+    #: :meth:`events`, so frames must not be handed past it to the receiver directly
+    #: (:meth:`~gossipfl.transport.MemoryTransport.deliver_to`).
+    deliver_to = None
+
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
 
