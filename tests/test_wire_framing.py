@@ -351,3 +351,24 @@ def test_transport_framed_path_with_iter_encoded_and_feed_message(codec: str) ->
         decoder.feed_message(bodies[1])  # a chunk without its head
     with pytest.raises(wire.SequenceError):
         decoder.feed_message(small)  # the decoder stays failed
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize(
+    ("size", "max_frame"), [(650, 1 << 20), (20_000, 1 << 20), (300_000, 64 * 1024)]
+)
+def test_encode_update_gives_the_frames_and_the_digest_of_with_digest(
+    codec: str, size: int, max_frame: int
+) -> None:
+    # small payloads take the one-call hash, large ones the blockwise pass; chunked or not
+    vec = np.random.default_rng(1).standard_normal(size).astype(np.float32)
+    update = wire.Update(sender="p", round=3, vector=vec, codec=codec, reply=True)
+    sealed = wire.with_digest(update)
+    frames, digest = wire.encode_update(update, max_frame=max_frame)
+    assert digest == sealed.digest
+    assert frames == tuple(wire.iter_encoded(sealed, max_frame=max_frame))
+    assert wire.encode_update(sealed, max_frame=max_frame) == (frames, digest)
+    bad = vec.copy()
+    bad[size // 2] = np.nan
+    with pytest.raises(wire.NonFiniteError, match=rf"\[{size // 2}\]"):
+        wire.encode_update(wire.Update(sender="p", round=3, vector=bad, codec=codec))

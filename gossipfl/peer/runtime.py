@@ -819,34 +819,25 @@ class Peer:
         codec = self._codec_for(action.peer)
         frames = cached[3].get(codec)
         if frames is None:
+            # The payload digest of each codec's encoding of this model version is
+            # computed (with the finiteness check, in one pass) by its first encoding,
+            # and kept for later ones. Keyed by the vector's identity, like the frame
+            # cache: models are never changed in place.
+            known = self._digests
+            if known is None or known[0] is not vector:
+                known = self._digests = (vector, {})
             update = wire.Update(
                 sender=self.id,
                 round=action.round,
                 vector=vector,
                 codec=codec,
                 reply=action.reply,
-                digest=self._digest_of(vector, codec),
+                digest=known[1].get(codec),
             )
             # One frame, or (past max_frame) a head and chunks the receiver reassembles.
-            frames = tuple(wire.iter_encoded(update, max_frame=self.config.max_frame))
+            frames, known[1][codec] = wire.encode_update(update, max_frame=self.config.max_frame)
             cached[3][codec] = frames
         self._outbox.send(action.peer, frames)
-
-    def _digest_of(self, vector: Vector, codec: str) -> bytes:
-        """The payload digest of ``vector`` encoded with ``codec``, computed (with the
-        finiteness check, in one pass) the first time this model version is sent. Keyed
-        by the vector's identity, like the frame cache: models are never changed in place."""
-        known = self._digests
-        if known is None or known[0] is not vector:
-            known = self._digests = (vector, {})
-        digest = known[1].get(codec)
-        if digest is None:
-            sealed = wire.with_digest(
-                wire.Update(sender=self.id, round=0, vector=vector, codec=codec)
-            )
-            assert sealed.digest is not None
-            digest = known[1][codec] = sealed.digest
-        return digest
 
     def _codec_for(self, peer: PeerId) -> str:
         """Our configured codec if ``peer`` decodes it (every gossipfl peer does), else the

@@ -20,6 +20,7 @@ Between a head and its last chunk, nothing else may arrive on that stream.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,13 @@ def iter_message_parts(
         yield encode_parts(message, codecs=codecs)
         return
     fields, buffers = update_fields(message, codecs)
+    yield from _update_parts(fields, buffers, max_frame, chunk_size)
+
+
+def _update_parts(
+    fields: dict[str, Any], buffers: list[memoryview], max_frame: int, chunk_size: int | None
+) -> Iterator[list[bytes | memoryview]]:
+    """:func:`iter_message_parts` of an Update, from its :func:`update_fields`."""
     header = update_header(fields)
     if len(header) + sum(buffer.nbytes for buffer in buffers) <= max_frame:
         yield [header, *buffers]
@@ -85,6 +93,29 @@ def iter_encoded(
         message, max_frame=max_frame, chunk_size=chunk_size, codecs=codecs
     ):
         yield b"".join(parts)
+
+
+def encode_update(
+    update: Update,
+    *,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    chunk_size: int | None = None,
+    codecs: CodecRegistry = DEFAULT_CODECS,
+) -> tuple[tuple[bytes, ...], bytes]:
+    """The messages of :func:`iter_encoded` for ``update``, and its payload digest.
+
+    For a sender that keeps the digest of a model version (to encode it again later,
+    for another round or another peer, without hashing it again): an Update without a
+    digest is hashed, and checked for NaN and infinity, in this one encoding, where
+    :func:`~gossipfl.wire.with_digest` and then encoding took two passes over the
+    codec and a re-validated copy of the Update.
+    """
+    fields, buffers = update_fields(update, codecs)
+    messages = tuple(
+        b"".join(parts) for parts in _update_parts(fields, buffers, max_frame, chunk_size)
+    )
+    digest: bytes = fields["digest"]
+    return messages, digest
 
 
 def iter_frame_parts(
