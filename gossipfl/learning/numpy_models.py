@@ -123,7 +123,8 @@ class NumpySoftmaxLearner:
                     vel *= cfg.momentum
                     vel += g
                     step = vel
-                self.params[name] -= (cfg.lr * step).astype(np.float32)
+                # float32 already (a copy only if not): the same bits, no copy a step
+                self.params[name] -= (cfg.lr * step).astype(np.float32, copy=False)
         if dp is not None:
             dp.spend(cfg.local_steps)
             return {"loss": loss, **dp.metrics()}

@@ -124,9 +124,8 @@ class MemoryNetwork:
     def reachable(self, a: PeerId, b: PeerId) -> bool:
         if a in self._down or b in self._down:
             return False
-        if a not in self._endpoints or b not in self._endpoints:
-            return False
-        if self._endpoints[a].closed or self._endpoints[b].closed:
+        near, far = self._endpoints.get(a), self._endpoints.get(b)
+        if near is None or far is None or near.closed or far.closed:
             return False
         return self._groups is None or self._groups.get(a, -1) == self._groups.get(b, -2)
 
@@ -184,7 +183,7 @@ class MemoryNetwork:
     def _connect(self, src: PeerId, dst: PeerId) -> None:
         if not self.reachable(src, dst):
             raise PeerUnreachable(f"{dst} is not reachable from {src}")
-        if not self.is_connected(src, dst):
+        if dst not in self._connected.get(src, ()):  # is_connected, inlined: once per frame
             self._connected.setdefault(src, set()).add(dst)
             self._connected.setdefault(dst, set()).add(src)
         aware = self._aware.setdefault(src, set())

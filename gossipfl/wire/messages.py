@@ -99,7 +99,7 @@ def check_digest(value: object, what: str) -> bytes:
 def check_meta(value: object) -> dict[str, MetaValue]:
     """At most 16 entries; keys are tokens of <= 32 chars; values are int64, finite
     floats, or printable strings of <= 256 chars."""
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # a dict: no ABC check
         raise SchemaError(f"meta must be a mapping, got {type(value).__name__}")
     if len(value) > MAX_META_ENTRIES:
         raise SchemaError(f"meta has {len(value)} entries, more than {MAX_META_ENTRIES}")
@@ -230,7 +230,7 @@ class UpdateHead:
 
 def check_params(value: object) -> dict[str, int]:
     """Codec parameters: at most 8 entries, token keys, non-negative int values."""
-    if not isinstance(value, Mapping) or len(value) > 8:
+    if (type(value) is not dict and not isinstance(value, Mapping)) or len(value) > 8:
         raise SchemaError("codec params must be a mapping of at most 8 entries")
     for key, item in value.items():
         check_token(key, "a codec parameter name", MAX_META_KEY)
