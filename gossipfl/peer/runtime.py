@@ -94,11 +94,26 @@ of anything larger overflows float32. No honest model comes near it."""
 
 
 class _Tick:
-    """Posted by the run's :class:`~gossipfl.peer.timers.TimerWheel` when one of our
+    """Queued when the run's :class:`~gossipfl.peer.timers.TimerWheel` says one of our
     timers may be due (never reaches the protocol core)."""
 
 
 _TICK = _Tick()
+
+
+class _InlineDrive:
+    """The state of one :meth:`Peer.run` or :meth:`Peer.serve` of a peer that trains
+    inline (see :meth:`Peer._pump`)."""
+
+    __slots__ = ("busy", "done", "failure", "forever", "last", "total")
+
+    def __init__(self, *, total: int, last: int, forever: bool) -> None:
+        self.total = total
+        self.last = last  # the last completed round
+        self.forever = forever
+        self.busy = False  # a pump is running (events posted meanwhile join its queue)
+        self.done = trio.Event()
+        self.failure: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -240,7 +255,10 @@ class Peer:
         self._hello_frame = wire.encode(self._hello)
         self._core: SyncGossip | AsyncGossip | None = None
         self._running = False
-        self._events_send, self._events_receive = trio.open_memory_channel[Event | _Tick](math.inf)
+        self._events_send, self._events_receive = trio.open_memory_channel[Event](math.inf)
+        # With inline training: the events not handled yet, and the run()/serve() under way.
+        self._inbox: deque[Event | _Tick] = deque()
+        self._inline: _InlineDrive | None = None
         self._queued_models = 0
         self._decoders: dict[PeerId, wire.StreamDecoder] = {}
         self._connected: set[PeerId] = set()
@@ -495,6 +513,8 @@ class Peer:
         simulated round spawns no tasks at all.
         """
         assert self._core is not None
+        if self._wheel is not None:
+            return await self._drive_inline(actions, total, start, forever=forever)
         last = start - 1
         pending: deque[Action] = deque(actions)
         while True:
@@ -515,30 +535,103 @@ class Peer:
                 self._queued_models -= 1
             pending.extend(self._core.handle(event))
 
-    async def _next_event(self) -> Event:
-        """The next event: a queued one, the simulated end of a local step, or the
-        deadline passing, whichever comes first."""
-        while True:
-            try:
-                # Usually something is already queued: take it without arming a timeout,
-                # and without yielding each time (a yield per event is most of a large
-                # simulation's scheduling cost); yield every so often so other tasks still
-                # get their turn.
-                event = self._events_receive.receive_nowait()
-                self._unyielded += 1
-                if self._unyielded >= _YIELD_EVERY:
-                    self._unyielded = 0
-                    await trio.lowlevel.checkpoint()
-            except trio.WouldBlock:
-                if self._wheel is None:
-                    return await self._wait_with_timers()
-                # the wheel posts a tick when a timer may be due: no timeout to arm here
-                event = await self._events_receive.receive()
-            if not isinstance(event, _Tick):
-                return event
-            due = self._due_timer()
-            if due is not None:
+    async def _drive_inline(
+        self, actions: list[Action], total: int, start: int, *, forever: bool
+    ) -> int:
+        """:meth:`_drive` for a peer that trains inline (its timers on the run's wheel):
+        each event is handled when it is posted, by :meth:`_pump`, in the task that
+        posts it (the network's delivery, the timer wheel); this task only waits for
+        the end (or a failure, raised here as :meth:`_drive` would have).
+
+        Why: with a task reading a queue, every model that arrived and every timer woke
+        that task, and a large simulation spent a good part of its CPU switching tasks
+        (trio's scheduler, channels). The peer's events are handled in the same order,
+        at the same virtual times: the order in which *different* peers handle the
+        events of one instant was never fixed (trio shuffles its run queue).
+        """
+        drive = _InlineDrive(total=total, last=start - 1, forever=forever)
+        self._inline = drive
+        try:
+            self._pump(actions)
+            await drive.done.wait()
+        finally:
+            if self._inline is drive:
+                self._inline = None
+        if drive.failure is not None:
+            raise drive.failure
+        return drive.last
+
+    def _pump(self, actions: list[Action] | None = None) -> None:
+        """Carry out ``actions``, then handle the queued events one by one, each with the
+        actions it yields, as :meth:`_drive` does; until the queue is empty or the run
+        is finished. Does nothing outside a run (events wait in the queue for the next)
+        or inside a pump (this event waits for the pump under way: no re-entry)."""
+        drive = self._inline
+        if drive is None or drive.busy:
+            return
+        assert self._core is not None
+        drive.busy = True
+        try:
+            pending: deque[Action] = deque(actions or ())
+            while True:
+                while pending:
+                    action = pending.popleft()
+                    if isinstance(action, Finished):
+                        if not drive.forever:
+                            self._inline = None  # later events wait, as in a queue
+                            drive.done.set()
+                            return
+                        continue
+                    if isinstance(action, RoundDone):
+                        drive.last = action.round
+                    if isinstance(action, Train):
+                        pending.extend(self._train_inline(action.round))
+                        continue
+                    pending.extend(self._execute(action, drive.total))
+                event = self._next_queued()
+                if event is None:
+                    return
+                pending.extend(self._core.handle(event))
+        except Exception as exc:  # raised by run() or serve(), in their task
+            if self._inline is drive:
+                self._inline = None
+            drive.failure = exc
+            drive.done.set()
+        finally:
+            drive.busy = False
+
+    def _next_queued(self) -> Event | None:
+        """The next event of the inline queue (a tick: the timer it announces, if still
+        due); None when it is empty."""
+        inbox = self._inbox
+        while inbox:
+            event = inbox.popleft()
+            if isinstance(event, _Tick):
+                due = self._due_timer()
+                if due is None:
+                    continue
                 return due
+            if isinstance(event, ModelReceived):
+                self._queued_models -= 1
+            return event
+        return None
+
+    async def _next_event(self) -> Event:
+        """The next event (worker-thread mode: with inline training, :meth:`_pump` takes
+        them): a queued one, the end of a local step, or the deadline passing, whichever
+        comes first."""
+        try:
+            # Usually something is already queued: take it without arming a timeout, and
+            # without yielding each time; yield every so often so other tasks still get
+            # their turn.
+            event = self._events_receive.receive_nowait()
+        except trio.WouldBlock:
+            return await self._wait_with_timers()
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
+        return event
 
     def _due_timer(self) -> Event | None:
         """The earliest of our timers that is due, cleared (None: none is)."""
@@ -553,13 +646,15 @@ class Peer:
         return None
 
     def _tick(self) -> None:
-        """The wheel says a timer of ours may be due: wake the loop if one is. A timer
-        cleared or moved since (a round's deadline, mostly: the models came first) has
-        nothing to say; one moved earlier or later has its own tick."""
+        """The wheel says a timer of ours may be due: if one is, queue a tick and handle
+        the queue (:meth:`_pump`), in the wheel's task. A timer cleared or moved since (a
+        round's deadline, mostly: the models came first) has nothing to say; one moved
+        earlier or later has its own tick."""
         now = self._now()
         step, deadline = self._step_done, self._deadline
         if (step is not None and step[0] <= now) or (deadline is not None and deadline[1] <= now):
-            self._events_send.send_nowait(_TICK)
+            self._inbox.append(_TICK)
+            self._pump()
 
     async def _wait_with_timers(self) -> Event:
         """Nothing is queued: wait for an event, or until a timer is due."""
@@ -569,14 +664,11 @@ class Peer:
         if self._deadline is not None:
             timers.append((self._deadline[1], DeadlinePassed(self._deadline[0])))
         if not timers:
-            received = await self._events_receive.receive()
-            assert not isinstance(received, _Tick)  # ticks come with a wheel only
-            return received
+            return await self._events_receive.receive()
         at, due = min(timers, key=lambda t: t[0])
         with trio.move_on_at(at) as scope:
             received = await self._events_receive.receive()
         if not scope.cancelled_caught:
-            assert not isinstance(received, _Tick)
             return received
         if isinstance(due, LocalStepDone):
             self._step_done = None
@@ -609,7 +701,11 @@ class Peer:
         return ckpt.round + 1
 
     def _post(self, event: Event) -> None:
-        self._events_send.send_nowait(event)
+        if self._wheel is not None:
+            self._inbox.append(event)
+            self._pump()
+        else:
+            self._events_send.send_nowait(event)
 
     # -------------------------------------------------------------------- actions
 
