@@ -576,6 +576,9 @@ class Peer:
             while True:
                 while pending:
                     action = pending.popleft()
+                    if type(action) is Send:  # half of all actions: straight to the sender
+                        self._send_model(action)
+                        continue
                     if isinstance(action, Finished):
                         if not drive.forever:
                             self._inline = None  # later events wait, as in a queue
