@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 
 SINGLE_THREADED = {
@@ -84,7 +85,5 @@ def exit_with(pid: int) -> None:
     def watch() -> None:
         select.select([fd], [], [])
         os.kill(os.getpid(), signal.SIGTERM)
-
-    import threading
 
     threading.Thread(target=watch, name="gossipfl-exit-with", daemon=True).start()

@@ -268,6 +268,16 @@ class TomlConfig:
         return tomli_w.dumps(clean(self.to_dict()))
 
 
+def _set_entry(key: str, entries: dict[str, Any], name: str, value: Any, what: str) -> None:
+    """Set ``entries[name]`` (a free-form table: a family's parameters, rule weights) to a
+    scalar ``value``; ``key`` is the full dotted key, for the error."""
+    if not name or "." in name:
+        raise ConfigError(f"{key} is not a {what} name")
+    if not isinstance(value, str | int | float | bool):
+        raise ConfigError(f"{key} must be a number, string or boolean")
+    entries[name] = value
+
+
 def _set_in_section(section_name: str, section: Any, key: str, value: Any) -> None:
     settings = {f.name: f for f in _settings(section)}
     if key in settings and isinstance(value, Mapping) and isinstance(getattr(section, key), dict):
@@ -280,23 +290,15 @@ def _set_in_section(section_name: str, section: Any, key: str, value: Any) -> No
     elif (table := key.partition(".")[0]) in settings and isinstance(
         getattr(section, table), dict
     ):  # section.table.name: one entry of a table setting ([score] weights)
-        name = key.partition(".")[2]
-        if not name or "." in name:
-            raise ConfigError(f"{section_name}.{key} is not a {table} entry name")
-        if not isinstance(value, str | int | float | bool):
-            raise ConfigError(f"{section_name}.{key} must be a number, string or boolean")
-        getattr(section, table)[name] = value
+        entries = getattr(section, table)
+        _set_entry(f"{section_name}.{key}", entries, key.partition(".")[2], value, f"{table} entry")
     elif hasattr(section, "params"):
         if key == "params" and isinstance(value, Mapping):  # a [section.params] table
             for name, item in value.items():
                 _set_in_section(section_name, section, f"params.{name}", item)
             return
         name = key.removeprefix("params.")  # section.params.lr is section.lr
-        if not name or "." in name:
-            raise ConfigError(f"{section_name}.{key} is not a parameter name")
-        if not isinstance(value, str | int | float | bool):
-            raise ConfigError(f"{section_name}.{key} must be a number, string or boolean")
-        section.params[name] = value
+        _set_entry(f"{section_name}.{key}", section.params, name, value, "parameter")
     else:
         close = close_matches(key, settings)
         hint = f"; did you mean {' or '.join(repr(f'{section_name}.{c}') for c in close)}?"

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trio
@@ -1080,17 +1080,18 @@ class Peer:
             self._mark_down(event.peer)
 
     async def _on_frame(self, peer: PeerId, data: bytes | bytearray) -> None:
-        decoder = self._decoder_for(peer, data)
-        try:
-            if self._threads and len(data) > 4 * self.config.thread_threshold:
-                message: Any = await trio.to_thread.run_sync(decoder.feed_message, data)
-            else:
-                message = decoder.feed_message(data)
-        except wire.WireError as exc:
-            self._bad_frame(peer, exc)
-            return
+        message: object | None
+        if self._threads and len(data) > 4 * self.config.thread_threshold:
+            decoder = self._decoder_for(peer, data)
+            try:  # decoded in a thread; a bad frame reported here, in the event loop
+                message = await trio.to_thread.run_sync(decoder.feed_message, data)
+            except wire.WireError as exc:
+                self._bad_frame(peer, exc)
+                return
+        else:
+            message = self._decoded(peer, data)
         if message is None:
-            return  # a chunk of an update still being assembled
+            return  # a bad frame, or a chunk of an update still being assembled
         refusal = self._take(peer, message)
         if refusal is not None:
             await self._refuse(peer, refusal)
@@ -1102,18 +1103,24 @@ class Peer:
         if not isinstance(event, Received):
             self._on_connection(event)
             return
-        peer, data = event.peer, event.data
-        decoder = self._decoder_for(peer, data)
-        try:
-            message = decoder.feed_message(data)
-        except wire.WireError as exc:
-            self._bad_frame(peer, exc)
-            return
+        message = self._decoded(event.peer, event.data)
         if message is None:
             return
-        refusal = self._take(peer, message)
+        refusal = self._take(event.peer, message)
         if refusal is not None and self._nursery is not None:
-            self._nursery.start_soon(self._refuse, peer, refusal)
+            self._nursery.start_soon(self._refuse, event.peer, refusal)
+
+    def _decoded(self, peer: PeerId, data: bytes | bytearray) -> object | None:
+        """Count a frame from ``peer`` and feed it to the decoder of its stream: the
+        message it completes, or None (a chunk of an update still being assembled, or a
+        bad frame, counted and reported here)."""
+        decoder = self._decoder_for(peer, data)
+        try:
+            message: object | None = decoder.feed_message(data)
+        except wire.WireError as exc:
+            self._bad_frame(peer, exc)
+            return None
+        return message
 
     def _decoder_for(self, peer: PeerId, data: bytes | bytearray) -> wire.StreamDecoder:
         """Count a frame from ``peer``; the decoder of its stream."""
