@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import networkx as nx
 import numpy as np
@@ -14,7 +16,7 @@ import scipy.optimize
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gossipfl.merge import RULES, MergeContext, MergeRule, make_rule
+from gossipfl.merge import RULES, MergeContext, MergeRule, _compiled, make_rule
 from gossipfl.merge import _kernels as kernels
 
 ALL_RULES = sorted(RULES)
@@ -380,6 +382,21 @@ def test_multi_krum_default_averages_all_but_f() -> None:
 
 # ------------------------------------------------------------------ geometric median
 
+#: The geometric median's coefficient-space code has two implementations (numpy, and one
+#: compiled call); its property tests run on both, forced whatever the model size.
+PATHS = ["numpy", "numba"]
+
+
+@contextmanager
+def on_path(path: str) -> Iterator[None]:
+    if path == "numba":
+        pytest.importorskip("numba")
+    previous = _compiled.force(path)
+    try:
+        yield
+    finally:
+        _compiled.force(previous)
+
 
 def geometric_median_reference(points: np.ndarray) -> np.ndarray:
     """A float64 solution straight from the definition.
@@ -414,14 +431,16 @@ def geometric_median_reference(points: np.ndarray) -> np.ndarray:
 @settings(max_examples=25)
 @given(seed=st.integers(0, 2**32 - 1), m=st.integers(3, 9), n=st.integers(2, 6))
 @example(seed=2460, m=4, n=2)  # the flattest optimum found so far (see below)
-def test_geometric_median_matches_a_float64_solver(seed: int, m: int, n: int) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_geometric_median_matches_a_float64_solver(path: str, seed: int, m: int, n: int) -> None:
     rng = np.random.default_rng(seed)
     points = rng.standard_normal((m, n)).astype(np.float32)
     points[0] *= 20  # one far point, so the median differs clearly from the mean
     p64 = points.astype(np.float64)
     ref = geometric_median_reference(p64)
     rule = make_rule("geometric-median", T=500, nu=1e-9, b=0)
-    got = rule.aggregate(points)  # type: ignore[attr-defined]
+    with on_path(path):
+        got = rule.aggregate(points)  # type: ignore[attr-defined]
 
     def cost(z: np.ndarray) -> float:
         return float(np.sqrt(((z[None, :] - p64) ** 2).sum(axis=1)).sum())
@@ -443,25 +462,30 @@ def test_geometric_median_matches_a_float64_solver(seed: int, m: int, n: int) ->
 
 @settings(max_examples=40)
 @given(seed=st.integers(0, 2**32 - 1), m=st.integers(2, 10), perm_seed=st.integers(0, 2**32 - 1))
+@pytest.mark.parametrize("path", PATHS)
 def test_geometric_median_is_canonical_when_the_minimiser_is_not_unique(
-    seed: int, m: int, perm_seed: int
+    path: str, seed: int, m: int, perm_seed: int
 ) -> None:
     """On a line with an even count every point between the middle two is optimal; the
     answer must still not depend on the order of the inputs (it is their midpoint)."""
     rng = np.random.default_rng(seed)
     points = rng.standard_normal((m, 1)).astype(np.float32)
     rule = make_rule("geometric-median", b=0)
-    got = rule.aggregate(points)  # type: ignore[attr-defined]
-    shuffled = rule.aggregate(points[np.random.default_rng(perm_seed).permutation(m)])  # type: ignore[attr-defined]
+    with on_path(path):
+        got = rule.aggregate(points)  # type: ignore[attr-defined]
+        shuffled = rule.aggregate(points[np.random.default_rng(perm_seed).permutation(m)])  # type: ignore[attr-defined]
     np.testing.assert_allclose(got, shuffled, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got, np.median(points.astype(np.float64)), rtol=1e-5, atol=1e-6)
 
 
-def test_geometric_median_on_a_data_point_is_exact_and_takes_no_iteration() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_geometric_median_on_a_data_point_is_exact_and_takes_no_iteration(path: str) -> None:
     # Three points, one far: the angle at the origin is 180° - the median is the origin.
     points = np.array([[0.0, 0.0], [1.0, 0.0], [-1000.0, 0.0]], dtype=np.float32)
     rule = make_rule("geometric-median", b=0)
-    assert np.array_equal(rule.aggregate(points), [0.0, 0.0])  # type: ignore[attr-defined]
+    with on_path(path):
+        got = rule.aggregate(points)  # type: ignore[attr-defined]
+    assert np.array_equal(got, [0.0, 0.0])
     assert rule.last_iterations == 0  # type: ignore[attr-defined]
 
 

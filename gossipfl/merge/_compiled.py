@@ -385,8 +385,92 @@ def gram(
 WEISZFELD_SOURCE = """import numpy as np
 
 
-def kernel(g, coef, iterations, nu, tolerance):
+def kernel(g, coef, iterations, nu, tolerance, gram_error):
     m = g.shape[0]
+    d2 = np.empty((m, m))
+    top = 0.0
+    for i in range(m):
+        for j in range(m):
+            v = (g[i, i] + g[j, j]) - 2.0 * g[i, j]
+            if v < 0.0 or i == j:
+                v = 0.0
+            d2[i, j] = v
+            if v > top:
+                top = v
+    # Is the median one of the points? (geomedian.median_at_a_point, in loops)
+    tiny = 1e-14 * max(top, 1e-300)
+    a = np.empty((m, m))
+    mult = np.empty(m)
+    for k in range(m):
+        c = 0.0
+        for j in range(m):
+            if d2[k, j] <= tiny:
+                a[k, j] = 0.0
+                c += 1.0
+            else:
+                a[k, j] = 1.0 / np.sqrt(d2[k, j])
+        mult[k] = c
+    optimal = 0
+    for k in range(m):
+        s = 0.0
+        quad = 0.0
+        agkk = 0.0
+        spread = 0.0
+        rk = np.sqrt(max(g[k, k], 0.0))
+        for j in range(m):
+            s += a[k, j]
+            agkj = 0.0
+            for l in range(m):
+                agkj += a[k, l] * g[l, j]
+            quad += agkj * a[k, j]
+            if j == k:
+                agkk = agkj
+            spread += a[k, j] * np.sqrt(max(g[j, j], 0.0))
+        norm2 = quad - 2.0 * s * agkk + s * s * g[k, k]
+        spread += s * rk
+        margin = gram_error * spread * spread + 1e-9 * mult[k] * mult[k]
+        if norm2 - mult[k] * mult[k] <= margin:
+            coef[k] = 1.0
+            optimal += 1
+        else:
+            coef[k] = 0.0
+    if optimal:
+        for k in range(m):
+            coef[k] /= optimal
+        return 0
+    # Robust start (geomedian.robust_start): the mean of the points no farther from the
+    # medoid than the median such distance.
+    best = 0
+    best_sum = np.inf
+    for i in range(m):
+        t = 0.0
+        for j in range(m):
+            t += np.sqrt(d2[i, j])
+        if t < best_sum:
+            best_sum = t
+            best = i
+    row = np.empty(m)
+    ranked = np.empty(m)
+    for j in range(m):
+        row[j] = np.sqrt(d2[best, j])
+        # insertion sort (m is small; np.median would triple the compile time)
+        t = j
+        while t > 0 and ranked[t - 1] > row[j]:
+            ranked[t] = ranked[t - 1]
+            t -= 1
+        ranked[t] = row[j]
+    half = m // 2
+    cut = ranked[half] if m % 2 else 0.5 * (ranked[half - 1] + ranked[half])
+    near = 0
+    for j in range(m):
+        if row[j] <= cut:
+            coef[j] = 1.0
+            near += 1
+        else:
+            coef[j] = 0.0
+    for j in range(m):
+        coef[j] /= near
+    # Smoothed Weiszfeld (geomedian.weiszfeld's loop).
     gc = np.empty(m)
     beta = np.empty(m)
     done = 0
@@ -429,19 +513,30 @@ def kernel(g, coef, iterations, nu, tolerance):
 
 def weiszfeld(
     g: npt.NDArray[np.float64],
-    coef: npt.NDArray[np.float64],
     *,
     iterations: int,
     nu: float,
     tolerance: float,
-) -> int:
-    """Smoothed Weiszfeld iterations on the coefficients ``coef`` (updated in place), the
-    loop of :func:`gossipfl.merge.geomedian.weiszfeld` compiled: the same arithmetic in
-    float64, without numpy's per-call overhead (≈ 10 µs per iteration). Returns the
-    number of iterations run."""
+    gram_error: float,
+) -> tuple[npt.NDArray[np.float64], int]:
+    """The whole coefficient-space part of :func:`gossipfl.merge.geomedian.weiszfeld` in
+    one compiled call: the exact on-a-point test, the robust start and the smoothed
+    Weiszfeld iterations, the same arithmetic in float64 (sums in loop order, not numpy's
+    pairwise order). One call, not ~25 small numpy calls: between two passes over a
+    large stack those run with cold caches (≈ 200 µs measured at m = 9, against ≈ 40 µs
+    hot), which was a tenth of a ``mean`` of 10⁶ parameters. Returns the coefficients
+    (summing to 1) and the number of iterations run (0: the median is on a point)."""
     key = "weiszfeld"
     fn = _kernel(key, lambda: WEISZFELD_SOURCE, False)
+    coef = np.empty(g.shape[0], dtype=np.float64)
     done = _timed_call(
-        key, fn, np.ascontiguousarray(g), coef, int(iterations), float(nu), float(tolerance)
+        key,
+        fn,
+        np.ascontiguousarray(g),
+        coef,
+        int(iterations),
+        float(nu),
+        float(tolerance),
+        float(gram_error),
     )
-    return int(done)
+    return coef, int(done)

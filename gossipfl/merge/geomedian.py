@@ -102,18 +102,21 @@ def weiszfeld(g: F64, *, iterations: int, nu: float, params: int | None = None) 
     Returns the coefficient vector (summing to 1) and the number of iterations run (0 when
     the median is one of the points, found exactly by :func:`median_at_a_point`).
     ``params``: the models' size, which picks the kernel path (see
-    :func:`gossipfl.merge._compiled.enabled`).
+    :func:`gossipfl.merge._compiled.enabled`); the compiled path runs the three steps
+    (on-a-point test, robust start, iterations) in one call.
     """
+    if _compiled.enabled(params):
+        return _compiled.weiszfeld(
+            g,
+            iterations=iterations,
+            nu=nu,
+            tolerance=RELATIVE_TOLERANCE,
+            gram_error=GRAM_RELATIVE_ERROR,
+        )
     at = median_at_a_point(g)
     if at is not None:
         return at, 0
     coef = robust_start(g)
-    if _compiled.enabled(params):
-        coef = np.array(coef, dtype=np.float64)  # the kernel updates it in place
-        done = _compiled.weiszfeld(
-            g, coef, iterations=iterations, nu=nu, tolerance=RELATIVE_TOLERANCE
-        )
-        return coef, done
     m = g.shape[0]
     diag = g.diagonal()
     done = 0
