@@ -56,6 +56,33 @@ def test_torch_adapter_accepts_read_only_vectors_and_low_precision_params() -> N
     np.testing.assert_array_equal(adapter.get_flat(), vec)  # small ints are exact in bf16
 
 
+class Mixed(torch.nn.Module):  # type: ignore[misc]
+    """float32 tensors (one a non-contiguous view) between float64 and float16 ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.arange(12, dtype=torch.float32).reshape(3, 4).t())
+        self.register_buffer("b", torch.linspace(-1, 1, 5, dtype=torch.float64))
+        self.c = torch.nn.Parameter(torch.arange(6, dtype=torch.float32) * 0.5)
+        self.register_buffer("d", torch.full((2,), 3.0, dtype=torch.float16))
+
+
+def test_torch_adapter_reads_every_dtype_and_view_in_state_dict_order() -> None:
+    # float32 tensors are copied by numpy, others converted by torch: one vector, in order.
+    net = Mixed()
+    assert not net.a.is_contiguous()
+    want = np.concatenate(
+        [t.detach().to(torch.float32).reshape(-1).numpy() for t in net.state_dict().values()]
+    )
+    adapter = TorchAdapter(net)
+    np.testing.assert_array_equal(adapter.get_flat(), want)
+    out = np.full(adapter.num_params, np.nan, dtype=np.float32)
+    assert adapter.get_flat(out=out) is out
+    np.testing.assert_array_equal(out, want)
+    adapter.set_flat(want * 2)
+    np.testing.assert_array_equal(adapter.get_flat(), want * 2)
+
+
 def test_torch_and_numpy_adapters_agree_on_layouts() -> None:
     net = torch.nn.Linear(64, 10)
     state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
