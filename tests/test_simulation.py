@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gossipfl.errors import ConfigError
-from gossipfl.peer import PeerConfig
+from gossipfl.peer import PeerConfig, stacking
 from gossipfl.simulation import SimulationConfig, run_simulation
 from gossipfl.simulation.runner import GC_THRESHOLD, rare_collections
 from gossipfl.topology import build_topology
@@ -233,10 +233,15 @@ def test_a_simulation_collects_garbage_rarely_and_restores_the_thresholds() -> N
     assert gc.get_threshold() == old
 
 
-def test_a_model_above_the_thread_threshold_misses_no_deadline() -> None:
+def test_a_model_above_the_thread_threshold_misses_no_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A regression: models over ``PeerConfig.thread_threshold`` parameters were decoded
     and merged in worker threads, whose time the simulation's virtual clock cannot see; the
-    clock jumped ahead meanwhile and 347 of 384 neighbour models missed their deadline."""
+    clock jumped ahead meanwhile and 347 of 384 neighbour models missed their deadline.
+
+    The 16 peers' merges also share one reused stack buffer (16 MB stacks): the metrics
+    must equal those of a run that stacks into fresh memory for every merge."""
     hidden = 13_400  # 64 -> 13,400 -> 10: 1,005,010 parameters, above the 1 M threshold
     config = base_faulty(
         **{
@@ -254,18 +259,27 @@ def test_a_model_above_the_thread_threshold_misses_no_deadline() -> None:
     assert summary["missing_total"] == 0
     assert summary["late_total"] == 0
     assert sum(s.received for s in result.summaries) == 16 * 4 * 3  # torus: 4 in-neighbours
+    assert 4 * (75 * hidden + 10) * 4 >= stacking.REUSE_MIN_BYTES
+    monkeypatch.setattr(stacking, "REUSE_MIN_BYTES", 1 << 62)
+    fresh = run_simulation(config)
+    assert fresh.summaries == result.summaries
+    assert fresh.peer_rows == result.peer_rows
 
 
 def test_consensus_distance_of_large_models_is_taken_in_chunks_to_the_same_value() -> None:
-    from gossipfl.simulation.collector import DISTANCE_CHUNK, _sq_distances
+    from gossipfl.simulation.collector import DISTANCE_CHUNK, _consensus
 
     rng = np.random.default_rng(4)
     for n in (DISTANCE_CHUNK, 3 * DISTANCE_CHUNK + 17):
         vectors = (5.0 + rng.standard_normal((6, n))).astype(np.float32)
         mean = vectors.mean(axis=0, dtype=np.float64)
         direct = ((vectors - mean) ** 2).sum(axis=1)
-        got = _sq_distances(vectors, mean)
+        stacked, got_mean, got = _consensus(list(vectors))
+        assert np.array_equal(got_mean, mean)  # the mean keeps its bits at any size
         if n <= DISTANCE_CHUNK:
+            assert stacked is not None
+            assert np.array_equal(stacked, vectors)
             assert np.array_equal(got, direct)  # small models keep their bits
         else:
+            assert stacked is None  # no stack of every model
             np.testing.assert_allclose(got, direct, rtol=1e-12)

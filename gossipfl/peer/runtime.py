@@ -40,6 +40,7 @@ from gossipfl.peer.checkpoint import CheckpointError, CheckpointStore
 from gossipfl.peer.config import PeerConfig
 from gossipfl.peer.outbox import Frames, Outboxes
 from gossipfl.peer.reports import PeerCounters, RoundReport, Vector
+from gossipfl.peer.stacking import shares_buffer, stack_for_merge
 from gossipfl.peer.timers import TimerWheel, timer_wheel
 from gossipfl.peerlog import PeerWarnings
 from gossipfl.protocol import (
@@ -815,10 +816,12 @@ class Peer:
             try:
                 merged = self.rule.merge(
                     action.own,
-                    np.stack(vectors),
+                    stack_for_merge(vectors),
                     np.asarray(weights, dtype=np.float32),
                     context=context,
                 )
+                if shares_buffer(merged):  # pragma: no cover - no rule returns a view
+                    merged = merged.copy()
             except NonFiniteInputError as exc:
                 if exc.own:
                     raise self._diverged(action.round) from None
