@@ -180,3 +180,19 @@ def test_sync_example_two_peers_learn_every_digit_and_checkpoint(
         with np.load(tmp_path / f"checkpoints-{i}" / "checkpoint.npz") as saved:
             assert int(saved["round"]) == ROUNDS - 1
             assert saved["vector"].size == 64 * 32 + 32 + 32 * 10 + 10
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0/3", r"--shard 0/3: I counts from 1 to N \(1/3 is the first\)"),
+        ("4/3", r"--shard 4/3: I counts from 1 to N \(1/3 is the first\)"),
+        ("one/2", r"--shard takes I/N with whole numbers \(1/2\), not 'one/2'"),
+    ],
+)
+def test_example_shards_count_from_one_and_say_so(text: str, message: str) -> None:
+    peer_args = importlib.import_module("peer_args")
+    assert peer_args.parse_shard("1/3") == (0, 3)
+    assert peer_args.parse_shard("3/3") == (2, 3)
+    with pytest.raises(SystemExit, match=message):
+        peer_args.parse_shard(text)
