@@ -431,6 +431,7 @@ def geometric_median_reference(points: np.ndarray) -> np.ndarray:
 @settings(max_examples=25)
 @given(seed=st.integers(0, 2**32 - 1), m=st.integers(3, 9), n=st.integers(2, 6))
 @example(seed=2460, m=4, n=2)  # the flattest optimum found so far (see below)
+@example(seed=1105, m=4, n=2)
 @pytest.mark.parametrize("path", PATHS)
 def test_geometric_median_matches_a_float64_solver(path: str, seed: int, m: int, n: int) -> None:
     rng = np.random.default_rng(seed)
@@ -446,17 +447,14 @@ def test_geometric_median_matches_a_float64_solver(path: str, seed: int, m: int,
         return float(np.sqrt(((z[None, :] - p64) ** 2).sum(axis=1)).sum())
 
     # Stated tolerance: objective within 1e-5 relative of the float64 optimum, and the
-    # point within 2e-2 of the data's spread. (When the median is close to, but not on, a
-    # model the objective is nearly flat and Weiszfeld crawls: 500 iterations can leave
-    # the point 6e-3 of the spread away with the objective 1.5e-6 above the optimum, as
-    # for seeds 1105 and 45033218 with m = 4, n = 2, and 3.1e-2 of it with the objective
-    # 7.5e-7 above for seed 2460 (found by a CI run); 3,000 other random draws stayed
-    # within 1.7e-3. The objective is the measure of a median; the point, near a flat
-    # optimum, is loosely determined: the bound on it catches a wrong point, not a slow
-    # crawl.)
+    # point within 1e-4 of the data's spread. When the median is close to, but not on, a
+    # model the objective is nearly flat and plain Weiszfeld crawls: 500 steps left the
+    # point 3.1e-2 of the spread away for seed 2460 with m = 4, n = 2 (found by a CI run;
+    # 6e-3 for seeds 1105 and 45033218). With SQUAREM's extrapolation those are 6e-6,
+    # 2e-8 and 3e-8, and 3,000 random draws per kernel path stayed within 4e-6.
     spread = float(np.sqrt(((p64 - p64.mean(axis=0)) ** 2).sum(axis=1)).mean())
     assert cost(got.astype(np.float64)) <= cost(ref) * (1 + 1e-5)
-    assert np.linalg.norm(got - ref) <= 5e-2 * spread
+    assert np.linalg.norm(got - ref) <= 1e-4 * spread
     assert rule.last_iterations <= 500  # type: ignore[attr-defined]
 
 

@@ -382,10 +382,17 @@ def gram(
 
 # --------------------------------------------------------------------------- Weiszfeld
 
-WEISZFELD_SOURCE = """import numpy as np
+WEISZFELD_SOURCE = """import numba
+import numpy as np
+
+# The kernel's helpers, compiled with its floating-point model; cached on disk with it
+# when this source is a file (not when it was exec'd in memory, see _build).
+helper = numba.njit(
+    cache="__file__" in globals(), nogil=True, boundscheck=False, error_model="numpy"
+)
 
 
-def kernel(g, coef, iterations, nu, tolerance, gram_error):
+def kernel(g, coef, iterations, nu, tolerance, gram_error, backtracks):
     m = g.shape[0]
     d2 = np.empty((m, m))
     top = 0.0
@@ -470,44 +477,123 @@ def kernel(g, coef, iterations, nu, tolerance, gram_error):
             coef[j] = 0.0
     for j in range(m):
         coef[j] /= near
-    # Smoothed Weiszfeld (geomedian.weiszfeld's loop).
-    gc = np.empty(m)
-    beta = np.empty(m)
+    # Smoothed Weiszfeld with SQUAREM (geomedian.weiszfeld's loop).
+    c1 = np.empty(m)
+    c2 = np.empty(m)
+    r = np.empty(m)
+    v = np.empty(m)
+    trial = np.empty(m)
     done = 0
     while done < iterations:
+        total = _step(g, coef, c1, nu)
         done += 1
+        if _settled(g, c1, coef, total, tolerance):
+            coef[:] = c1
+            return done
+        if iterations - done < 2:
+            coef[:] = c1
+            continue
+        total = _step(g, c1, c2, nu)
+        done += 1
+        if _settled(g, c2, c1, total, tolerance):
+            coef[:] = c2
+            return done
         for i in range(m):
-            s = 0.0
-            for j in range(m):
-                s += g[i, j] * coef[j]
-            gc[i] = s
-        cgc = 0.0
-        for i in range(m):
-            cgc += coef[i] * gc[i]
-        total = 0.0
-        for i in range(m):
-            sq = g[i, i] - 2.0 * gc[i] + cgc
-            if sq < 0.0:
-                sq = 0.0
-            dist = np.sqrt(sq)
-            if dist < nu:
-                dist = nu
-            beta[i] = 1.0 / dist
-            total += beta[i]
-        for i in range(m):
-            new = beta[i] / total
-            beta[i] = new - coef[i]
-            coef[i] = new
-        moved = 0.0
-        for i in range(m):
-            s = 0.0
-            for j in range(m):
-                s += g[i, j] * beta[j]
-            moved += beta[i] * s
-        bound = tolerance * m / total
-        if moved <= bound * bound:
-            break
+            r[i] = c1[i] - coef[i]
+            v[i] = (c2[i] - c1[i]) - r[i]
+        vv = _quad(g, v)
+        start = c2
+        if vv > 0.0:
+            rr = _quad(g, r)
+            if rr < 0.0:
+                rr = 0.0
+            alpha = -np.sqrt(rr / vv)
+            if alpha < -1.0:
+                before = _objective(g, coef)
+                for _ in range(backtracks + 1):
+                    for i in range(m):
+                        trial[i] = coef[i] - 2.0 * alpha * r[i] + alpha * alpha * v[i]
+                    if _objective(g, trial) <= before:
+                        start = trial
+                        break
+                    alpha = 0.5 * (alpha - 1.0)
+        total = _step(g, start, c1, nu)
+        done += 1
+        if _settled(g, c1, start, total, tolerance):
+            coef[:] = c1
+            return done
+        coef[:] = c1
     return done
+
+
+@helper
+def _step(g, coef, out, nu):
+    m = g.shape[0]
+    gc = np.empty(m)
+    for i in range(m):
+        s = 0.0
+        for j in range(m):
+            s += g[i, j] * coef[j]
+        gc[i] = s
+    cgc = 0.0
+    for i in range(m):
+        cgc += coef[i] * gc[i]
+    total = 0.0
+    for i in range(m):
+        sq = g[i, i] - 2.0 * gc[i] + cgc
+        if sq < 0.0:
+            sq = 0.0
+        dist = np.sqrt(sq)
+        if dist < nu:
+            dist = nu
+        out[i] = 1.0 / dist
+        total += out[i]
+    for i in range(m):
+        out[i] = out[i] / total
+    return total
+
+
+@helper
+def _objective(g, coef):
+    m = g.shape[0]
+    gc = np.empty(m)
+    for i in range(m):
+        s = 0.0
+        for j in range(m):
+            s += g[i, j] * coef[j]
+        gc[i] = s
+    cgc = 0.0
+    for i in range(m):
+        cgc += coef[i] * gc[i]
+    f = 0.0
+    for i in range(m):
+        sq = g[i, i] - 2.0 * gc[i] + cgc
+        if sq < 0.0:
+            sq = 0.0
+        f += np.sqrt(sq)
+    return f
+
+
+@helper
+def _quad(g, x):
+    m = g.shape[0]
+    q = 0.0
+    for i in range(m):
+        s = 0.0
+        for j in range(m):
+            s += g[i, j] * x[j]
+        q += x[i] * s
+    return q
+
+
+@helper
+def _settled(g, new, old, total, tolerance):
+    m = g.shape[0]
+    step = np.empty(m)
+    for i in range(m):
+        step[i] = new[i] - old[i]
+    bound = tolerance * m / total
+    return _quad(g, step) <= bound * bound
 """
 
 
@@ -518,6 +604,7 @@ def weiszfeld(
     nu: float,
     tolerance: float,
     gram_error: float,
+    backtracks: int,
 ) -> tuple[npt.NDArray[np.float64], int]:
     """The whole coefficient-space part of :func:`gossipfl.merge.geomedian.weiszfeld` in
     one compiled call: the exact on-a-point test, the robust start and the smoothed
@@ -538,5 +625,6 @@ def weiszfeld(
         float(nu),
         float(tolerance),
         float(gram_error),
+        int(backtracks),
     )
     return coef, int(done)
