@@ -17,6 +17,7 @@ from gossipfl.transport.libp2p.framing import (
     FrameTooLarge,
     TruncatedFrame,
     encode_prefix,
+    unfilled_bytearray,
 )
 
 
@@ -302,3 +303,13 @@ async def test_a_frozen_sender_of_a_frame_read_in_place_times_out(
     with pytest.raises(FrameTimeout, match=r"2\.5 s"):
         await reader.next_frame()
     assert stream.reserved == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 8 << 20])
+def test_an_unfilled_bytearray_is_a_plain_bytearray_of_its_size(size: int) -> None:
+    buffer = unfilled_bytearray(size)
+    assert type(buffer) is bytearray
+    assert len(buffer) == size
+    buffer[:] = bytes(size)  # writable, resizable as any bytearray
+    buffer.extend(b"x")
+    assert buffer == bytes(size) + b"x"

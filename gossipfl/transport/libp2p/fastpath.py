@@ -68,6 +68,8 @@ from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.exceptions import MuxedStreamClosed, MuxedStreamEOF, MuxedStreamReset
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
+from gossipfl.transport.libp2p.framing import unfilled_bytearray
+
 logger = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 2 + 65535
@@ -425,7 +427,7 @@ class BatchedSecureSession(SecureSession):
         """Exactly ``n`` bytes, decrypted straight into the result where messages fit
         whole. Returns a ``bytearray``: its one caller, Yamux, only copies it into its
         stream buffer (which takes any buffer)."""
-        out = bytearray(n)
+        out = unfilled_bytearray(n)  # read_into writes all of it, or raises
         await self.read_into(memoryview(out))
         return out
 
