@@ -17,19 +17,24 @@ import trio.testing
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.io.exceptions import IncompleteReadError
+from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.network.config import RetryConfig
 from libp2p.network.stream.exceptions import StreamReset
 from libp2p.peer.id import ID
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.utils import encode_varint_prefixed, read_varint_prefixed_bytes
+from noise.connection import NoiseConnection
 
 from gossipfl.errors import ConfigError
 from gossipfl.identity import generate_identity
 from gossipfl.simulation.processes import free_ports
 from gossipfl.transport.base import Received
 from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig
-from gossipfl.transport.libp2p.fastpath import BatchedSecureSession, yamux_stream_of
+from gossipfl.transport.libp2p.fastpath import (
+    BatchedNoiseReadWriter,
+    BatchedSecureSession,
+    yamux_stream_of,
+)
 from gossipfl.transport.libp2p.framing import FrameReader
 from gossipfl.transport.libp2p.testing import (
     connect,
@@ -414,3 +419,64 @@ async def test_our_connections_use_the_fast_path_and_interoperate_with_stock_yam
                 await a.send(str(stock.get_id()), body)
                 await done.wait()
             assert got == [body]
+
+
+def _noise_pair() -> tuple[BatchedNoiseReadWriter, BatchedNoiseReadWriter]:
+    """A writer and a reader sharing the transport keys of one Noise handshake."""
+    initiator = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
+    responder = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
+    initiator.set_as_initiator()
+    responder.set_as_responder()
+    initiator.start_handshake()
+    responder.start_handshake()
+    responder.read_message(initiator.write_message())
+    initiator.read_message(responder.write_message())
+    return BatchedNoiseReadWriter(object(), initiator), BatchedNoiseReadWriter(object(), responder)
+
+
+def _received(reader: BatchedNoiseReadWriter, wire: bytes | bytearray) -> None:
+    """Put ``wire`` in ``reader``'s receive buffer, as a socket read would."""
+    reader._buf = bytearray(wire) + bytearray(64)
+    reader._view = memoryview(reader._buf)
+    reader._start, reader._end = 0, len(wire)
+
+
+def _sealed(writer: BatchedNoiseReadWriter, plain: bytes) -> bytes:
+    """``plain`` as Noise transport messages (length prefixes and ciphertexts)."""
+    sealed = writer._seal_into_buffer([plain])
+    assert sealed is not None
+    buf, size = sealed
+    return bytes(buf[:size])
+
+
+def test_buffered_noise_messages_are_decrypted_in_one_loop_and_checked() -> None:
+    writer, reader = _noise_pair()
+    plain = bytes(range(256)) * 600  # 153,600 bytes: three Noise messages
+    wire = _sealed(writer, plain)
+    size = len(wire)
+
+    # Only whole messages that fit are decrypted; a partial one is left for later.
+    _received(reader, wire[: size - 100])
+    out = bytearray(len(plain))
+    with memoryview(out) as view:
+        pos = reader.decrypt_buffered(view, 0, len(out))
+    assert pos == 2 * 65519
+    assert out[:pos] == plain[:pos]
+    assert reader._decrypter.n == 2
+    assert reader._end - reader._start == size - 100 - 2 * (2 + 65519 + 16)
+
+    # One that fails authentication ends the connection; nothing after it is counted.
+    writer, reader = _noise_pair()
+    tampered = bytearray(_sealed(writer, plain))
+    tampered[2 + 65535 + 2 + 10] ^= 1  # a byte of the second message's ciphertext
+    _received(reader, tampered)
+    with memoryview(bytearray(len(plain))) as view, pytest.raises(ConnectionClosedError):
+        reader.decrypt_buffered(view, 0, len(plain))
+    assert reader._decrypter.n == 1
+
+    # Room for less than a message: nothing is decrypted.
+    writer, reader = _noise_pair()
+    _received(reader, _sealed(writer, plain))
+    with memoryview(bytearray(1000)) as view:
+        assert reader.decrypt_buffered(view, 0, 1000) == 0
+    assert reader._decrypter.n == 0
