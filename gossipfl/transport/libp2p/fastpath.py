@@ -52,7 +52,6 @@ own code path (slower, still correct) if it differs;
 from __future__ import annotations
 
 import logging
-import socket
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -363,26 +362,11 @@ def _plaintext_pieces(parts: Sequence[Buffer], size: int) -> Iterator[Buffer]:
 
 
 async def _send_vectored(sock: Any, buffers: Sequence[Buffer]) -> None:
-    """Send all of ``buffers`` with ``sendmsg`` (scatter/gather: no joining).
-
-    When the connection's trio socket wraps a standard socket, that socket is called
-    directly, and we wait (``wait_writable``) only when it refuses to take more: trio's
-    own ``sendmsg`` adds a schedule point to every call, and a bulk transfer to a slower
-    receiver makes many calls per 1 MiB frame (each takes what the kernel's send buffer
-    has room for, about 100 KiB on loopback). The caller checkpoints once per frame."""
+    """Send all of ``buffers`` with ``sendmsg`` (scatter/gather: no joining)."""
     views = [memoryview(b) for b in buffers]
-    raw: Any = getattr(sock, "_sock", None)
-    direct = isinstance(raw, socket.socket)
     while views:
         batch = views[:_MAX_IOVEC]
-        if direct:
-            try:
-                sent: int = raw.sendmsg(batch)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(raw)
-                continue
-        else:
-            sent = await sock.sendmsg(batch)
+        sent: int = await sock.sendmsg(batch)
         while sent:
             first = views[0]
             if sent >= first.nbytes:
@@ -842,24 +826,9 @@ async def _write_frame_parts(conn: Any, pieces: list[Buffer]) -> None:
     if write_parts is None:
         await conn._write_frame(b"".join(pieces))
         return
-    lock = conn._write_lock
-    await _acquire(lock)
-    try:
+    async with conn._write_lock:
         await write_parts(pieces)
-    finally:
-        lock.release()
     await trio.lowlevel.checkpoint()
-
-
-async def _acquire(lock: trio.Lock) -> None:
-    """Take ``lock``, without a schedule point when it is free. ``async with lock`` yields
-    to trio's scheduler on every acquisition; :func:`write_yamux` takes two locks per
-    1 MiB frame and checkpoints once per frame anyway (in :func:`_write_frame_parts`),
-    so the schedule points of uncontended acquisitions are pure overhead."""
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:
-        await lock.acquire()
 
 
 async def write_yamux(
@@ -879,16 +848,12 @@ async def write_yamux(
     index, offset = 0, 0
     remaining = sum(v.nbytes for v in views)
     while remaining:
-        window_lock = stream.window_lock
-        await _acquire(window_lock)
-        try:
+        async with stream.window_lock:
             if stream.closed or stream.send_closed:
                 raise MuxedStreamClosed("stream is closed for sending")
             take = min(stream.send_window, chunk, remaining)
             if take > 0:
                 stream.send_window -= take
-        finally:
-            window_lock.release()
         if take <= 0:
             with trio.fail_after(progress_timeout):
                 await _wait_for_window(stream)
