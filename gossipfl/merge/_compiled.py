@@ -483,11 +483,13 @@ def kernel(g, coef, iterations, nu, tolerance, gram_error, backtracks):
     r = np.empty(m)
     v = np.empty(m)
     trial = np.empty(m)
+    diff = np.empty(m)
+    scratch = np.empty(m)
     done = 0
     while done < iterations:
         total = _step(g, coef, c1, nu)
         done += 1
-        if _settled(g, c1, coef, total, tolerance):
+        if _settled(g, c1, coef, total, tolerance, diff, scratch):
             coef[:] = c1
             return done
         if iterations - done < 2:
@@ -495,31 +497,31 @@ def kernel(g, coef, iterations, nu, tolerance, gram_error, backtracks):
             continue
         total = _step(g, c1, c2, nu)
         done += 1
-        if _settled(g, c2, c1, total, tolerance):
+        if _settled(g, c2, c1, total, tolerance, diff, scratch):
             coef[:] = c2
             return done
         for i in range(m):
             r[i] = c1[i] - coef[i]
             v[i] = (c2[i] - c1[i]) - r[i]
-        vv = _quad(g, v)
+        vv = _gram_times(g, v, scratch)
         start = c2
         if vv > 0.0:
-            rr = _quad(g, r)
+            rr = _gram_times(g, r, scratch)
             if rr < 0.0:
                 rr = 0.0
             alpha = -np.sqrt(rr / vv)
             if alpha < -1.0:
-                before = _objective(g, coef)
+                before = _objective(g, coef, c1)
                 for _ in range(backtracks + 1):
                     for i in range(m):
                         trial[i] = coef[i] - 2.0 * alpha * r[i] + alpha * alpha * v[i]
-                    if _objective(g, trial) <= before:
+                    if _objective(g, trial, c1) <= before:
                         start = trial
                         break
                     alpha = 0.5 * (alpha - 1.0)
         total = _step(g, start, c1, nu)
         done += 1
-        if _settled(g, c1, start, total, tolerance):
+        if _settled(g, c1, start, total, tolerance, diff, scratch):
             coef[:] = c1
             return done
         coef[:] = c1
@@ -527,73 +529,60 @@ def kernel(g, coef, iterations, nu, tolerance, gram_error, backtracks):
 
 
 @helper
-def _step(g, coef, out, nu):
-    m = g.shape[0]
-    gc = np.empty(m)
-    for i in range(m):
-        s = 0.0
-        for j in range(m):
-            s += g[i, j] * coef[j]
-        gc[i] = s
-    cgc = 0.0
-    for i in range(m):
-        cgc += coef[i] * gc[i]
-    total = 0.0
-    for i in range(m):
-        sq = g[i, i] - 2.0 * gc[i] + cgc
-        if sq < 0.0:
-            sq = 0.0
-        dist = np.sqrt(sq)
-        if dist < nu:
-            dist = nu
-        out[i] = 1.0 / dist
-        total += out[i]
-    for i in range(m):
-        out[i] = out[i] / total
-    return total
-
-
-@helper
-def _objective(g, coef):
-    m = g.shape[0]
-    gc = np.empty(m)
-    for i in range(m):
-        s = 0.0
-        for j in range(m):
-            s += g[i, j] * coef[j]
-        gc[i] = s
-    cgc = 0.0
-    for i in range(m):
-        cgc += coef[i] * gc[i]
-    f = 0.0
-    for i in range(m):
-        sq = g[i, i] - 2.0 * gc[i] + cgc
-        if sq < 0.0:
-            sq = 0.0
-        f += np.sqrt(sq)
-    return f
-
-
-@helper
-def _quad(g, x):
+def _gram_times(g, x, out):
+    # out = G x; returns the quadratic form x' G x (x and out must not overlap)
     m = g.shape[0]
     q = 0.0
     for i in range(m):
         s = 0.0
         for j in range(m):
             s += g[i, j] * x[j]
+        out[i] = s
         q += x[i] * s
     return q
 
 
 @helper
-def _settled(g, new, old, total, tolerance):
-    m = g.shape[0]
-    step = np.empty(m)
-    for i in range(m):
-        step[i] = new[i] - old[i]
-    bound = tolerance * m / total
-    return _quad(g, step) <= bound * bound
+def _distances(g, coef, out):
+    # out[i] = the distance from z = sum_j coef[j] x_j to point i
+    cgc = _gram_times(g, coef, out)
+    for i in range(out.shape[0]):
+        sq = g[i, i] - 2.0 * out[i] + cgc
+        if sq < 0.0:
+            sq = 0.0
+        out[i] = np.sqrt(sq)
+
+
+@helper
+def _step(g, coef, out, nu):
+    _distances(g, coef, out)
+    total = 0.0
+    for i in range(out.shape[0]):
+        dist = out[i]
+        if dist < nu:
+            dist = nu
+        out[i] = 1.0 / dist
+        total += out[i]
+    for i in range(out.shape[0]):
+        out[i] = out[i] / total
+    return total
+
+
+@helper
+def _objective(g, coef, scratch):
+    _distances(g, coef, scratch)
+    f = 0.0
+    for i in range(scratch.shape[0]):
+        f += scratch[i]
+    return f
+
+
+@helper
+def _settled(g, new, old, total, tolerance, diff, scratch):
+    for i in range(diff.shape[0]):
+        diff[i] = new[i] - old[i]
+    bound = tolerance * g.shape[0] / total
+    return _gram_times(g, diff, scratch) <= bound * bound
 """
 
 

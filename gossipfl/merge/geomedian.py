@@ -28,6 +28,7 @@ from gossipfl.merge._kernels import (
     F64,
     centred_gram,
     combine,
+    distances_from,
     pairwise_sq_distances,
 )
 from gossipfl.merge.base import MergeRule, Requirement, check_float, check_int, param
@@ -104,20 +105,12 @@ def median_at_a_point(g: F64) -> F64 | None:
 BACKTRACKS = 2
 
 
-def _step(g: F64, diag: F64, coef: F64, nu: float) -> tuple[F64, float]:
+def _step(g: F64, coef: F64, nu: float) -> tuple[F64, float]:
     """One smoothed-Weiszfeld step from ``coef``, and Σβ (the step's normaliser)."""
-    gc = g @ coef
-    sq = diag - 2.0 * gc + float(coef @ gc)
-    beta = 1.0 / np.maximum(np.sqrt(np.maximum(sq, 0.0)), nu)
+    beta = 1.0 / np.maximum(distances_from(g, coef), nu)
     total = float(beta.sum())
     new: F64 = beta / total
     return new, total
-
-
-def _objective(g: F64, diag: F64, coef: F64) -> float:
-    """Σ_j ‖z − x_j‖ for the point z of coefficients ``coef``."""
-    gc = g @ coef
-    return float(np.sqrt(np.maximum(diag - 2.0 * gc + float(coef @ gc), 0.0)).sum())
 
 
 def _settled(g: F64, step: F64, total: float, m: int) -> bool:
@@ -161,19 +154,18 @@ def weiszfeld(g: F64, *, iterations: int, nu: float, params: int | None = None) 
         return at, 0
     coef = robust_start(g)
     m = g.shape[0]
-    diag = g.diagonal()
     done = 0
     # Each step is a handful of small numpy calls on m ≤ ~20 entries: call overhead
     # (~10 µs), independent of n.
     while done < iterations:
-        c1, total = _step(g, diag, coef, nu)
+        c1, total = _step(g, coef, nu)
         done += 1
         if _settled(g, c1 - coef, total, m):
             return c1, done
         if iterations - done < 2:  # no budget for a SQUAREM cycle: a plain step
             coef = c1
             continue
-        c2, total = _step(g, diag, c1, nu)
+        c2, total = _step(g, c1, nu)
         done += 1
         if _settled(g, c2 - c1, total, m):
             return c2, done
@@ -184,14 +176,14 @@ def weiszfeld(g: F64, *, iterations: int, nu: float, params: int | None = None) 
         if vv > 0.0:
             alpha = -math.sqrt(max(float(r @ g @ r), 0.0) / vv)
             if alpha < -1.0:
-                before = _objective(g, diag, coef)
+                before = float(distances_from(g, coef).sum())
                 for _ in range(BACKTRACKS + 1):
                     trial = coef - 2.0 * alpha * r + alpha * alpha * v
-                    if _objective(g, diag, trial) <= before:
+                    if float(distances_from(g, trial).sum()) <= before:
                         start = trial
                         break
                     alpha = 0.5 * (alpha - 1.0)
-        c3, total = _step(g, diag, start, nu)
+        c3, total = _step(g, start, nu)
         done += 1
         if _settled(g, c3 - start, total, m):
             return c3, done
