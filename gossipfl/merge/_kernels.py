@@ -145,11 +145,13 @@ def as_weights(weights: npt.ArrayLike, d: int) -> F64:
         )
     if d == 0:
         return w
-    if not np.isfinite(w).all():
+    # The ufunc reductions that .all(), .any() and .sum() call, without their Python
+    # wrappers: a few microseconds of every merge of a large simulation.
+    if not np.logical_and.reduce(np.isfinite(w)):
         raise MergeInputError(f"weights must be finite, got {w.tolist()}")
-    if (w < 0).any():
+    if np.logical_or.reduce(w < 0):
         raise MergeInputError(f"weights must be non-negative, got {w.tolist()}")
-    total = float(w.sum())
+    total = float(np.add.reduce(w))
     if total > 1.0 + WEIGHT_SUM_SLACK:
         raise MergeInputError(
             f"neighbour weights sum to {total:.6g} > 1; the own weight 1 − sum must be >= 0"
@@ -426,7 +428,7 @@ def combine(center: F32, rows: F32, coef: F64, ws: Workspace, *, validate: bool 
     """
     k = rows.shape[0]
     c32 = coef.astype(np.float32)
-    own_coef = np.float32(1.0 - float(coef.sum()))
+    own_coef = np.float32(1.0 - float(np.add.reduce(coef)))  # coef.sum(), unwrapped
     with np.errstate(over="ignore", invalid="ignore"):
         out: F32 = np.multiply(center, own_coef) if own_coef != 0.0 else np.zeros_like(center)
         if k and rows.flags.c_contiguous and center.shape[0] >= SGEMV_MIN_COLUMNS:
@@ -440,7 +442,9 @@ def combine(center: F32, rows: F32, coef: F64, ws: Workspace, *, validate: bool 
     if validate:
         if not finite:
             raise_if_non_finite(center, rows)  # NaN/inf inputs; else a finite overflow
-        unseen = [rows[j] for j in np.flatnonzero(c32 == 0.0)]
+        # (np.logical_and.reduce: whether every coefficient is non-zero, the usual case,
+        # without np.flatnonzero's Python-level work)
+        unseen = [] if np.logical_and.reduce(c32) else [rows[j] for j in np.flatnonzero(c32 == 0.0)]
         if own_coef == 0.0:
             unseen.append(center)
         if unseen and not vectors_finite(unseen, ws):

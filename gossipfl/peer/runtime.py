@@ -129,7 +129,8 @@ def _peak(vector: Vector) -> float:
     """The largest magnitude in ``vector`` (NaN if it holds one); two passes, no copy."""
     if vector.size == 0:
         return 0.0
-    low, high = float(vector.min()), float(vector.max())
+    # the reductions .min() and .max() call, without their Python wrappers (every merge)
+    low, high = float(np.minimum.reduce(vector)), float(np.maximum.reduce(vector))
     if math.isnan(low) or math.isnan(high):
         return math.nan
     return max(-low, high)
