@@ -20,6 +20,7 @@ import numpy.typing as npt
 from gossipfl.peer.reports import RoundReport
 
 FloatArray = npt.NDArray[np.float32]
+_Held = tuple[RoundReport, FloatArray, dict[str, float]]
 Evaluate = Callable[[FloatArray], tuple[FloatArray, FloatArray]]
 """Accuracy and loss of each row of a (models × parameters) matrix."""
 
@@ -67,7 +68,10 @@ class MetricsCollector:
         self._evaluate = evaluate
         self._eval_every = eval_every
         self._on_round = on_round
-        self._pending: dict[int, dict[str, RoundReport]] = {}
+        # round -> peer -> (report, a copy of its vector, a copy of its metrics): the
+        # report as the peer made it, not rebuilt around the copies (a frozen dataclass
+        # of seven fields, once per peer-round)
+        self._pending: dict[int, dict[str, _Held]] = {}
         self._last: dict[str, int] = {}
         self._at: Counter[int] = Counter({-1: len(self.present)})  # present peers per last round
         self._floor = -1  # the lowest last round among present peers
@@ -98,15 +102,8 @@ class MetricsCollector:
         if report.peer not in self.present or report.round < self._next_final:
             return  # absent peer, or a straggler's report of a round already final
         vector = np.array(report.vector, dtype=np.float32, copy=True)
-        self._pending.setdefault(report.round, {})[report.peer] = RoundReport(
-            peer=report.peer,
-            round=report.round,
-            vector=vector,
-            stats=report.stats,
-            train_metrics=dict(report.train_metrics),
-            bytes_sent=report.bytes_sent,
-            time=report.time,
-        )
+        held = (report, vector, dict(report.train_metrics))
+        self._pending.setdefault(report.round, {})[report.peer] = held
         old = self._last.get(report.peer, -1)
         if report.round > old:
             self._last[report.peer] = report.round
@@ -140,7 +137,7 @@ class MetricsCollector:
         if not reports:
             return
         peers = sorted(reports)
-        rows = [reports[p].vector for p in peers]
+        rows = [reports[p][1] for p in peers]
         vectors, mean, distances = _consensus(rows)
         evaluate_now = self._evaluate is not None and (
             (round + 1) % self._eval_every == 0 or round == self.rounds - 1
@@ -152,11 +149,11 @@ class MetricsCollector:
             acc, loss = self._evaluate(np.stack(rows) if vectors is None else vectors)
             avg_acc_arr, _ = self._evaluate(mean.astype(np.float32)[None, :])
             avg_acc = float(avg_acc_arr[0])
-        train_losses = [reports[p].train_metrics.get("loss", math.nan) for p in peers]
+        train_losses = [reports[p][2].get("loss", math.nan) for p in peers]
         sent = 0
         spent: list[float] = []  # DP-SGD's epsilon of each peer that reports one
         for i, p in enumerate(peers):
-            rep = reports[p]
+            rep, _, metrics = reports[p]
             delta = rep.bytes_sent - self._bytes_before.get(p, 0)
             self._bytes_before[p] = rep.bytes_sent
             sent += delta
@@ -178,7 +175,7 @@ class MetricsCollector:
             if acc is not None and loss is not None:
                 row["accuracy"] = float(acc[i])
                 row["loss"] = float(loss[i])
-            epsilon = rep.train_metrics.get("epsilon")
+            epsilon = metrics.get("epsilon")
             if epsilon is not None:
                 row["epsilon"] = float(epsilon)
                 spent.append(float(epsilon))
@@ -195,11 +192,11 @@ class MetricsCollector:
             mean_loss=float(np.mean(loss)) if loss is not None else None,
             train_loss=float(np.mean(finite)) if finite else None,
             bytes_sent=sent,
-            received=sum(reports[p].stats.received for p in peers),
-            missing=sum(len(reports[p].stats.missing) for p in peers),
-            late=sum(reports[p].stats.late for p in peers),
-            duplicates=sum(reports[p].stats.duplicates for p in peers),
-            time=max(reports[p].time for p in peers),
+            received=sum(reports[p][0].stats.received for p in peers),
+            missing=sum(len(reports[p][0].stats.missing) for p in peers),
+            late=sum(reports[p][0].stats.late for p in peers),
+            duplicates=sum(reports[p][0].stats.duplicates for p in peers),
+            time=max(reports[p][0].time for p in peers),
             epsilon=max(spent) if spent else None,
         )
         self.summaries.append(summary)

@@ -106,6 +106,7 @@ def view_array(spec: ArraySpec, payload: memoryview, offset: int) -> NDArray[np.
     )
     if not _LITTLE and dtype.itemsize > 1:  # pragma: no cover - big-endian hosts only
         array = array.astype(dtype.newbyteorder("="))
-    array = array.reshape(spec.shape)
+    if len(spec.shape) != 1:  # a 1-D spec is what frombuffer made: no reshaped view
+        array = array.reshape(spec.shape)
     array.flags.writeable = False
     return array

@@ -117,6 +117,8 @@ def _unpack_header(view: memoryview, limits: Limits) -> dict[str, Any]:
 
 def _check_keys(kind: str, header: dict[str, Any]) -> None:
     expected = KEYS[kind]
+    if header.keys() == expected:  # the usual case, without building a set
+        return
     keys = header.keys() - OPTIONAL_KEYS.get(kind, frozenset())
     if keys != expected:
         missing = sorted(expected - keys)
@@ -268,7 +270,7 @@ def assemble_update(
     pass already made over all of ``payload`` as it arrived (by the chunk assembler,
     made with :func:`fused_check`); its digest is compared when ``verify`` is true."""
     specs: tuple[ArraySpec, ...] = fields["arrays"]
-    size = sum(spec.nbytes for spec in specs)
+    size = specs[0].nbytes if len(specs) == 1 else sum(spec.nbytes for spec in specs)
     if payload.nbytes < size:
         raise TruncatedError(f"payload has {payload.nbytes} bytes, its arrays need {size}")
     if payload.nbytes > size:
