@@ -152,6 +152,13 @@ class MetricsCollector:
         train_losses = [reports[p][2].get("loss", math.nan) for p in peers]
         sent = 0
         spent: list[float] = []  # DP-SGD's epsilon of each peer that reports one
+        # Python floats of the whole column at once (each the float() of its element, bit
+        # for bit), not a numpy scalar made and converted per row
+        distance_of = distances.tolist()
+        acc_of = loss_of = None
+        if acc is not None and loss is not None:
+            acc_of = np.asarray(acc, dtype=np.float64).tolist()  # exact, from float32
+            loss_of = np.asarray(loss, dtype=np.float64).tolist()
         for i, p in enumerate(peers):
             rep, _, metrics = reports[p]
             delta = rep.bytes_sent - self._bytes_before.get(p, 0)
@@ -161,7 +168,7 @@ class MetricsCollector:
                 "kind": "peer",
                 "round": round,
                 "peer": p,
-                "consensus_distance": float(distances[i]),
+                "consensus_distance": distance_of[i],
                 "train_loss": _finite_or_none(train_losses[i]),
                 "bytes_sent": delta,
                 "received": rep.stats.received,
@@ -172,9 +179,9 @@ class MetricsCollector:
                 "staleness_mean": rep.stats.staleness_mean,
                 "time": rep.time,
             }
-            if acc is not None and loss is not None:
-                row["accuracy"] = float(acc[i])
-                row["loss"] = float(loss[i])
+            if acc_of is not None and loss_of is not None:
+                row["accuracy"] = acc_of[i]
+                row["loss"] = loss_of[i]
             epsilon = metrics.get("epsilon")
             if epsilon is not None:
                 row["epsilon"] = float(epsilon)
