@@ -31,6 +31,7 @@ the three above (int8 with blocks of 256). Registries are immutable: make a new 
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,13 @@ class Codec(ABC):
         :class:`SchemaError` for values the codec never produces."""
 
 
+@functools.lru_cache(maxsize=16)
+def _one_array(dtype: str, n: int) -> tuple[ArraySpec, ...]:
+    """The specs of a payload that is one array of ``n`` values, made once per size:
+    every update received asks for them (a bounded cache: ``n`` comes from the sender)."""
+    return (ArraySpec(dtype, (n,)),)
+
+
 def _no_params(name: str, params: Mapping[str, int]) -> None:
     if params:
         raise SchemaError(f"codec {name} takes no parameters, got {sorted(params)}")
@@ -126,7 +134,7 @@ class Fp32(Codec):
 
     def specs(self, n: int, params: Mapping[str, int]) -> tuple[ArraySpec, ...]:
         _no_params(self.name, params)
-        return (ArraySpec("float32", (n,)),)
+        return _one_array("float32", n)
 
     def decode(
         self, n: int, params: Mapping[str, int], arrays: Sequence[NDArray[np.generic]]
@@ -154,7 +162,7 @@ class Fp16(Codec):
 
     def specs(self, n: int, params: Mapping[str, int]) -> tuple[ArraySpec, ...]:
         _no_params(self.name, params)
-        return (ArraySpec("float16", (n,)),)
+        return _one_array("float16", n)
 
     def decode(
         self, n: int, params: Mapping[str, int], arrays: Sequence[NDArray[np.generic]]

@@ -212,6 +212,25 @@ def _decode_hello(h: dict[str, Any], payload: memoryview, limits: Limits, *_: An
     )
 
 
+def _same_spec(item: object, spec: ArraySpec) -> bool:
+    """Whether ``item`` is exactly ``spec``'s wire form ``[dtype, [dims]]``, with the
+    types :meth:`ArraySpec.from_wire` requires (an int dim, not True or 1.0). The specs
+    a codec expects are valid, so a match needs no parsing. Why: parsing made an
+    :class:`ArraySpec` per array of every update received, only to compare it."""
+    if type(item) is not list or len(item) != 2:
+        return False
+    dtype, shape = item
+    want = spec.shape
+    if type(dtype) is not str or dtype != spec.dtype or type(shape) is not list:
+        return False
+    if len(shape) != len(want):
+        return False
+    for dim, expected in zip(shape, want, strict=True):
+        if type(dim) is not int or dim != expected:
+            return False
+    return True
+
+
 def _head_fields(h: dict[str, Any], limits: Limits, codecs: CodecRegistry) -> dict[str, Any]:
     """Validate the fields shared by Update and UpdateHead, payload aside."""
     n = h["n"]
@@ -225,9 +244,16 @@ def _head_fields(h: dict[str, Any], limits: Limits, codecs: CodecRegistry) -> di
     raw = h["arrays"]
     if type(raw) is not list or len(raw) != len(expected):
         raise ArrayError(f"codec {codec.name} carries {len(expected)} arrays; the header differs")
-    specs = tuple(ArraySpec.from_wire(item, max_count=limits.max_payload) for item in raw)
-    if specs != expected:
-        raise ArrayError(f"arrays {specs} do not match codec {codec.name} for n={n}: {expected}")
+    specs = expected
+    if not all(map(_same_spec, raw, expected)) or any(
+        spec.count > limits.max_payload for spec in expected
+    ):
+        # Parsed, for the error that says what is wrong with them.
+        specs = tuple(ArraySpec.from_wire(item, max_count=limits.max_payload) for item in raw)
+        if specs != expected:
+            raise ArrayError(
+                f"arrays {specs} do not match codec {codec.name} for n={n}: {expected}"
+            )
     return {
         "sender": h["sender"],
         "round": h["round"],
