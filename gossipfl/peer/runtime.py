@@ -981,6 +981,8 @@ class Peer:
         core = self._core
         if not isinstance(core, SyncGossip):
             return
+        if not (action.stats.slow or self._slow or action.stats.implausible):
+            return  # the usual round: nobody slow, before or now, and no claim to doubt
         slow = frozenset(action.stats.slow)
         for peer in sorted(slow - self._slow):
             self.counters.slow_neighbours += 1
