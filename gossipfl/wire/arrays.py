@@ -82,10 +82,12 @@ class ArraySpec:
 
 def spec_of(array: NDArray[np.generic]) -> ArraySpec:
     """The spec of a local array; refuses dtypes not in :data:`WIRE_DTYPES`."""
-    name = _NAME_OF.get(array.dtype.newbyteorder("="))
+    dtype = array.dtype
+    # a native dtype is a key as it is (newbyteorder makes a new dtype object each call)
+    name = _NAME_OF.get(dtype) or _NAME_OF.get(dtype.newbyteorder("="))
     if name is None:
         raise ArrayError(f"dtype {array.dtype} cannot travel on the wire")
-    return ArraySpec(name, tuple(int(d) for d in array.shape))
+    return ArraySpec(name, tuple(map(int, array.shape)))
 
 
 def wire_bytes(array: NDArray[np.generic]) -> memoryview:
