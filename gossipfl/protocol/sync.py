@@ -297,23 +297,26 @@ class SyncGossip(RoundCore):
         slot[peer] = event.vector
 
     def _waiting_for(self) -> set[PeerId]:
-        arrived = self._buffer.get(self.round, {})
+        # Asked after every model that arrives: the attributes it reads are locals.
+        round = self.round
+        arrived = self._buffer.get(round, {})
+        down, latest_of, slow = self._down, self._latest, self._slow
         waiting: set[PeerId] = set()
         behind: set[PeerId] = set()
         live = 0
-        for peer in self.neighbourhood.receive_from(self.round):
-            if peer in self._down:
+        for peer in self.neighbourhood.receive_from(round):
+            if peer in down:
                 continue
             live += 1
             if peer in arrived:
                 continue
-            latest = self._latest.get(peer)
-            if latest is not None and latest > self.round:
+            latest = latest_of.get(peer)
+            if latest is not None and latest > round:
                 continue
             if latest is not None and self._known_behind(peer, latest):
                 behind.add(peer)
                 continue
-            if peer in self._slow:
+            if peer in slow:
                 continue  # it keeps us waiting: its model is used if in, or reused later
             waiting.add(peer)
         if 2 * len(behind) > live:
