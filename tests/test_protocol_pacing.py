@@ -5,6 +5,7 @@ clock, so every delay is exact."""
 from __future__ import annotations
 
 import heapq
+import math
 
 import numpy as np
 import pytest
@@ -311,6 +312,64 @@ def test_the_adaptive_deadline_stays_within_its_bounds(delays: list[float]) -> N
         assert deadline is not None
         assert deadline >= 0.25  # 5% of the deadline at least
         assert deadline >= 3 * sorted(delays[-16:])[0]  # 3x a 90th percentile at least
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["arrived", "early", "in vain"]),
+            st.integers(min_value=0, max_value=40),
+            st.floats(min_value=0.0, max_value=10.0),
+        ),
+        max_size=80,
+    ),
+    st.integers(min_value=1, max_value=6),
+)
+def test_medians_and_percentiles_are_those_of_the_window_kept(
+    records: list[tuple[str, int, float]], window: int
+) -> None:
+    """Delays are kept sorted as they are recorded (not sorted per question): the median
+    and the 90th percentile must still be those of the delays in the window, whatever
+    the order of arrivals, early ones, waits in vain and replacements."""
+    policy = WaitPolicy(window=window, min_samples=1)
+    arrivals = Arrivals(policy, deadline=5.0)
+    kept: dict[int, float] = {}  # the window, recorded from scratch
+    for kind, r, t in records:
+        arrivals.started(r, 0.0)
+        if kind == "arrived":
+            arrivals.arrived("p", r, t)
+            kept[r] = t
+        elif kind == "early":
+            arrivals.arrived_early("p", r)
+            kept[r] = 0.0
+        elif r not in kept:
+            arrivals.waited_in_vain("p", r, t)
+            kept[r] = t
+        else:
+            arrivals.waited_in_vain("p", r, t)  # an arrival is better evidence: ignored
+        if len(kept) > window:
+            del kept[min(kept)]
+        ordered = sorted(kept.values())
+        mid = len(ordered) // 2
+        median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        assert arrivals.typical("p") == median
+        q90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+        assert arrivals.round_deadline(["p"]) == max(
+            policy.min_deadline * 5.0, policy.deadline_factor * q90 + policy.margin * 5.0
+        )
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=50.0), min_size=1, max_size=60))
+def test_the_pace_is_the_median_of_the_last_window_of_rounds(seconds: list[float]) -> None:
+    budget = SkipBudget(anchor_round=0, anchor_time=0.0, window=5)
+    budget.seed_pace(3.0)
+    taken = [3.0]
+    for s in seconds:
+        budget.round_took(s)
+        taken.append(s)
+        last = sorted(taken[-5:])
+        mid = len(last) // 2
+        assert budget.pace == (last[mid] if len(last) % 2 else (last[mid - 1] + last[mid]) / 2)
 
 
 def test_the_skip_limit_counts_our_rounds_and_our_idle_time() -> None:

@@ -47,6 +47,7 @@ keeps the bound right when our pace changes, e.g. when the machine gets busy.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -90,14 +91,21 @@ class WaitPolicy:
 
 
 def _median(values: list[float]) -> float:
-    ordered = sorted(values)
+    return _median_of_sorted(sorted(values))
+
+
+def _median_of_sorted(ordered: list[float]) -> float:
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _quantile90(values: list[float]) -> float:
-    ordered = sorted(values)
+def _quantile90_of_sorted(ordered: list[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def _discard_sorted(ordered: list[float], value: float) -> None:
+    """Remove one occurrence of ``value`` from the sorted list ``ordered``."""
+    del ordered[bisect.bisect_left(ordered, value)]
 
 
 class Arrivals:
@@ -107,6 +115,10 @@ class Arrivals:
         self.policy = policy
         self.deadline = deadline
         self._delays: dict[PeerId, dict[int, float]] = {}
+        # The same delays of each neighbour, kept sorted as they are recorded: a round
+        # reads each neighbour's median (judge) and 90th percentile (round_deadline),
+        # which sorted a fresh list each time (the same values, so the same results).
+        self._sorted: dict[PeerId, list[float]] = {}
         self._missed: dict[PeerId, set[int]] = {}  # rounds it made us wait in vain
         self._started: dict[int, float] = {}
         self.slow: frozenset[PeerId] = frozenset()
@@ -147,9 +159,14 @@ class Arrivals:
         delays = self._delays.setdefault(peer, {})
         if keep and round in delays:
             return  # an actual arrival is better evidence than a censored wait
+        ordered = self._sorted.setdefault(peer, [])
+        replaced = delays.get(round)
+        if replaced is not None:
+            _discard_sorted(ordered, replaced)
         delays[round] = delay
+        bisect.insort(ordered, delay)
         if len(delays) > self.policy.window:
-            del delays[min(delays)]
+            _discard_sorted(ordered, delays.pop(min(delays)))
 
     # ------------------------------------------------------------------- judging
 
@@ -158,7 +175,7 @@ class Arrivals:
         delays = self._delays.get(peer)
         if not delays or len(delays) < self.policy.min_samples:
             return None
-        return _median(list(delays.values()))
+        return _median_of_sorted(self._sorted[peer])
 
     def judge(self, neighbours: Iterable[PeerId]) -> frozenset[PeerId]:
         """Recompute (and return) the slow set among ``neighbours``."""
@@ -202,7 +219,7 @@ class Arrivals:
             delays = self._delays.get(peer)
             if not delays or len(delays) < policy.min_samples:
                 return None
-            worst = max(worst, _quantile90(list(delays.values())))
+            worst = max(worst, _quantile90_of_sorted(self._sorted[peer]))
         return self._bounded(worst)
 
 
@@ -226,25 +243,35 @@ class SkipBudget:
         self.anchor_time = anchor_time
         self.speedup = speedup
         self._durations: deque[float] = deque(maxlen=window)
+        self._sorted: list[float] = []  # the same durations, sorted (pace is read each round)
         self._rounds = 0
         self._busy = 0.0  # seconds spent in the rounds we completed since the anchor
 
     def round_took(self, seconds: float) -> None:
         """A round of ours took ``seconds`` from its start to its merge."""
         seconds = max(seconds, 0.0)
-        self._durations.append(seconds)
+        self._push(seconds)
         self._rounds += 1
         self._busy += seconds
 
     def seed_pace(self, seconds: float) -> None:
         """Our pace before a restart (from the checkpoint), until rounds measure it."""
         if seconds > 0:
-            self._durations.append(seconds)
+            self._push(seconds)
+
+    def _push(self, seconds: float) -> None:
+        durations = self._durations
+        if len(durations) == durations.maxlen:
+            if not durations:
+                return  # a window of 0 keeps nothing
+            _discard_sorted(self._sorted, durations[0])  # the one append() evicts
+        durations.append(seconds)
+        bisect.insort(self._sorted, seconds)
 
     @property
     def pace(self) -> float | None:
         """The median duration of our recent rounds (None before the first)."""
-        return _median(list(self._durations)) if self._durations else None
+        return _median_of_sorted(self._sorted) if self._sorted else None
 
     def limit(self, now: float) -> int | None:
         """The furthest round plausible at ``now``; None while our pace is unknown or 0
