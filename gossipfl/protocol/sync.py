@@ -436,13 +436,21 @@ class SyncGossip(RoundCore):
         claims = {p: self._latest.get(p, -1) for p in neighbours}
         believable = claims
         limit = None
+        # Usually nobody claims to be ahead at all: then every claim is believable and no
+        # skip can follow, known from the furthest claim alone (once per round, per peer).
+        furthest = max(claims.values())
         if self._clock is not None and self._budget is not None:
             limit = self._budget.limit(self._clock())
             if limit is None:
                 return  # our own pace is not known yet: no skip can be judged plausible
             bound = limit + self._max_ahead
-            believable = {p: c for p, c in claims.items() if c <= bound}
-            self._implausible = tuple(sorted(set(claims) - set(believable)))
+            if furthest <= bound:
+                self._implausible = ()
+            else:
+                believable = {p: c for p, c in claims.items() if c <= bound}
+                self._implausible = tuple(sorted(set(claims) - set(believable)))
+        if furthest < self.round + self._catch_up_lag:
+            return  # nobody far enough ahead to follow (the quorum is at least 1)
         quorum = max(min(self._catch_up_quorum, len(claims)), self._tolerance + 1)
         ahead = sorted(
             (c for c in believable.values() if c >= self.round + self._catch_up_lag),

@@ -128,6 +128,10 @@ class MetricsCollector:
         if not self.present:
             return
         ready_up_to = self._floor
+        if ready_up_to < self._next_final:
+            # Nothing new is final (pending rounds are all >= _next_final: add() drops
+            # older reports): the usual case, once per report.
+            return
         for r in sorted(k for k in self._pending if k <= ready_up_to):
             self._finalize(r)
         self._next_final = max(self._next_final, ready_up_to + 1)

@@ -187,7 +187,9 @@ class MemoryNetwork:
         if dst not in self._connected.get(src, ()):  # is_connected, inlined: once per frame
             self._connected.setdefault(src, set()).add(dst)
             self._connected.setdefault(dst, set()).add(src)
-        aware = self._aware.setdefault(src, set())
+        aware = self._aware.get(src)
+        if aware is None:
+            aware = self._aware[src] = set()
         if dst not in aware:
             aware.add(dst)
             self._endpoints[src]._push(Connected(dst))
