@@ -27,14 +27,18 @@ class MergeContext:
     total_rounds: int
 
     def __post_init__(self) -> None:
-        for name in ("round", "total_rounds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"MergeContext.{name} must be an int, got {value!r}")
+        if not (type(self.round) is int and type(self.total_rounds) is int):
+            self._check_types()  # plain ints, as every merge of a run passes, need no loop
         if self.round < 0:
             raise ConfigError(f"MergeContext.round must be >= 0, got {self.round}")
         if self.total_rounds < 1:
             raise ConfigError(f"MergeContext.total_rounds must be >= 1, got {self.total_rounds}")
+
+    def _check_types(self) -> None:
+        for name in ("round", "total_rounds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"MergeContext.{name} must be an int, got {value!r}")
 
     @property
     def progress(self) -> float:
