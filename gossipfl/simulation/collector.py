@@ -18,9 +18,10 @@ import numpy as np
 import numpy.typing as npt
 
 from gossipfl.peer.reports import RoundReport
+from gossipfl.protocol.events import RoundStats
 
 FloatArray = npt.NDArray[np.float32]
-_Held = tuple[RoundReport, FloatArray, dict[str, float]]
+_Held = tuple[RoundStats, int, float, FloatArray, dict[str, float]]
 Evaluate = Callable[[FloatArray], tuple[FloatArray, FloatArray]]
 """Accuracy and loss of each row of a (models × parameters) matrix."""
 
@@ -68,9 +69,10 @@ class MetricsCollector:
         self._evaluate = evaluate
         self._eval_every = eval_every
         self._on_round = on_round
-        # round -> peer -> (report, a copy of its vector, a copy of its metrics): the
-        # report as the peer made it, not rebuilt around the copies (a frozen dataclass
-        # of seven fields, once per peer-round)
+        # round -> peer -> (stats, bytes sent, time, a copy of the vector, a copy of the
+        # metrics): what the metrics need, not a RoundReport rebuilt around the copies (a
+        # frozen dataclass of seven fields, once per peer-round), nor the report itself
+        # (which would keep the peer's own vector alive until the round is final)
         self._pending: dict[int, dict[str, _Held]] = {}
         self._last: dict[str, int] = {}
         self._at: Counter[int] = Counter({-1: len(self.present)})  # present peers per last round
@@ -102,7 +104,7 @@ class MetricsCollector:
         if report.peer not in self.present or report.round < self._next_final:
             return  # absent peer, or a straggler's report of a round already final
         vector = np.array(report.vector, dtype=np.float32, copy=True)
-        held = (report, vector, dict(report.train_metrics))
+        held = (report.stats, report.bytes_sent, report.time, vector, dict(report.train_metrics))
         self._pending.setdefault(report.round, {})[report.peer] = held
         old = self._last.get(report.peer, -1)
         if report.round > old:
@@ -141,7 +143,7 @@ class MetricsCollector:
         if not reports:
             return
         peers = sorted(reports)
-        rows = [reports[p][1] for p in peers]
+        rows = [reports[p][3] for p in peers]
         vectors, mean, distances = _consensus(rows)
         evaluate_now = self._evaluate is not None and (
             (round + 1) % self._eval_every == 0 or round == self.rounds - 1
@@ -153,7 +155,7 @@ class MetricsCollector:
             acc, loss = self._evaluate(np.stack(rows) if vectors is None else vectors)
             avg_acc_arr, _ = self._evaluate(mean.astype(np.float32)[None, :])
             avg_acc = float(avg_acc_arr[0])
-        train_losses = [reports[p][2].get("loss", math.nan) for p in peers]
+        train_losses = [reports[p][4].get("loss", math.nan) for p in peers]
         sent = 0
         spent: list[float] = []  # DP-SGD's epsilon of each peer that reports one
         # Python floats of the whole column at once (each the float() of its element, bit
@@ -164,9 +166,9 @@ class MetricsCollector:
             acc_of = np.asarray(acc, dtype=np.float64).tolist()  # exact, from float32
             loss_of = np.asarray(loss, dtype=np.float64).tolist()
         for i, p in enumerate(peers):
-            rep, _, metrics = reports[p]
-            delta = rep.bytes_sent - self._bytes_before.get(p, 0)
-            self._bytes_before[p] = rep.bytes_sent
+            stats, bytes_sent, at, _, metrics = reports[p]
+            delta = bytes_sent - self._bytes_before.get(p, 0)
+            self._bytes_before[p] = bytes_sent
             sent += delta
             row: dict[str, object] = {
                 "kind": "peer",
@@ -175,13 +177,13 @@ class MetricsCollector:
                 "consensus_distance": distance_of[i],
                 "train_loss": _finite_or_none(train_losses[i]),
                 "bytes_sent": delta,
-                "received": rep.stats.received,
-                "missing": len(rep.stats.missing),
-                "reused": rep.stats.reused,
-                "late": rep.stats.late,
-                "duplicates": rep.stats.duplicates,
-                "staleness_mean": rep.stats.staleness_mean,
-                "time": rep.time,
+                "received": stats.received,
+                "missing": len(stats.missing),
+                "reused": stats.reused,
+                "late": stats.late,
+                "duplicates": stats.duplicates,
+                "staleness_mean": stats.staleness_mean,
+                "time": at,
             }
             if acc_of is not None and loss_of is not None:
                 row["accuracy"] = acc_of[i]
@@ -203,11 +205,11 @@ class MetricsCollector:
             mean_loss=float(np.mean(loss)) if loss is not None else None,
             train_loss=float(np.mean(finite)) if finite else None,
             bytes_sent=sent,
-            received=sum(reports[p][0].stats.received for p in peers),
-            missing=sum(len(reports[p][0].stats.missing) for p in peers),
-            late=sum(reports[p][0].stats.late for p in peers),
-            duplicates=sum(reports[p][0].stats.duplicates for p in peers),
-            time=max(reports[p][0].time for p in peers),
+            received=sum(reports[p][0].received for p in peers),
+            missing=sum(len(reports[p][0].missing) for p in peers),
+            late=sum(reports[p][0].late for p in peers),
+            duplicates=sum(reports[p][0].duplicates for p in peers),
+            time=max(reports[p][2] for p in peers),
             epsilon=max(spent) if spent else None,
         )
         self.summaries.append(summary)
