@@ -19,7 +19,8 @@ Which path runs is decided per call by the environment variable ``GOSSIPFL_KERNE
 
 Each kernel is Python source generated for its shape (the network for (m, b), the
 products for d) and compiled by numba on first use, never at import: 0.3–1 s per kernel
-at d ≤ 8, up to 3 s at d = 16 (the full Gram matrix, the median of 17). The source is
+at d ≤ 8, up to 3 s at d = 16 (the full Gram matrix, the median of 17), and 3–4 s for the
+geometric median's coefficient-space kernel (one for every d). The source is
 written to a cache directory and imported from there, so that numba's ``cache=True`` can
 keep the machine code between processes (loading a cached kernel takes milliseconds).
 The directory is ``$GOSSIPFL_KERNEL_CACHE``, else ``$NUMBA_CACHE_DIR/gossipfl``, else
