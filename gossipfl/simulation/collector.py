@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +22,21 @@ from gossipfl.peer.reports import RoundReport
 from gossipfl.protocol.events import RoundStats
 
 FloatArray = npt.NDArray[np.float32]
-_Held = tuple[RoundStats, int, float, FloatArray, dict[str, float]]
 Evaluate = Callable[[FloatArray], tuple[FloatArray, FloatArray]]
 """Accuracy and loss of each row of a (models × parameters) matrix."""
+
+
+class _Held(NamedTuple):
+    """What the metrics need of a peer's report until its round is final: a tuple, not a
+    :class:`RoundReport` rebuilt around the copies (a frozen dataclass of seven fields,
+    once per peer-round), nor the report itself (which would keep the peer's own vector
+    alive until then)."""
+
+    stats: RoundStats
+    bytes_sent: int
+    time: float
+    vector: FloatArray  # a copy
+    metrics: dict[str, float]  # a copy
 
 
 @dataclass(frozen=True)
@@ -69,10 +82,7 @@ class MetricsCollector:
         self._evaluate = evaluate
         self._eval_every = eval_every
         self._on_round = on_round
-        # round -> peer -> (stats, bytes sent, time, a copy of the vector, a copy of the
-        # metrics): what the metrics need, not a RoundReport rebuilt around the copies (a
-        # frozen dataclass of seven fields, once per peer-round), nor the report itself
-        # (which would keep the peer's own vector alive until the round is final)
+        # round -> peer -> what the metrics need of its report
         self._pending: dict[int, dict[str, _Held]] = {}
         self._last: dict[str, int] = {}
         self._at: Counter[int] = Counter({-1: len(self.present)})  # present peers per last round
@@ -104,7 +114,9 @@ class MetricsCollector:
         if report.peer not in self.present or report.round < self._next_final:
             return  # absent peer, or a straggler's report of a round already final
         vector = np.array(report.vector, dtype=np.float32, copy=True)
-        held = (report.stats, report.bytes_sent, report.time, vector, dict(report.train_metrics))
+        held = _Held(
+            report.stats, report.bytes_sent, report.time, vector, dict(report.train_metrics)
+        )
         self._pending.setdefault(report.round, {})[report.peer] = held
         old = self._last.get(report.peer, -1)
         if report.round > old:
@@ -143,7 +155,7 @@ class MetricsCollector:
         if not reports:
             return
         peers = sorted(reports)
-        rows = [reports[p][3] for p in peers]
+        rows = [reports[p].vector for p in peers]
         vectors, mean, distances = _consensus(rows)
         evaluate_now = self._evaluate is not None and (
             (round + 1) % self._eval_every == 0 or round == self.rounds - 1
@@ -155,7 +167,7 @@ class MetricsCollector:
             acc, loss = self._evaluate(np.stack(rows) if vectors is None else vectors)
             avg_acc_arr, _ = self._evaluate(mean.astype(np.float32)[None, :])
             avg_acc = float(avg_acc_arr[0])
-        train_losses = [reports[p][4].get("loss", math.nan) for p in peers]
+        train_losses = [reports[p].metrics.get("loss", math.nan) for p in peers]
         sent = 0
         spent: list[float] = []  # DP-SGD's epsilon of each peer that reports one
         # Python floats of the whole column at once (each the float() of its element, bit
@@ -205,11 +217,11 @@ class MetricsCollector:
             mean_loss=float(np.mean(loss)) if loss is not None else None,
             train_loss=float(np.mean(finite)) if finite else None,
             bytes_sent=sent,
-            received=sum(reports[p][0].received for p in peers),
-            missing=sum(len(reports[p][0].missing) for p in peers),
-            late=sum(reports[p][0].late for p in peers),
-            duplicates=sum(reports[p][0].duplicates for p in peers),
-            time=max(reports[p][2] for p in peers),
+            received=sum(reports[p].stats.received for p in peers),
+            missing=sum(len(reports[p].stats.missing) for p in peers),
+            late=sum(reports[p].stats.late for p in peers),
+            duplicates=sum(reports[p].stats.duplicates for p in peers),
+            time=max(reports[p].time for p in peers),
             epsilon=max(spent) if spent else None,
         )
         self.summaries.append(summary)
