@@ -103,3 +103,53 @@ def test_start_fresh_from_the_command_line(
     said = capsys.readouterr().err
     assert "a new job: the previous job's state/ is now" in said
     assert "finished: rounds 1..2" in said
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+async def test_a_roster_peer_that_never_comes_is_named_and_start_timeout_starts_anyway(
+    tmp_path: Path,
+) -> None:
+    """An insider on the roster can hold round 0 back by never coming, for
+    ``topology.start_timeout`` seconds: the wait names whom it waits for, then starts."""
+    from gossipfl.daemon.roster import RosterEntry, roster_toml
+    from gossipfl.identity import save_identity
+
+    own, beta, gamma = (generate_identity() for _ in range(3))
+    roster = tmp_path / "roster.toml"
+    entries = [
+        RosterEntry(name, i.peer_id)
+        for name, i in (("alpha", own), ("beta", beta), ("gamma", gamma))
+    ]
+    roster.write_text(roster_toml(entries, {"name": "ring"}))
+    save_identity(own, tmp_path / "id" / "identity.key")
+    cfg = config(tmp_path, 2).with_overrides(
+        [
+            f"topology.roster='{roster}'",
+            "topology.min_peers=0",
+            "topology.start_timeout=1.0",
+            "training.deadline=0.5",
+        ]
+    )
+    err = io.StringIO()
+    node = Node(cfg, own, reporter=Reporter(out=io.StringIO(), err=err))
+    with trio.fail_after(60):
+        result = await node.run()
+    said = err.getvalue()
+    short = [f"{i.peer_id[:8]}...{i.peer_id[-4:]}" for i in (beta, gamma)]
+    assert f"waiting for peers: 1 of 3 present (absent: beta {short[0]}, gamma {short[1]})" in said
+    assert "start_timeout passed" in said
+    assert result.reason == "finished"
+
+
+def test_the_wait_names_at_most_a_few_absent_peers() -> None:
+    from gossipfl.daemon.node import ABSENT_SHOWN, absent_from
+    from gossipfl.daemon.roster import Roster, RosterEntry
+
+    ids = [generate_identity().peer_id for _ in range(ABSENT_SHOWN + 3)]
+    roster = Roster(tuple(RosterEntry(f"n{k}", p) for k, p in enumerate(ids)))
+    text = absent_from(roster, ids[:1])
+    assert text.startswith(" (absent: n1 ")
+    assert text.count("...") == ABSENT_SHOWN
+    assert text.endswith(" and 2 more)")
+    assert absent_from(roster, ids) == ""

@@ -486,6 +486,8 @@ class Node:
             problem = ""
             if len(members) < wanted:
                 problem = f"waiting for peers: {len(members)} of {wanted} present"
+                if self.roster is not None:
+                    problem += absent_from(self.roster, members)
             elif not stable:
                 problem = "waiting for the membership to settle"
             elif self.roster is None and not resuming:
@@ -931,6 +933,23 @@ class Node:
             f"round {next_round + 1}: membership now {len(pending)} "
             f"(+{len(joined)} -{len(left)}), {in_degree(hood, next_round)} neighbours"
         )
+
+
+#: Absent roster peers named in the waiting message; more are counted.
+ABSENT_SHOWN = 5
+
+
+def absent_from(roster: Roster, members: Sequence[str]) -> str:
+    """`` (absent: beta 12D3KooW...q7Yz, ...)``: the roster peers not yet seen, by name
+    and the end of their ID, so that an operator knows whom to start (or chase) rather
+    than only how many are missing."""
+    present = set(members)
+    absent = [e for e in roster.entries if e.peer_id not in present]
+    if not absent:
+        return ""
+    shown = [f"{e.name} {e.peer_id[:8]}...{e.peer_id[-4:]}" for e in absent[:ABSENT_SHOWN]]
+    more = len(absent) - len(shown)
+    return f" (absent: {', '.join(shown)}{f' and {more} more' if more else ''})"
 
 
 _RESERVED = frozenset({"name", "roster", "min_peers", "settle", "start_timeout"})
