@@ -159,6 +159,16 @@ def test_the_secure_averaging_example_recomputes_from_its_keys() -> None:
     assert isinstance(group, wire.SecureGroup)
     assert group.epoch == epoch
     assert {m.peer: m.weight for m in group.members} == example["weights"]
+    # Each member's key, as the group relays it, is signed by that member's identity.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    for member in group.members:
+        stated = example["keys"][member.peer]
+        signed = wire.secure_key_bytes(member.peer, member.key)
+        assert signed.hex() == stated["signed_bytes"]
+        assert member.signature.hex() == stated["signature"]
+        identity = Ed25519PublicKey.from_public_bytes(bytes.fromhex(stated["identity_public"]))
+        identity.verify(member.signature, signed)  # raises if it is not the member's
     fix = wire.decode(bytes.fromhex(example["frames"]["secure-fix"])[4:], limits=limits)
     assert fix == wire.SecureFix(round=round, epoch=epoch, missing=tuple(example["missing"]))
     shares, fixes = [], []

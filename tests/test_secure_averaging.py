@@ -22,9 +22,11 @@ from gossipfl.errors import ConfigError
 from gossipfl.identity import generate_identity
 from gossipfl.peer import Peer, PeerConfig, PeerCounters
 from gossipfl.peer.secure import MAX_KEY_CHANGES, MAX_REGROUPS, SecureExchange
+from gossipfl.privacy.secagg import SecureAggregationError
 from gossipfl.privacy.secure_averaging import SecureAveraging, check_secure_averaging
 from gossipfl.protocol import StaticNeighbourhood
 from gossipfl.transport import MemoryNetwork
+from gossipfl.transport.signing import KeyDirectory, identity_signatures
 
 SECURE = PeerConfig(heartbeat_interval=None, threads=False, deadline=1.0, secure_averaging=True)
 NAMES = "abcde"
@@ -214,10 +216,11 @@ def test_a_share_on_the_wire_is_uniform_whatever_the_model() -> None:
     """The share b sends a for an all-zero model: its 64-bit words look uniform (each
     byte value about equally often), and it differs from the share of another model in
     about half of all bits, as two independent uniform vectors do."""
-    members = {p: SecureAveraging(p, 4096) for p in "abc"}
+    keys = KeyDirectory()
+    members = {p: SecureAveraging(p, 4096, keys.signatures(p)) for p in "abc"}
     a = members["a"]
     for p in "bc":
-        a.learn_key(p, members[p].key_message().key)
+        a.learn_key(p, members[p].key_message())
     group = a.regroup({"b": 0.5, "c": 0.5})
     assert group is not None
     for p in "bc":
@@ -319,6 +322,9 @@ def test_three_gossipfl_start_peers_train_with_secure_averaging(tmp_path: Path) 
         kill_all(daemons)
 
 
+KEYS = KeyDirectory()
+
+
 def exchange(me: str, size: int = 64) -> tuple[SecureExchange, list[tuple[str, bytes]]]:
     """A runtime-side exchange whose sends are recorded, not delivered."""
     sent: list[tuple[str, bytes]] = []
@@ -326,25 +332,29 @@ def exchange(me: str, size: int = 64) -> tuple[SecureExchange, list[tuple[str, b
     def send(peer: str, frames: tuple[bytes, ...]) -> None:
         sent.extend((peer, frame) for frame in frames)
 
-    return SecureExchange(me, size, send=send, counters=PeerCounters(), name=me), sent
+    exchange = SecureExchange(
+        me, size, signatures=KEYS.signatures(me), send=send, counters=PeerCounters(), name=me
+    )
+    return exchange, sent
 
 
 def test_an_insider_cannot_make_a_peer_remask_without_end() -> None:
     """A neighbour sending group after group (each would make us mask our recent models
     again) or key after key gets a bounded amount of work per round, then refusals."""
     ours, sent = exchange("b")
-    insider = SecureAveraging("a", 64)
-    other = SecureAveraging("c", 64)
+    insider = SecureAveraging("a", 64, KEYS.signatures("a"))
+    other = SecureAveraging("c", 64, KEYS.signatures("c"))
     ours.greet("a")
     my_key = wire.decode(sent[0][1])
     assert isinstance(my_key, wire.SecureKey)
     ours.share("a", 0, np.ones(64, np.float32))  # no group yet: kept for later
+    theirs = other.key_message()
     for epoch in range(40):
         group = wire.SecureGroup(
             epoch=epoch,
             members=(
-                wire.SecureMember("b", my_key.key, 0.25),
-                wire.SecureMember("c", other.key_message().key, 0.25),
+                wire.SecureMember("b", my_key.key, 0.25, my_key.signature),
+                wire.SecureMember("c", theirs.key, 0.25, theirs.signature),
             ),
         )
         ours.on_control("a", group, {})
@@ -358,5 +368,84 @@ def test_an_insider_cannot_make_a_peer_remask_without_end() -> None:
     # Keys: one change per round (a restarted peer), the rest refused.
     for _ in range(5):
         ours.on_control("a", insider.key_message(), {"a": 0.5})
-        insider = SecureAveraging("a", 64)
+        insider = SecureAveraging("a", 64, KEYS.signatures("a"))
     assert ours._counters.secure_refused == refused + 5 - 1 - MAX_KEY_CHANGES
+
+
+def signed_group(receiver: SecureAveraging, weights: dict[str, float]) -> wire.SecureGroup:
+    group = receiver.regroup(weights)
+    assert group is not None
+    return group
+
+
+def test_a_receiver_cannot_swap_a_members_mask_key_for_its_own() -> None:
+    """Receiver a relays its members' keys. Were it to give c its own key in place of
+    b's, a would hold the secret of c's masks with b and could strip c's share: c checks
+    b's signature on the key and refuses the group, and shares nothing for it."""
+    keys = KeyDirectory()
+    a, b, c = (SecureAveraging(p, 64, keys.signatures(p)) for p in "abc")
+    for member in (b, c):
+        a.learn_key(member.me, member.key_message())
+    honest = signed_group(a, {"b": 0.25, "c": 0.25})
+    c.learn_group("a", honest)  # the genuine group is accepted
+    swapped = tuple(
+        wire.SecureMember(m.peer, a.key_message().key, m.weight, m.signature)
+        if m.peer == "b"
+        else m
+        for m in honest.members
+    )
+    # With b's signature over the wrong key, with a's own signature over a's key, with
+    # a signature b made for another peer's key: all refused.
+    forged = [
+        swapped,
+        tuple(
+            wire.SecureMember("b", a.key_message().key, 0.25, a.key_message().signature)
+            if m.peer == "b"
+            else m
+            for m in honest.members
+        ),
+        tuple(
+            wire.SecureMember("b", c.key_message().key, 0.25, b.key_message().signature)
+            if m.peer == "b"
+            else m
+            for m in honest.members
+        ),
+    ]
+    for epoch, members in enumerate(forged, start=1):
+        with pytest.raises(SecureAggregationError, match="not signed by b"):
+            c.learn_group("a", wire.SecureGroup(epoch=epoch, members=members))
+    assert c.share("a", 0, np.ones(64, np.float32)) is not None  # still for the honest group
+    assert c._groups["a"] == honest
+
+
+def test_a_mask_key_its_owner_did_not_sign_is_refused() -> None:
+    keys = KeyDirectory()
+    a, b, c = (SecureAveraging(p, 64, keys.signatures(p)) for p in "abc")
+    # c's genuine signed key, announced by b as b's: the owner is inside what is signed.
+    with pytest.raises(SecureAggregationError, match="not signed by b"):
+        a.learn_key("b", c.key_message())
+    flipped = bytearray(b.key_message().signature)
+    flipped[0] ^= 1
+    with pytest.raises(SecureAggregationError, match="not signed by b"):
+        a.learn_key("b", wire.SecureKey(key=b.key_message().key, signature=bytes(flipped)))
+    assert a.key_of("b") is None
+    a.learn_key("b", b.key_message())
+    assert a.key_of("b") == b.key_message().key
+
+
+def test_libp2p_identities_sign_mask_keys_checked_against_their_peer_ids() -> None:
+    """Over libp2p the peer ID is the key: no directory, and a name that is not an
+    Ed25519 peer ID can never vouch for a key."""
+    ids = [generate_identity() for _ in range(2)]
+    first, second = (identity_signatures(i) for i in ids)
+    mine = SecureAveraging(ids[0].peer_id, 64, first)
+    theirs = SecureAveraging(ids[1].peer_id, 64, second)
+    mine.learn_key(ids[1].peer_id, theirs.key_message())
+    assert mine.key_of(ids[1].peer_id) == theirs.key_message().key
+    message = wire.secure_key_bytes(ids[1].peer_id, theirs.key_message().key)
+    assert message.startswith(wire.SECURE_KEY_DOMAIN)
+    assert second.verify(ids[1].peer_id, message, theirs.key_message().signature)
+    assert not second.verify(ids[0].peer_id, message, theirs.key_message().signature)
+    assert not second.verify("peer-1", message, theirs.key_message().signature)
+    with pytest.raises(ValueError, match="cannot sign for"):
+        SecureAveraging(ids[0].peer_id, 64, second)

@@ -14,6 +14,7 @@ from gossipfl import wire
 from gossipfl.wire.envelope import PREFIX, WIRE_VERSION
 
 KEY = bytes(range(32))
+SIG = bytes(range(64, 128))
 peer_ids = st.text(
     alphabet="123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz", min_size=1, max_size=52
 )
@@ -52,13 +53,13 @@ def test_a_share_round_trips_bit_for_bit(
 def test_a_group_round_trips(members: list[str], epoch: int) -> None:
     weight = 1.0 / (len(members) + 1)
     group = wire.SecureGroup(
-        epoch=epoch, members=tuple(wire.SecureMember(p, KEY, weight) for p in members)
+        epoch=epoch, members=tuple(wire.SecureMember(p, KEY, weight, SIG) for p in members)
     )
     assert wire.decode(wire.encode(group)) == group
 
 
 def test_keys_and_fixes_round_trip() -> None:
-    key = wire.SecureKey(key=KEY)
+    key = wire.SecureKey(key=KEY, signature=SIG)
     assert wire.decode(wire.encode(key)) == key
     fix = wire.SecureFix(round=3, epoch=1, missing=("a", "b"))
     assert wire.decode(wire.encode(fix)) == fix
@@ -72,31 +73,45 @@ def message(header: dict[str, object], payload: bytes = b"") -> bytes:
 
 
 SHARE = {"kind": "secure-share", "sender": "a", "round": 1, "epoch": 0, "n": 2, "missing": []}
-GROUP_MEMBER = ["a", KEY, 0.5]
+GROUP_MEMBER = ["a", KEY, 0.5, SIG]
 
 
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        (message({"kind": "secure-key", "key": KEY[:31]}), wire.SchemaError),
-        (message({"kind": "secure-key", "key": KEY, "extra": 1}), wire.SchemaError),
-        (message({"kind": "secure-key", "key": KEY}, b"\0" * 8), wire.MalformedError),
+        (message({"kind": "secure-key", "key": KEY[:31], "sig": SIG}), wire.SchemaError),
+        (message({"kind": "secure-key", "key": KEY, "sig": SIG[:63]}), wire.SchemaError),
+        (message({"kind": "secure-key", "key": KEY}), wire.SchemaError),  # unsigned
+        (message({"kind": "secure-key", "key": KEY, "sig": SIG, "extra": 1}), wire.SchemaError),
+        (message({"kind": "secure-key", "key": KEY, "sig": SIG}, b"\0" * 8), wire.MalformedError),
+        (
+            message({"kind": "secure-group", "epoch": 0, "members": [["a", KEY, 0.5]]}),
+            wire.SchemaError,  # a member without its signature
+        ),
+        (
+            message({"kind": "secure-group", "epoch": 0, "members": [["a", KEY, 0.5, KEY]]}),
+            wire.SchemaError,  # a signature of the wrong size
+        ),
         (message({"kind": "secure-group", "epoch": 0, "members": []}), wire.SchemaError),
         (
             message({"kind": "secure-group", "epoch": 0, "members": [GROUP_MEMBER, GROUP_MEMBER]}),
             wire.SchemaError,
         ),
         (
-            message({"kind": "secure-group", "epoch": 0, "members": [["a", KEY, 1.5]]}),
+            message({"kind": "secure-group", "epoch": 0, "members": [["a", KEY, 1.5, SIG]]}),
             wire.SchemaError,
         ),
         (
-            message({"kind": "secure-group", "epoch": 0, "members": [["a", KEY, 1]]}),
+            message({"kind": "secure-group", "epoch": 0, "members": [["a", KEY, 1, SIG]]}),
             wire.SchemaError,  # an int is not a float
         ),
         (
             message(
-                {"kind": "secure-group", "epoch": 0, "members": [["a", KEY, 0.6], ["b", KEY, 0.6]]}
+                {
+                    "kind": "secure-group",
+                    "epoch": 0,
+                    "members": [["a", KEY, 0.6, SIG], ["b", KEY, 0.6, SIG]],
+                }
             ),
             wire.SchemaError,  # weights above 1 in total
         ),
@@ -105,7 +120,7 @@ GROUP_MEMBER = ["a", KEY, 0.5]
                 {
                     "kind": "secure-group",
                     "epoch": 0,
-                    "members": [[f"p{i}", KEY, 0.01] for i in range(17)],
+                    "members": [[f"p{i}", KEY, 0.01, SIG] for i in range(17)],
                 }
             ),
             wire.MalformedError,  # 17 members: beyond msgpack's container bound

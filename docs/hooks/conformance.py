@@ -210,6 +210,8 @@ def secure_averaging() -> dict[str, Any]:
     """A worked example of section 5.8: receiver ``peerR`` with members A, B, C (mask
     keys from fixed seeds), one round's shares of A and B, C missing, the fix request,
     A's and B's corrections, and the sum they unmask to; plus each kind's frame."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from gossipfl.privacy.secagg import MaskKey, correction, masked_contribution, pair_mask
 
     receiver, round, epoch = "peerR", 5, 2
@@ -218,11 +220,22 @@ def secure_averaging() -> dict[str, Any]:
         p: hashlib.sha256(f"gossipfl conformance mask key {p}".encode()).digest() for p in names
     }
     keys = {p: MaskKey.from_seed(seeds[p]) for p in names}
+    # Each member signs its mask key with its identity (Ed25519, seeds stated below).
+    identities = {
+        p: Ed25519PrivateKey.from_private_bytes(
+            hashlib.sha256(f"gossipfl conformance identity {p}".encode()).digest()
+        )
+        for p in names
+    }
+    signed = {p: wire.secure_key_bytes(p, keys[p].public) for p in names}
+    signatures = {p: identities[p].sign(signed[p]) for p in names}
     weights = {"peerA": 0.25, "peerB": 0.25, "peerC": 0.25}
     models = {"peerA": [1.0, -2.0, 0.5], "peerB": [0.25, 4.0, -1.5], "peerC": [9.0, 9.0, 9.0]}
     group = wire.SecureGroup(
         epoch=epoch,
-        members=tuple(wire.SecureMember(p, keys[p].public, weights[p]) for p in names),
+        members=tuple(
+            wire.SecureMember(p, keys[p].public, weights[p], signatures[p]) for p in names
+        ),
     )
     secrets = {
         (a, b): keys[a].pair_secret(a, b, keys[b].public) for a in names for b in names if a != b
@@ -250,7 +263,17 @@ def secure_averaging() -> dict[str, Any]:
         "receiver": receiver,
         "round": round,
         "epoch": epoch,
-        "keys": {p: {"seed": seeds[p].hex(), "public": keys[p].public.hex()} for p in names},
+        "keys": {
+            p: {
+                "seed": seeds[p].hex(),
+                "public": keys[p].public.hex(),
+                "identity_seed": identities[p].private_bytes_raw().hex(),
+                "identity_public": identities[p].public_key().public_bytes_raw().hex(),
+                "signed_bytes": signed[p].hex(),
+                "signature": signatures[p].hex(),
+            }
+            for p in names
+        },
         "pair_secrets": {f"{a}|{b}": secrets[(a, b)].hex() for a, b in secrets if a < b},
         "pair_masks": {
             f"{a}|{b}": [
@@ -262,7 +285,9 @@ def secure_averaging() -> dict[str, Any]:
         "models": models,
         "weights": weights,
         "frames": {
-            "secure-key": _frames(wire.SecureKey(key=keys["peerA"].public))[0],
+            "secure-key": _frames(
+                wire.SecureKey(key=keys["peerA"].public, signature=signatures["peerA"])
+            )[0],
             "secure-group": _frames(group)[0],
             "secure-fix": _frames(wire.SecureFix(round=round, epoch=epoch, missing=missing))[0],
         },
@@ -273,7 +298,10 @@ def secure_averaging() -> dict[str, Any]:
         "note": "the seeds stand in for each peer's fresh X25519 private key "
         "(gossipfl.privacy.secagg.MaskKey.from_seed: BLAKE2b-256 of the seed, person "
         "'gossipfl-x25519k'); the receiver unmasks sum = decode(shares - corrections), "
-        "which equals the weighted sum of the present models to 2^-24",
+        "which equals the weighted sum of the present models to 2^-24; each member signs "
+        "signed_bytes (section 5.8: domain, owner's name, key) with its Ed25519 identity "
+        "(identity_seed stands in for its key file; over libp2p the peer ID names "
+        "identity_public, here the names peerA.. stand in for peer IDs)",
     }
 
 

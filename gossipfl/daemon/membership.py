@@ -51,7 +51,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from gossipfl.identity import ed25519_public_key
+from gossipfl.transport.signing import SIGNATURE_SIZE
+from gossipfl.transport.signing import peer_public_key as public_key
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -64,7 +65,6 @@ and msgpack implementations agree on signed 64-bit ones)."""
 RECORD_DOMAIN = b"gossipfl/member-record/v2\0"
 """The first bytes of every signed record: a signature made for something else (another
 protocol, another version of this one) can never pass for a membership record."""
-SIGNATURE_SIZE = 64
 
 Signer = Callable[[bytes], bytes]
 """Signs bytes with our Ed25519 key (:meth:`gossipfl.identity.Identity.signer`)."""
@@ -143,19 +143,6 @@ class MemberRecord:
         except (InvalidSignature, ValueError, struct.error):
             return False
         return True
-
-
-def public_key(peer: str) -> Ed25519PublicKey | None:
-    """The Ed25519 public key a peer ID names (loaded for verification), or None."""
-    raw = ed25519_public_key(peer)
-    if raw is None:
-        return None
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)

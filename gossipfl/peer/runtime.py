@@ -326,6 +326,7 @@ class Peer:
         return SecureExchange(
             self.id,
             self._num_params,
+            signatures=self.transport.signatures,
             send=self._outbox.send,
             counters=self.counters,
             name=self.name,

@@ -32,6 +32,7 @@ from gossipfl.peerlog import PeerWarnings
 from gossipfl.privacy.secagg import SecureAggregationError
 from gossipfl.privacy.secure_averaging import SecureAveraging
 from gossipfl.protocol import Merge, PeerId
+from gossipfl.transport.signing import PeerSignatures
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,12 @@ class SecureExchange:
         me: PeerId,
         size: int,
         *,
+        signatures: PeerSignatures,
         send: SendFrames,
         counters: PeerCounters,
         name: str,
     ) -> None:
-        self.state = SecureAveraging(me, size)
+        self.state = SecureAveraging(me, size, signatures)
         self._send = send
         self._counters = counters
         self._name = name
@@ -125,7 +127,7 @@ class SecureExchange:
             if isinstance(message, wire.SecureKey):
                 if self.state.key_of(peer) not in (None, message.key):
                     self._spend(peer, "key", MAX_KEY_CHANGES)
-                self.state.learn_key(peer, message.key)
+                self.state.learn_key(peer, message)
                 if peer in weights:
                     self.regroup(weights, also=peer)
             elif isinstance(message, wire.SecureGroup):

@@ -17,10 +17,12 @@ this module keeps the state a peer needs to use it round after round, in both ro
   strip a share of its masks).
 
 Trust (docs/privacy.md): a receiver relays its members' keys. A receiver that follows the
-protocol and is curious learns only sums of at least two models. One that substitutes
-the keys of a member with its own can unmask that member: keys are not yet signed by the
-libp2p identities. A receiver that keeps a share it declared missing can unmask it with
-the corrections (double masking would close this; not built).
+protocol and is curious learns only sums of at least two models. One that put its own
+key in place of a member's could unmask the others' shares towards that member, so each
+key is signed by its owner's identity (:mod:`gossipfl.transport.signing`) and a member
+masks only against keys their owners signed: a group with any other key is refused. A
+receiver that keeps a share it declared missing can unmask it with the corrections
+(double masking would close this; not built).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from gossipfl.privacy.secagg import (
     masked_contribution,
     unmask,
 )
+from gossipfl.transport.signing import PeerSignatures
 
 F32 = npt.NDArray[np.float32]
 U64 = npt.NDArray[np.uint64]
@@ -105,13 +108,21 @@ HISTORY = 4
 
 
 class SecureAveraging:
-    """The secure-averaging state of peer ``me`` (see the module docstring)."""
+    """The secure-averaging state of peer ``me`` (see the module docstring), signing its
+    mask key with ``signatures`` (``me``'s identity) and checking the others' with it."""
 
-    def __init__(self, me: str, size: int, key: MaskKey | None = None) -> None:
+    def __init__(
+        self, me: str, size: int, signatures: PeerSignatures, key: MaskKey | None = None
+    ) -> None:
+        if signatures.me != me:
+            raise ValueError(f"signatures of {signatures.me} cannot sign for {me}")
         self.me = me
         self.size = size  # parameters of the model: a correction's length
         self._key = key if key is not None else MaskKey()
-        self._keys: dict[str, bytes] = {}  # mask keys of the peers we talk to
+        self._signatures = signatures
+        self._signature = signatures.sign(wire.secure_key_bytes(me, self._key.public))
+        # mask keys of the peers we talk to, with their owners' signatures
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
         self._secrets: dict[tuple[str, bytes], bytes] = {}
         self.group: wire.SecureGroup | None = None  # ours, as a receiver
         self._groups: dict[str, wire.SecureGroup] = {}  # each receiver's, as a sender
@@ -123,15 +134,22 @@ class SecureAveraging:
 
     def key_message(self) -> wire.SecureKey:
         """Our public mask key, for every peer we connect to."""
-        return wire.SecureKey(key=self._key.public)
+        return wire.SecureKey(key=self._key.public, signature=self._signature)
 
     def key_of(self, peer: str) -> bytes | None:
         """The mask key ``peer`` announced, if any."""
-        return self._keys.get(peer)
+        known = self._keys.get(peer)
+        return known[0] if known is not None else None
 
-    def learn_key(self, peer: str, key: bytes) -> None:
-        """``peer`` announced its mask key (a restarted peer announces a new one)."""
-        self._keys[peer] = key
+    def learn_key(self, peer: str, message: wire.SecureKey) -> None:
+        """``peer`` announced its mask key (a restarted peer announces a new one). Raises
+        :class:`SecureAggregationError` if ``peer`` did not sign it: we would relay it
+        to our members, who check."""
+        if not self._signatures.verify(
+            peer, wire.secure_key_bytes(peer, message.key), message.signature
+        ):
+            raise SecureAggregationError(f"{peer}'s mask key is not signed by {peer}")
+        self._keys[peer] = (message.key, message.signature)
 
     # ----------------------------------------------------------------- receiver
 
@@ -140,7 +158,7 @@ class SecureAveraging:
         member) if it differs from the current group, else ``None``. Neighbours whose
         key we do not know yet are left out until it comes."""
         members = tuple(
-            wire.SecureMember(peer, self._keys[peer], float(weights[peer]))
+            wire.SecureMember(peer, self._keys[peer][0], float(weights[peer]), self._keys[peer][1])
             for peer in sorted(weights)
             if peer in self._keys and peer != self.me and weights[peer] > 0
         )
@@ -189,7 +207,8 @@ class SecureAveraging:
     def learn_group(self, receiver: str, group: wire.SecureGroup) -> None:
         """``receiver`` states its group. Raises :class:`SecureAggregationError` if the
         group does not hold us with our own key (the receiver is not following the
-        protocol, or has an old key of ours)."""
+        protocol, or has an old key of ours), or if another member's key is not signed by
+        that member (the receiver would then hold the secrets of our masks with it)."""
         mine = [m for m in group.members if m.peer == self.me]
         if not mine or mine[0].key != self._key.public:
             raise SecureAggregationError(
@@ -289,6 +308,11 @@ class SecureAveraging:
                 continue
             cached = self._secrets.get((member.peer, member.key))
             if cached is None:
+                signed = wire.secure_key_bytes(member.peer, member.key)
+                if not self._signatures.verify(member.peer, signed, member.signature):
+                    raise SecureAggregationError(
+                        f"the mask key given for {member.peer} is not signed by {member.peer}"
+                    )
                 try:
                     cached = self._key.pair_secret(self.me, member.peer, member.key)
                 except ValueError as exc:  # a low-order point: no shared secret with it

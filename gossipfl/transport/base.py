@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gossipfl.errors import GossipflError
+
+if TYPE_CHECKING:
+    from gossipfl.transport.signing import PeerSignatures
 
 PeerId = str
 
@@ -73,6 +76,12 @@ class Transport(Protocol):
     @property
     def local_id(self) -> PeerId:
         """This peer's id, as other peers see it."""
+        ...
+
+    @property
+    def signatures(self) -> PeerSignatures:
+        """Signatures by this peer's identity, and checks of other peers' (for what one
+        peer relays for another; :mod:`gossipfl.transport.signing`)."""
         ...
 
     async def connect(self, peer: PeerId) -> None:

@@ -41,6 +41,7 @@ from gossipfl.transport.base import (
     TransportClosed,
     TransportEvent,
 )
+from gossipfl.transport.signing import KeyDirectory, PeerSignatures
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,15 @@ class MemoryNetwork:
         self._seq = itertools.count()
         self._wakeup = trio.Event()
         self._held: list[MemoryTransport] = []  # endpoints holding arrivals for a handler
+        self._directory: KeyDirectory | None = None  # made on first use: few runs sign
 
     # ------------------------------------------------------------------ topology
+
+    def signatures(self, peer: PeerId) -> PeerSignatures:
+        """``peer``'s signatures (its key lasts as long as this network)."""
+        if self._directory is None:
+            self._directory = KeyDirectory()
+        return self._directory.signatures(peer)
 
     def endpoint(self, peer: PeerId) -> MemoryTransport:
         """A new endpoint for ``peer`` (which may reuse the id of a closed one: a restart)."""
@@ -281,6 +289,12 @@ class MemoryTransport:
     @property
     def local_id(self) -> PeerId:
         return self._id
+
+    @property
+    def signatures(self) -> PeerSignatures:
+        """Signatures of this endpoint's peer: the network gives each name an Ed25519 key
+        (its stand-in for a peer ID that is a key)."""
+        return self._network.signatures(self._id)
 
     def _push(self, event: TransportEvent) -> None:
         if not self.closed:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gossipfl.transport.base import PeerId, Transport, TransportEvent
+from gossipfl.transport.signing import PeerSignatures
 
 
 class TransportWrapper:
@@ -38,6 +39,10 @@ class TransportWrapper:
     @property
     def local_id(self) -> PeerId:
         return self.inner.local_id
+
+    @property
+    def signatures(self) -> PeerSignatures:
+        return self.inner.signatures
 
     async def connect(self, peer: PeerId) -> None:
         await self.inner.connect(peer)

@@ -84,6 +84,7 @@ from gossipfl.wire.limits import DEFAULT_MAX_FRAME, Limits
 from gossipfl.wire.messages import (
     MAX_SECURE_GROUP,
     PROTOCOL_VERSION,
+    SECURE_KEY_DOMAIN,
     Announce,
     Chunk,
     Heartbeat,
@@ -98,6 +99,7 @@ from gossipfl.wire.messages import (
     SecureShare,
     Update,
     UpdateHead,
+    secure_key_bytes,
 )
 from gossipfl.wire.protocols import PROTOCOL_GOSSIP, PROTOCOL_PULL, announce_topic
 
@@ -112,6 +114,7 @@ __all__ = [
     "PROTOCOL_GOSSIP",
     "PROTOCOL_PULL",
     "PROTOCOL_VERSION",
+    "SECURE_KEY_DOMAIN",
     "WIRE_DTYPES",
     "WIRE_VERSION",
     "Announce",
@@ -176,5 +179,6 @@ __all__ = [
     "parse_job",
     "payload_digest",
     "refuse_hello",
+    "secure_key_bytes",
     "with_digest",
 ]

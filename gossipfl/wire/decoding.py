@@ -382,7 +382,7 @@ def _decode_refusal(h: dict[str, Any], payload: memoryview, *_: Any) -> Refusal:
 
 def _decode_secure_key(h: dict[str, Any], payload: memoryview, *_: Any) -> SecureKey:
     _no_payload("secure-key", payload)
-    return SecureKey(key=h["key"])
+    return SecureKey(key=h["key"], signature=h["sig"])
 
 
 def _decode_secure_group(h: dict[str, Any], payload: memoryview, *_: Any) -> SecureGroup:
@@ -392,10 +392,12 @@ def _decode_secure_group(h: dict[str, Any], payload: memoryview, *_: Any) -> Sec
         raise SchemaError("SecureGroup.members must be an array")
     members = []
     for item in raw:
-        if type(item) is not list or len(item) != 3:
-            raise SchemaError("a SecureGroup member must be an array [peer, key, weight]")
-        peer, key, weight = item
-        members.append(SecureMember(peer, key, weight))
+        if type(item) is not list or len(item) != 4:
+            raise SchemaError(
+                "a SecureGroup member must be an array [peer, key, weight, signature]"
+            )
+        peer, key, weight, signature = item
+        members.append(SecureMember(peer, key, weight, signature))
     return SecureGroup(epoch=h["epoch"], members=tuple(members))
 
 

@@ -80,7 +80,7 @@ KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
         "heartbeat": frozenset({"v", "kind", "round"}),
         "announce": frozenset({"v", "kind", "round", "codec", "digest"}),
         "refusal": frozenset({"v", "kind", "code", "text"}),
-        "secure-key": frozenset({"v", "kind", "key"}),
+        "secure-key": frozenset({"v", "kind", "key", "sig"}),
         "secure-group": frozenset({"v", "kind", "epoch", "members"}),
         "secure-share": frozenset({"v", "kind", "sender", "round", "epoch", "n", "missing"}),
         "secure-fix": frozenset({"v", "kind", "round", "epoch", "missing"}),
@@ -217,13 +217,18 @@ def encode_parts(
             "text": message.text,
         }
     elif isinstance(message, SecureKey):
-        header = {"v": WIRE_VERSION, "kind": "secure-key", "key": message.key}
+        header = {
+            "v": WIRE_VERSION,
+            "kind": "secure-key",
+            "key": message.key,
+            "sig": message.signature,
+        }
     elif isinstance(message, SecureGroup):
         header = {
             "v": WIRE_VERSION,
             "kind": "secure-group",
             "epoch": message.epoch,
-            "members": [[m.peer, m.key, m.weight] for m in message.members],
+            "members": [[m.peer, m.key, m.weight, m.signature] for m in message.members],
         }
     elif isinstance(message, SecureShare):
         header = {

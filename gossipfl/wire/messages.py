@@ -51,6 +51,11 @@ MAX_REFUSAL_TEXT = 1024
 #: in-neighbours) may have (msgpack arrays in headers hold at most 16 entries).
 SECURE_KEY_SIZE = 32
 MAX_SECURE_GROUP = 16
+#: An Ed25519 signature by a peer's identity over its mask key (:func:`secure_key_bytes`).
+SECURE_SIGNATURE_SIZE = 64
+SECURE_KEY_DOMAIN = b"gossipfl/secure-key/v1\0"
+"""The first bytes of what a peer signs for its mask key: a signature made for anything
+else (a membership record, another version) never passes for one."""
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 MetaValue: TypeAlias = int | float | str
@@ -311,12 +316,15 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecureKey:
-    """My X25519 public key for secure averaging (sent after the Hello)."""
+    """My X25519 public key for secure averaging (sent after the Hello), signed by my
+    identity so that a receiver relaying it to others cannot swap it for its own."""
 
     key: bytes
+    signature: bytes
 
     def __post_init__(self) -> None:
         check_secure_key(self.key, "SecureKey.key")
+        check_secure_signature(self.signature, "SecureKey.signature")
 
 
 def check_secure_key(value: object, what: str) -> bytes:
@@ -325,18 +333,37 @@ def check_secure_key(value: object, what: str) -> bytes:
     return value
 
 
+def check_secure_signature(value: object, what: str) -> bytes:
+    if type(value) is not bytes or len(value) != SECURE_SIGNATURE_SIZE:
+        raise SchemaError(f"{what} must be {SECURE_SIGNATURE_SIZE} bytes")
+    return value
+
+
+def secure_key_bytes(peer: str, key: bytes) -> bytes:
+    """What ``peer`` signs for its mask ``key``: :data:`SECURE_KEY_DOMAIN`, the peer ID
+    (u16 big-endian byte count, then UTF-8), then the 32 key bytes. Canonical, so that
+    another implementation reproduces it byte for byte (docs/protocol.md, section 5.8).
+    The owner's ID is inside, so a key signed by one peer cannot be passed off as
+    another's."""
+    owner = peer.encode("utf-8")
+    return SECURE_KEY_DOMAIN + len(owner).to_bytes(2, "big") + owner + key
+
+
 @dataclass(frozen=True, slots=True)
 class SecureMember:
-    """One member of a receiver's group: its peer ID, its mask key and the weight the
-    receiver gives its model."""
+    """One member of a receiver's group: its peer ID, its mask key, the weight the
+    receiver gives its model, and the member's own signature over its key (relayed as
+    the member sent it)."""
 
     peer: str
     key: bytes
     weight: float
+    signature: bytes
 
     def __post_init__(self) -> None:
         check_token(self.peer, "SecureMember.peer", MAX_PEER_ID)
         check_secure_key(self.key, "SecureMember.key")
+        check_secure_signature(self.signature, "SecureMember.signature")
         if type(self.weight) is not float or not 0.0 < self.weight <= 1.0:
             raise SchemaError(
                 f"SecureMember.weight must be a float in (0, 1], got {self.weight!r:.40}"

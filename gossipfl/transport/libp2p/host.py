@@ -115,6 +115,7 @@ from gossipfl.transport.libp2p.streams import (
     serve_stream,
 )
 from gossipfl.transport.libp2p.tasks import TaskGroup
+from gossipfl.transport.signing import PeerSignatures, identity_signatures
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ class Libp2pTransport:
         self._host = host
         self._swarm: Any = host.get_network()
         self.identity = identity
+        self._signatures: PeerSignatures | None = None
         self.allowlist = allowlist
         self.config = config
         self._security = security
@@ -474,6 +476,13 @@ class Libp2pTransport:
     @property
     def local_id(self) -> PeerId:
         return str(self._host.get_id())
+
+    @property
+    def signatures(self) -> PeerSignatures:
+        """Signatures by our identity, checked by others against our peer ID."""
+        if self._signatures is None:
+            self._signatures = identity_signatures(self.identity)
+        return self._signatures
 
     @property
     def listen_addrs(self) -> list[str]:
