@@ -36,7 +36,7 @@ demo: install
 	$(BIN)/gossipfl simulate
 
 test: install lint typecheck docs
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/pytest -m "not slow and not network" -x $(PYTEST_ARGS)
