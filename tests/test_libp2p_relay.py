@@ -257,10 +257,16 @@ async def test_the_reservation_is_retried_while_the_relay_is_down_and_renewed_af
         ):
             await wait_for_log(f"no reservation on relay {r.peer_id}")
             assert tb.reservations == {}
+            circuit = f"{relay_addr}/p2p-circuit/p2p/{b.peer_id}"
+            # b listens on nothing: its circuit is its only address, and it is not
+            # advertised while no reservation makes it reach b.
+            assert tb.listen_addrs == [circuit]
+            assert tb.advertised_addrs == []
             for life in range(2):
                 async with open_relay(r, ids, port) as relay:
                     await tb.wait_for_reservations()
                     assert list(tb.reservations) == [relay.local_id]
+                    assert tb.advertised_addrs == [circuit]
                     await ta.dial(tb.listen_addrs[0])
                     await ta.send(b.peer_id, f"life {life}".encode())
                     event = await next_of(tb, Received)
@@ -269,7 +275,8 @@ async def test_the_reservation_is_retried_while_the_relay_is_down_and_renewed_af
                     await ta.disconnect(b.peer_id)
                 with trio.fail_after(5):
                     while tb.reservations:
-                        await tb._reservations_changed.wait()
+                        await tb.reservations_changed()
+                assert tb.advertised_addrs == []
     assert any("lost our reservation on relay" in rec.getMessage() for rec in caplog.records)
 
 

@@ -317,7 +317,7 @@ class Node:
             return allowed and (roster_ids is None or peer in roster_ids)
 
         self.view = MembershipView(
-            MemberRecord(me, tuple(self.listen_addrs), time.time_ns() // 1_000_000, 0),
+            MemberRecord(me, self._advertised(transport), time.time_ns() // 1_000_000, 0),
             network_id=net.network_id,
             sign=self.identity.signer(),
             timeout=net.member_timeout,
@@ -356,6 +356,8 @@ class Node:
                     self.exchange.add_candidate(entry.peer_id, known)
         async with trio.open_nursery() as services:
             services.start_soon(self.exchange.run)
+            if net.relays:
+                services.start_soon(self._follow_reservations, transport)
             if insider is not None:
                 services.start_soon(insider.run, self._insider_context(transport))
             if net.mdns or net.dht:
@@ -369,6 +371,24 @@ class Node:
                     services.start_soon(discovery.run_dht, transport, self.exchange, net.network_id)
             await self._train(transport)
             services.cancel_scope.cancel()
+
+    @staticmethod
+    def _advertised(transport: Any) -> tuple[str, ...]:
+        """The addresses our membership record gives: those that reach us now (a
+        circuit only while its relay holds our reservation), dialable ones first."""
+        return tuple(sorted(transport.advertised_addrs, key=_is_loopback))
+
+    async def _follow_reservations(self, transport: Any) -> None:
+        """Keep our record's addresses to those that reach us: a circuit is added once
+        its relay holds our reservation and dropped when the reservation is lost (the
+        next heartbeat carries the change to the others)."""
+        assert self.view is not None
+        while True:
+            await transport.reservations_changed()
+            addrs = self._advertised(transport)
+            if addrs != self.view.own.addrs:
+                self.view.set_addresses(addrs)
+                logger.info("our membership record's addresses: %s", ", ".join(addrs) or "-")
 
     def _other_job(self, peer: str, differences: str, asked: bool) -> None:
         """A peer states another job. If every peer we were told to join through does,

@@ -505,6 +505,25 @@ class Libp2pTransport:
         return out
 
     @property
+    def advertised_addrs(self) -> list[str]:
+        """The addresses that reach us now, for others to dial: :attr:`listen_addrs`
+        without the circuits through relays that hold no reservation of ours (yet, or
+        any more). A peer tells the others these (its membership record), so that none
+        dials a circuit that cannot reach it; :meth:`reservations_changed` says when
+        they may have changed."""
+        held = {
+            circuit_address(a, self.local_id)
+            for r, a in self._relays.items()
+            if r in self._reservations
+        }
+        circuits = {circuit_address(a, self.local_id) for a in self._relays.values()}
+        return [a for a in self.listen_addrs if a not in circuits or a in held]
+
+    async def reservations_changed(self) -> None:
+        """Return at the next change of :attr:`reservations` (made, renewed or lost)."""
+        await self._reservations_changed.wait()
+
+    @property
     def reservations(self) -> dict[PeerId, float]:
         """The relays (of ``config.relays``) we hold a reservation on, with when it
         expires (``time.time()`` scale; it is renewed well before)."""
