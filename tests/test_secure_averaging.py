@@ -449,3 +449,11 @@ def test_libp2p_identities_sign_mask_keys_checked_against_their_peer_ids() -> No
     assert not second.verify("peer-1", message, theirs.key_message().signature)
     with pytest.raises(ValueError, match="cannot sign for"):
         SecureAveraging(ids[0].peer_id, 64, second)
+
+
+def test_simulated_identities_are_the_seeds_so_shards_and_reruns_agree() -> None:
+    first, again, other = KeyDirectory(7), KeyDirectory(7), KeyDirectory(8)
+    signed = first.signatures("peer-3").sign(b"a mask key")
+    assert again.signatures("peer-9").verify("peer-3", b"a mask key", signed)
+    assert not other.signatures("peer-9").verify("peer-3", b"a mask key", signed)
+    assert not again.signatures("peer-9").verify("peer-4", b"a mask key", signed)

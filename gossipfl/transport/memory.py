@@ -109,7 +109,7 @@ class MemoryNetwork:
     def signatures(self, peer: PeerId) -> PeerSignatures:
         """``peer``'s signatures (its key lasts as long as this network)."""
         if self._directory is None:
-            self._directory = KeyDirectory()
+            self._directory = KeyDirectory(self.seed)
         return self._directory.signatures(peer)
 
     def endpoint(self, peer: PeerId) -> MemoryTransport:

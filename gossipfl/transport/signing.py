@@ -17,6 +17,7 @@ exchange. In the in-process simulation peers have plain names; the
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -83,27 +84,40 @@ def identity_signatures(identity: Identity) -> PeerSignatures:
 
 
 class KeyDirectory:
-    """Ed25519 keys for peers with plain names (the simulation's), one per name for the
-    directory's life: a restarted peer keeps its key, as it keeps its key file."""
+    """Ed25519 keys for peers with plain names (the simulation's), one per name: a
+    restarted peer keeps its key, as it keeps its key file.
 
-    def __init__(self) -> None:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    A key is derived from ``seed`` and the name (SHA-256 of both: the private key's 32
+    bytes), so every directory of one seed agrees on every peer's key. The keys of a
+    simulation are then the same run after run, and the shards of one run (each with its
+    own network) check each other's signatures. Not for real peers: anyone who knows the
+    seed knows the keys.
+    """
 
-        self._new = Ed25519PrivateKey.generate
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self._keys: dict[PeerId, Callable[[bytes], bytes]] = {}
         self._public: dict[PeerId, Ed25519PublicKey] = {}
 
-    def signatures(self, peer: PeerId) -> PeerSignatures:
-        """Signatures of ``peer`` (its key is made on first use)."""
+    def _key(self, peer: PeerId) -> Callable[[bytes], bytes]:
         if peer not in self._keys:
-            key = self._new()
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            material = f"gossipfl simulated identity\0{self.seed}\0{peer}".encode()
+            key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(material).digest())
             self._keys[peer] = key.sign
             self._public[peer] = key.public_key()
-        return PeerSignatures(peer, self._keys[peer], self.public_key)
+        return self._keys[peer]
 
-    def public_key(self, peer: PeerId) -> Ed25519PublicKey | None:
-        """The key of a named peer, else the one its libp2p peer ID names, if any."""
-        return self._public.get(peer) or peer_public_key(peer)
+    def signatures(self, peer: PeerId) -> PeerSignatures:
+        """Signatures of ``peer``."""
+        return PeerSignatures(peer, self._key(peer), self.public_key)
+
+    def public_key(self, peer: PeerId) -> Ed25519PublicKey:
+        """The key the directory gives ``peer`` (whatever the name: in a simulation even
+        a name spelled like a libp2p peer ID is only a name)."""
+        self._key(peer)
+        return self._public[peer]
 
 
 __all__ = [
