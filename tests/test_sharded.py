@@ -88,6 +88,29 @@ def test_sharded_runs_equal_unsharded_runs_in_every_mode(overrides: tuple[str, .
         assert split.extra["consensus_rate"] == alone.extra["consensus_rate"]
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("privacy.mechanism=dp-sgd", "privacy.epsilon=4"),
+        ("privacy.mechanism=model-noise", "privacy.epsilon=8"),
+    ],
+    ids=["dp-sgd", "model-noise"],
+)
+def test_private_runs_shard_with_the_same_noise_and_the_same_spending(
+    overrides: tuple[str, ...],
+) -> None:
+    """Every peer's noise is seeded by its index, whichever shard runs it: the split run
+    is the whole one, bit for bit, and the driver reports what all the peers spent."""
+    cfg = config("peers=24", "rounds=4", *overrides)
+    alone = run_simulation(cfg)
+    split = run_sharded(cfg, 2)
+    assert metrics(split) == metrics(alone)
+    spent = ("epsilon", "epsilon_mean", "delta", "noise_multiplier_mean", "dp_clip")
+    assert {k: split.extra[k] for k in spent} == {k: alone.extra[k] for k in spent}
+    budget = float(overrides[1].split("=")[1])
+    assert 0 < split.extra["epsilon"] <= budget * 1.01  # within the budget (and its slack)
+
+
 def test_a_script_without_a_main_guard_can_shard(tmp_path: Path) -> None:
     # shard processes start from a fork server, which would re-run such a script
     script = tmp_path / "run.py"
@@ -169,7 +192,8 @@ def test_partition_is_balanced_deterministic_and_cuts_few_edges() -> None:
     [
         (("byzantine.count=1", "byzantine.attack=sign-flip"), 2, "Byzantine peers"),
         (("churn.fraction=0.25",), 2, "churn"),
-        (("privacy.mia=true",), 2, "privacy options"),
+        (("privacy.mia=true",), 2, "membership-inference"),
+        (("privacy.secure_averaging=true", "topology.name=ring"), 2, "secure averaging"),
         (("network.latency=0",), 2, "needs network.latency > 0"),
         ((), 0, "at least 1"),
         (("transport=libp2p",), 2, "in-process"),

@@ -3,6 +3,7 @@ and the membership inference a curious neighbour runs on the final models."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,22 +18,30 @@ from gossipfl.topology import Topology
 
 
 def enable_dp_all(
-    config: SimulationConfig, learners: list[Learner], ids: list[str]
+    config: SimulationConfig,
+    learners: list[Learner],
+    ids: list[str],
+    indices: Sequence[int] | None = None,
 ) -> list[DPPlan]:
     """Switch every honest learner to DP-SGD when ``[privacy]`` asks for it (each peer's
     noise calibrated to its own sampling rate; refuse a learner that cannot), or wrap it
-    with noise on its model (``model-noise``, any learner), in place in ``learners``."""
+    with noise on its model (``model-noise``, any learner), in place in ``learners``.
+
+    ``learners[k]`` is peer ``indices[k]``'s (default: peer k's), named ``ids[indices[k]]``:
+    a shard holds some peers only, and a peer's noise is seeded by its index, so that
+    the split run draws the noise the whole one does."""
     settings = config.dp_settings()
     if settings is None:
         return []
     plans: list[DPPlan] = []
-    for i, learner in enumerate(learners):
+    for k, learner in enumerate(learners):
+        i = k if indices is None else indices[k]
         try:
             if config.privacy.mechanism == "model-noise":
                 noisy = with_model_noise(
                     learner, settings, rounds=config.rounds, seed=config.seed * 100_003 + i
                 )
-                learners[i] = noisy
+                learners[k] = noisy
                 plans.append(noisy.plan)
             else:
                 plans.append(enable_dp(learner, settings, rounds=config.rounds))

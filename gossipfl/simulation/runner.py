@@ -319,7 +319,7 @@ async def _simulate(
                 torch.set_num_threads(1)  # many small models in one process: no threads
         learner_of = {i: make(dataset, parts[i], learner_seed(config, i)) for i in local}
         learners = list(learner_of.values())  # without shards: every peer's, in order
-        dp_plans = enable_dp_all(config, learners, ids)  # may wrap them, in place
+        dp_plans = enable_dp_all(config, learners, ids, local)  # may wrap them, in place
         learner_of = dict(zip(local, learners, strict=True))
         evaluate = evaluator_on_test_split(learners[0], dataset)
 
@@ -505,6 +505,7 @@ async def _simulate(
         shard.finals = (
             {i: np.asarray(models[i]["x"]) for i in local} if config.mode == "consensus" else {}
         )
+        shard.dp_plans = dict(zip(local, dp_plans, strict=True)) if dp_plans else {}
         return SimulationResult(
             config, [], [], time.perf_counter() - wall_start, trio.current_time(), network.stats
         )

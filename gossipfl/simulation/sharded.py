@@ -33,9 +33,12 @@ per-peer order, the same computation as unsharded.
 
 What differs from the unsharded run: the network totals of the summary count traffic
 until every shard has heard that all peers are done (a window later than one process
-would stop), and so does ``virtual_s``. Byzantine peers, churn, privacy options and
-links without latency are refused for now (each needs state that crosses shards
-outside messages).
+would stop), and so does ``virtual_s``. Differential privacy (DP-SGD, model noise)
+shards like the rest: each peer's noise is seeded by its index, and the driver sums up
+every shard's spending. Byzantine peers, churn, a membership-inference study, secure
+averaging and links without latency are refused for now (each needs state that crosses
+shards outside messages: the attack oracle, the churn schedule, every target's
+learner, keys agreed through the network).
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ import trio.testing
 
 from gossipfl.errors import ConfigError
 from gossipfl.peer import RoundReport
+from gossipfl.privacy.dpsgd import DPPlan
 from gossipfl.simulation.collector import Evaluate, MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
+from gossipfl.simulation.privacy import dp_summary
 from gossipfl.simulation.runner import (
     SimulationResult,
     _gap_or_none,
@@ -120,6 +125,8 @@ class ShardOutcome:
     """Wall seconds the shard spent running windows (from the end of its set-up)."""
     cpu_s: float
     """CPU seconds of the shard's thread, set-up included."""
+    dp_plans: dict[int, DPPlan] = field(default_factory=dict)
+    """Each of the shard's peers' privacy spending (with DP-SGD or model noise)."""
 
 
 def check_shardable(config: SimulationConfig, shards: int) -> None:
@@ -134,8 +141,10 @@ def check_shardable(config: SimulationConfig, shards: int) -> None:
     if config.churn_nodes():
         reasons.append("churn")
     privacy = config.privacy
-    if config.dp_settings() is not None or privacy.mia or privacy.secure_averaging:
-        reasons.append("privacy options")
+    if privacy.mia:
+        reasons.append("a membership-inference study")
+    if privacy.secure_averaging:
+        reasons.append("secure averaging")
     if reasons:
         raise ConfigError(f"a sharded simulation cannot have {' or '.join(reasons)} yet")
     if not config.network.latency > 0:
@@ -211,6 +220,7 @@ class ShardSide:
         self.peers = peers
         self.local_done = False
         self.finals: dict[int, np.ndarray] = {}
+        self.dp_plans: dict[int, DPPlan] = {}
         self.busy_s = 0.0
         """Wall seconds spent running windows (the rest: waiting for the driver)."""
         self._others = others
@@ -370,6 +380,7 @@ class Shard:
                     pid=os.getpid(),
                     busy_s=side.busy_s,
                     cpu_s=time.thread_time(),
+                    dp_plans=side.dp_plans,
                 )
             )
         except BaseException as exc:  # handed to the driver, which raises it
@@ -679,6 +690,9 @@ def run_sharded(
         cpu_s=[o.cpu_s for o in outcomes],
     )
     result.extra["sharding"] = report.row(config.rounds)
+    plans = {i: plan for o in outcomes for i, plan in o.dp_plans.items()}
+    if plans:
+        result.extra.update(dp_summary([plans[i] for i in sorted(plans)]))
     if config.mode == "consensus":
         finals = {i: v for o in outcomes for i, v in o.finals.items()}
         vectors = [np.asarray(finals[i], np.float64) for i in range(honest)]
