@@ -111,6 +111,25 @@ def test_private_runs_shard_with_the_same_noise_and_the_same_spending(
     assert 0 < split.extra["epsilon"] <= budget * 1.01  # within the budget (and its slack)
 
 
+@pytest.mark.parametrize("attack", ["alie", "gaussian", "label-flip"])
+def test_byzantine_peers_that_attack_from_what_they_receive_shard(attack: str) -> None:
+    """Attackers working from the models they receive (byzantine.omniscient = false) run
+    in the shards that hold them, wherever their honest neighbours are: the split run is
+    the whole one, bit for bit, attack counts included."""
+    cfg = config(
+        "peers=24", "rounds=4", "rule.name=trimmed-mean", "byzantine.count=3",
+        f"byzantine.attack={attack}", "byzantine.omniscient=false",
+    )  # fmt: skip
+    alone = run_simulation(cfg)
+    split = run_sharded(cfg, 2)
+    assert metrics(split) == metrics(alone)
+    facts = ("byzantine_attached", "crafted", "omniscient", "attack_detail", "delta_max")
+    assert {k: split.extra[k] for k in facts} == {k: alone.extra[k] for k in facts}
+    assert split.extra["byzantine_attached"] == 3
+    assert split.extra["crafted"] > 0
+    assert sorted(split.extra["sharding"]["peers_per_shard"]) == [13, 14]  # 27 peers in all
+
+
 def test_a_script_without_a_main_guard_can_shard(tmp_path: Path) -> None:
     # shard processes start from a fork server, which would re-run such a script
     script = tmp_path / "run.py"
@@ -190,7 +209,7 @@ def test_partition_is_balanced_deterministic_and_cuts_few_edges() -> None:
 @pytest.mark.parametrize(
     ("overrides", "shards", "message"),
     [
-        (("byzantine.count=1", "byzantine.attack=sign-flip"), 2, "Byzantine peers"),
+        (("byzantine.count=1", "byzantine.attack=sign-flip"), 2, "omniscient Byzantine"),
         (("churn.fraction=0.25",), 2, "churn"),
         (("privacy.mia=true",), 2, "membership-inference"),
         (("privacy.secure_averaging=true", "topology.name=ring"), 2, "secure averaging"),
@@ -250,5 +269,6 @@ def test_cli_refuses_ray_without_shards_and_unshardable_runs(
 ) -> None:
     assert main(["simulate", "--peers", "16", "--ray"]) != 0
     assert "--ray runs the shards of a run: add --shards N" in capsys.readouterr().err
-    assert main(["simulate", "--peers", "16", "--byzantine", "1", "--shards", "2"]) != 0
-    assert "cannot have Byzantine peers yet" in capsys.readouterr().err
+    byzantine = ["--byzantine", "1", "--attack", "sign-flip", "--shards", "2"]
+    assert main(["simulate", "--peers", "16", *byzantine]) != 0
+    assert "cannot have omniscient Byzantine peers" in capsys.readouterr().err

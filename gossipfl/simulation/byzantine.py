@@ -472,15 +472,17 @@ class ByzantineSetup:
         """The oracle hook for honest ``node``."""
         return self.oracle.recorder(node)
 
-    def summary(self) -> dict[str, Any]:
-        """Placement and attack facts for the run's summary."""
+    def summary(self, nodes: Collection[int] | None = None) -> dict[str, Any]:
+        """Placement and attack facts for the run's summary; the attack's counts over
+        the Byzantine peers of ``nodes`` only, if given (those a shard ran)."""
         out = self.placement.summary()
+        ran = [p for p in self.peers if nodes is None or p.node in nodes]
         out["attack_detail"] = self.attack.describe()
         out["omniscient"] = all(isinstance(p.outgoing, OmniscientAttacker) for p in self.peers)
         out["stale_views"] = sum(
-            p.outgoing.stale_views for p in self.peers if isinstance(p.outgoing, OmniscientAttacker)
+            p.outgoing.stale_views for p in ran if isinstance(p.outgoing, OmniscientAttacker)
         )
-        out["crafted"] = sum(p.outgoing.crafted for p in self.peers)
+        out["crafted"] = sum(p.outgoing.crafted for p in ran)
         return out
 
 

@@ -301,7 +301,9 @@ async def _simulate(
         topology = placement.topology  # honest nodes weigh their Byzantine neighbours too
     check_rule_fits(config, topology, honest)
     ids = [f"peer-{i:04d}" for i in range(topology.n)]
-    local = list(range(honest)) if shard is None else shard.peers
+    # This run's honest peers, and its Byzantine ones (a shard runs those it holds).
+    local = list(range(honest)) if shard is None else [i for i in shard.peers if i < honest]
+    attackers = set(range(honest, topology.n) if shard is None else shard.peers) - set(local)
 
     learners: list[Learner] = []
     learner_of: dict[int, Learner] = {}
@@ -388,6 +390,8 @@ async def _simulate(
     step_times = config.step_times(topology.n)
 
     remaining = set(local)
+    if shard is not None and not remaining:
+        shard.local_done = True  # a shard of Byzantine peers only: they wait for the rest
     all_done = trio.Event()
     scopes: dict[int, trio.CancelScope] = {}
     last_reported: dict[str, int] = {}
@@ -496,7 +500,8 @@ async def _simulate(
             if byzantine is not None:
                 byzantine_step = float(step_times[:honest].max()) + byzantine.lag
                 for spec in byzantine.peers:
-                    peers.start_soon(run_byzantine, spec, byzantine_step)
+                    if spec.node in attackers:
+                        peers.start_soon(run_byzantine, spec, byzantine_step)
             if churners:
                 peers.start_soon(churn, peers)
         outer.cancel_scope.cancel()
@@ -506,6 +511,7 @@ async def _simulate(
             {i: np.asarray(models[i]["x"]) for i in local} if config.mode == "consensus" else {}
         )
         shard.dp_plans = dict(zip(local, dp_plans, strict=True)) if dp_plans else {}
+        shard.byzantine = byzantine.summary(attackers) if byzantine is not None else {}
         return SimulationResult(
             config, [], [], time.perf_counter() - wall_start, trio.current_time(), network.stats
         )

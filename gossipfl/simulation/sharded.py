@@ -35,10 +35,12 @@ What differs from the unsharded run: the network totals of the summary count tra
 until every shard has heard that all peers are done (a window later than one process
 would stop), and so does ``virtual_s``. Differential privacy (DP-SGD, model noise)
 shards like the rest: each peer's noise is seeded by its index, and the driver sums up
-every shard's spending. Byzantine peers, churn, a membership-inference study, secure
-averaging and links without latency are refused for now (each needs state that crosses
-shards outside messages: the attack oracle, the churn schedule, every target's
-learner, keys agreed through the network).
+every shard's spending. Byzantine peers that attack from what they receive run in the
+shard that holds their node (the partition is of the graph with them). Omniscient
+Byzantine peers, churn, a membership-inference study, secure averaging and links
+without latency are refused for now (each needs state that crosses shards outside
+messages: the attack oracle, the churn schedule, every target's learner, keys agreed
+through the network).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ import trio.testing
 from gossipfl.errors import ConfigError
 from gossipfl.peer import RoundReport
 from gossipfl.privacy.dpsgd import DPPlan
+from gossipfl.simulation.byzantine import byzantine_active, place_byzantine
 from gossipfl.simulation.collector import Evaluate, MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.simulation.privacy import dp_summary
@@ -127,6 +130,8 @@ class ShardOutcome:
     """CPU seconds of the shard's thread, set-up included."""
     dp_plans: dict[int, DPPlan] = field(default_factory=dict)
     """Each of the shard's peers' privacy spending (with DP-SGD or model noise)."""
+    byzantine: dict[str, Any] = field(default_factory=dict)
+    """The run's Byzantine summary, with the attack counts of this shard's attackers."""
 
 
 def check_shardable(config: SimulationConfig, shards: int) -> None:
@@ -136,8 +141,11 @@ def check_shardable(config: SimulationConfig, shards: int) -> None:
     if config.transport != "memory":
         raise ConfigError("only in-process simulations (transport = 'memory') can be sharded")
     reasons = []
-    if config.byzantine.count:
-        reasons.append("Byzantine peers")
+    if byzantine_active(config) and config.byzantine.omniscient:
+        reasons.append(
+            "omniscient Byzantine peers (their oracle reads every honest model; "
+            "byzantine.omniscient = false attacks from what they receive, and shards)"
+        )
     if config.churn_nodes():
         reasons.append("churn")
     privacy = config.privacy
@@ -221,6 +229,7 @@ class ShardSide:
         self.local_done = False
         self.finals: dict[int, np.ndarray] = {}
         self.dp_plans: dict[int, DPPlan] = {}
+        self.byzantine: dict[str, Any] = {}
         self.busy_s = 0.0
         """Wall seconds spent running windows (the rest: waiting for the driver)."""
         self._others = others
@@ -381,6 +390,7 @@ class Shard:
                     busy_s=side.busy_s,
                     cpu_s=time.thread_time(),
                     dp_plans=side.dp_plans,
+                    byzantine=side.byzantine,
                 )
             )
         except BaseException as exc:  # handed to the driver, which raises it
@@ -612,6 +622,9 @@ def run_sharded(
     topology = build_topology_for(config)
     honest = config.peers
     check_rule_fits(config, topology, honest)
+    placement = place_byzantine(config, topology)
+    if placement is not None:
+        topology = placement.topology  # Byzantine peers run in shards like the others
     ids = [f"peer-{i:04d}" for i in range(topology.n)]
     graph = topology.union_graph()
     parts = partition_nodes(graph, shards, seed=config.seed)
@@ -690,6 +703,12 @@ def run_sharded(
         cpu_s=[o.cpu_s for o in outcomes],
     )
     result.extra["sharding"] = report.row(config.rounds)
+    if placement is not None:
+        # the placement facts are every shard's; the attack counts are summed
+        summary = dict(outcomes[0].byzantine)
+        for counted in ("crafted", "stale_views"):
+            summary[counted] = sum(o.byzantine[counted] for o in outcomes)
+        result.extra.update(summary)
     plans = {i: plan for o in outcomes for i, plan in o.dp_plans.items()}
     if plans:
         result.extra.update(dp_summary([plans[i] for i in sorted(plans)]))
