@@ -34,14 +34,16 @@ from gossipfl.merge import make_rule
 from gossipfl.privacy.secure_averaging import SecureAveraging
 from gossipfl.simulation import run_simulation
 from gossipfl.simulation.config import SimulationConfig
+from gossipfl.transport.signing import KeyDirectory
 
 
 def per_round(d: int, n: int, repeats: int) -> dict[str, Any]:
     names = [f"peer{i:02d}" for i in range(d + 1)]
-    peers = {name: SecureAveraging(name, n) for name in names}
+    keys = KeyDirectory()  # the simulation's identities: each peer signs its mask key
+    peers = {name: SecureAveraging(name, n, keys.signatures(name)) for name in names}
     receiver, members = peers[names[0]], names[1:]
     for name in members:
-        receiver.learn_key(name, peers[name].key_message().key)
+        receiver.learn_key(name, peers[name].key_message())
     group = receiver.regroup(dict.fromkeys(members, 1.0 / (d + 1)))
     assert group is not None
     for name in members:
