@@ -141,10 +141,13 @@ def check_shardable(config: SimulationConfig, shards: int) -> None:
     if config.transport != "memory":
         raise ConfigError("only in-process simulations (transport = 'memory') can be sharded")
     reasons = []
+    hint = ""
     if byzantine_active(config) and config.byzantine.omniscient:
-        reasons.append(
-            "omniscient Byzantine peers (their oracle reads every honest model; "
-            "byzantine.omniscient = false attacks from what they receive, and shards)"
+        reasons.append("omniscient Byzantine peers")
+        hint = (
+            " (their oracle reads every honest model as it is sent, in every shard); "
+            "set byzantine.omniscient = false for attackers that work from the models "
+            "they receive: those shard"
         )
     if config.churn_nodes():
         reasons.append("churn")
@@ -154,7 +157,7 @@ def check_shardable(config: SimulationConfig, shards: int) -> None:
     if privacy.secure_averaging:
         reasons.append("secure averaging")
     if reasons:
-        raise ConfigError(f"a sharded simulation cannot have {' or '.join(reasons)} yet")
+        raise ConfigError(f"a sharded simulation cannot have {' or '.join(reasons)} yet{hint}")
     if not config.network.latency > 0:
         raise ConfigError(
             "a sharded simulation needs network.latency > 0: the shards advance in windows "
