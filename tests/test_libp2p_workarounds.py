@@ -480,3 +480,42 @@ def test_buffered_noise_messages_are_decrypted_in_one_loop_and_checked() -> None
     with memoryview(bytearray(1000)) as view:
         assert reader.decrypt_buffered(view, 0, 1000) == 0
     assert reader._decrypter.n == 0
+
+
+def _session_over(reader: BatchedNoiseReadWriter) -> BatchedSecureSession:
+    """A batched session reading from ``reader`` (no handshake fields: reads only)."""
+    session = BatchedSecureSession.__new__(BatchedSecureSession)
+    session.conn = reader
+    session._message, session._offset = b"", 0
+    session._scratch = None
+    session.last_header = b""
+    return session
+
+
+async def test_transient_body_reads_reuse_one_scratch_and_are_checked() -> None:
+    writer, reader = _noise_pair()
+    plain = bytes(range(256)) * 2000  # 512,000 bytes: eight Noise messages
+    _received(reader, _sealed(writer, plain))
+    session = _session_over(reader)
+
+    # Two large reads: the bytes asked for, each a view of the same scratch buffer.
+    first = await session.read_transient(300_000)
+    assert isinstance(first, memoryview)
+    assert bytes(first) == plain[:300_000]
+    held = first.obj
+    second = await session.read_transient(200_000)
+    assert isinstance(second, memoryview)
+    assert second.obj is held
+    assert bytes(second) == plain[300_000:500_000]
+    # A small read is a plain read (bytes of its own).
+    rest = await session.read_transient(12_000)
+    assert type(rest) is bytes
+    assert rest == plain[500_000:]
+
+    # A tampered message still ends the connection.
+    writer, reader = _noise_pair()
+    tampered = bytearray(_sealed(writer, plain))
+    tampered[2 + 65535 + 2 + 10] ^= 1
+    _received(reader, tampered)
+    with pytest.raises(ConnectionClosedError):
+        await _session_over(reader).read_transient(300_000)

@@ -404,6 +404,7 @@ class BatchedSecureSession(SecureSession):
         self.conn: BatchedNoiseReadWriter = conn
         self._message = b""
         self._offset = 0
+        self._scratch: memoryview | None = None
         self.last_header = b""
         """The last read of exactly one Yamux header's size: Yamux reads each frame's header
         that way right before its body (see :func:`install_direct_yamux_reads`)."""
@@ -440,6 +441,24 @@ class BatchedSecureSession(SecureSession):
         if n == _YAMUX_HEADER.size:
             self.last_header = data
         return data
+
+    async def read_transient(self, n: int) -> Buffer:
+        """Exactly ``n`` bytes, like :meth:`read`, but a large read (up to
+        ``READ_BUFFER_MAX``) is a view of a scratch buffer the session reuses: valid only
+        until the next call. For a caller that copies the bytes at once and keeps no
+        reference (Yamux's DATA path: its stream buffer's ``extend``). A fresh
+        allocation per 1 MiB body, dropped right after the copy, costs page faults
+        (glibc hands freed heap back to the kernel and takes it again): ~5,000 per
+        100 MiB received, zero-filled by the kernel, where the scratch stays mapped and
+        in cache."""
+        if n < _BULK_READ or n > READ_BUFFER_MAX:
+            return await self.read(n)
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = memoryview(unfilled_bytearray(READ_BUFFER_MAX))
+        view = scratch[:n]
+        await self.read_into(view)  # writes all of it, or raises
+        return view
 
     async def _read_bulk(self, n: int) -> bytearray:
         """Exactly ``n`` bytes, decrypted straight into the result where messages fit
@@ -585,9 +604,11 @@ def install_direct_yamux_reads(muxed_conn: object) -> bool:
 
 def install_body_reader(muxed_conn: _yamux.Yamux, secured: Any) -> None:
     """The body reader of :func:`install_direct_yamux_reads`, over ``secured`` (which has
-    ``last_header``, ``read`` and ``read_into`` as :class:`BatchedSecureSession` does)."""
+    ``last_header``, ``read`` and ``read_into`` as :class:`BatchedSecureSession` does, and
+    perhaps ``read_transient``)."""
     buffers_of = muxed_conn
     timeout = _yamux._yamux_data_read_timeout
+    read_transient = getattr(secured, "read_transient", secured.read)
 
     async def read_data_body(length: int) -> Buffer:
         with trio.fail_after(timeout()):
@@ -606,7 +627,7 @@ def install_body_reader(muxed_conn: _yamux.Yamux, secured: Any) -> None:
                 if region is not None:
                     await secured.read_into(region)
                     return region
-            body: bytes | bytearray = await secured.read(length)
+            body: Buffer = await read_transient(length)
             return body
 
     muxed_conn._read_data_body = read_data_body  # type: ignore[method-assign,assignment]
