@@ -1094,3 +1094,88 @@ async def test_bytes_buffered_before_the_reader_came_keep_their_order() -> None:
         assert frame == pattern(30_000, 1) + pattern(100_000, 2)
         assert m.guard.buffered == m.real_buffered() == 0
         assert m.reports == []
+
+
+async def test_a_reader_in_place_is_woken_once_its_frame_is_full_not_per_body() -> None:
+    async with direct_muxer() as m:
+        await m.feed(syn(1))
+        stream = m.yamux.streams[1]
+        reader = YamuxInPlace(stream, m.guard)
+        frame = bytearray(60_000)  # less than a quarter of the window: no credit due
+        returns: list[int] = []
+
+        async def read_all() -> None:
+            got = 0
+            with memoryview(frame) as view:
+                while got < len(frame):
+                    returns.append(await reader.read_into(view[got:]))
+                    got += returns[-1]
+
+        bodies = [pattern(20_000, k) for k in range(3)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await trio.testing.wait_all_tasks_blocked()
+            for body in bodies:
+                await m.feed(data_of(1, body))
+                assert not returns or sum(returns) == len(frame)
+        assert returns == [60_000]
+        assert frame == b"".join(bodies)
+        assert m.wire.read_into_bytes == 60_000
+        assert m.reports == []
+
+
+async def test_a_fin_inside_a_frame_read_in_place_wakes_its_reader_at_once() -> None:
+    async with direct_muxer() as m:
+        await m.feed(syn(1))
+        stream = m.yamux.streams[1]
+        reader = YamuxInPlace(stream, m.guard)
+        frame = bytearray(100_000)
+        outcome: list[object] = []
+
+        async def read_all() -> None:
+            got = 0
+            with memoryview(frame) as view:
+                try:
+                    while got < len(frame):
+                        got += await reader.read_into(view[got:])
+                except EOFError as exc:
+                    outcome.append(got)
+                    outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await trio.testing.wait_all_tasks_blocked()
+            await m.feed(data_of(1, pattern(20_000, 1)))
+            assert outcome == []
+            fin = HEADER.pack(0, _yamux.TYPE_DATA, _yamux.FLAG_FIN, 1, 20_000)
+            start = trio.current_time()
+            await m.feed(fin + pattern(20_000, 2))
+            # Seen without waiting for the reader's periodic look (_RECHECK).
+            assert trio.current_time() - start < 0.25
+            assert outcome[:1] == [40_000]
+            assert isinstance(outcome[1], EOFError)
+        assert frame[:40_000] == pattern(20_000, 1) + pattern(20_000, 2)
+
+
+async def test_a_slow_but_steady_frame_read_in_place_shows_progress_before_its_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with direct_muxer() as m:
+        await m.feed(syn(1))
+        stream = m.yamux.streams[1]
+        reader = YamuxInPlace(stream, m.guard)
+        frame = bytearray(100_000)
+        got: list[int] = []
+
+        async def read_once() -> None:
+            with memoryview(frame) as view, trio.fail_after(0.4):  # below _RECHECK (0.5 s)
+                got.append(await reader.read_into(view))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_once)
+            for k in range(3):
+                await trio.sleep(0.1)
+                await m.feed(data_of(1, pattern(20_000, k)))
+        # Half of the read's time was gone when the second body landed: it returned then
+        # (not per body, and not only at its periodic look, which comes too late here).
+        assert got == [40_000]

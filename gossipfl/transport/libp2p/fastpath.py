@@ -739,6 +739,8 @@ class YamuxInPlace:
         hung: Any = None
         credited = 0
         rounds = 0
+        wake_by: float | None = None
+        events: dict[int, Any] = conn.stream_events  # holds our gates too
         try:
             while True:
                 buffer = conn.stream_buffers.get(sid)
@@ -782,18 +784,93 @@ class YamuxInPlace:
                         raise MuxedStreamEOF("stream is closed for receiving")
                     if stream.closed:
                         raise MuxedStreamReset("stream is reset or closed")
-                event = conn.stream_events.get(sid)
+                event: Any = events.get(sid)
                 if event is None:
                     raise MuxedStreamEOF("stream was removed during read")
+                if hung is not None and hung.sink is sink and not event.is_set():
+                    if wake_by is None:
+                        deadline = trio.current_effective_deadline()
+                        now = trio.current_time()
+                        wake_by = now + (deadline - now) / 2
+                    event = events[sid] = _LandingGate(self, sink, self._owed - credited, wake_by)
                 # py-libp2p drops a stream's event without setting it when the stream is
                 # reset from our side (a guard's reset): look again now and then.
                 with trio.move_on_after(_RECHECK):
                     await event.wait()
-                if event.is_set() and conn.stream_events.get(sid) is event:
-                    conn.stream_events[sid] = trio.Event()
+                if (event.is_set() or type(event) is _LandingGate) and events.get(sid) is event:
+                    events[sid] = trio.Event()
         finally:
             if hung is not None and hung.sink is sink:
                 hung.sink = None
+            gate = events.get(sid)
+            if type(gate) is _LandingGate and gate.sink is sink:
+                events[sid] = trio.Event()
+
+    def must_wake(self, sink: Sink, owed: int, wake_by: float) -> bool:
+        """Whether the reader waiting with ``sink`` must run now (see
+        :class:`_LandingGate`): its frame is complete, window credit is due (``owed``
+        bytes before the sink's), the stream changed state (a FIN or RST, bytes that
+        went to the buffer instead), or half of its read's time is gone (so that a
+        slow but steady sender still shows progress before the read times out)."""
+        if sink.filled >= len(sink.view) or sink.landing is not None:
+            return True
+        stream = self.stream
+        conn = stream.conn
+        buffer = conn.stream_buffers.get(stream.stream_id)
+        if buffer is None or getattr(buffer, "sink", None) is not sink or len(buffer):
+            return True
+        if (
+            stream.reset_received
+            or stream.recv_closed
+            or stream.closed
+            or conn.event_shutting_down.is_set()
+        ):
+            return True
+        header = getattr(conn.secured_conn, "last_header", b"")
+        if len(header) != _YAMUX_HEADER.size or _YAMUX_HEADER.unpack(header)[2] & (
+            _yamux.FLAG_FIN | _yamux.FLAG_RST
+        ):
+            return True  # py-libp2p marks a FIN only after waking the reader
+        due = owed + sink.filled
+        return bool(due and self._credit_now(due)) or trio.current_time() >= wake_by
+
+
+class _LandingGate:
+    """Stands in for a stream's ``trio.Event`` in ``Yamux.stream_events`` while a
+    :class:`YamuxInPlace` reader waits for DATA bodies to land in its :class:`Sink`.
+
+    py-libp2p sets a stream's event after every DATA frame; a reader woken per 1 MiB
+    body only checks its sink, returns, and is called again for the rest of its frame
+    (a task step, a ``fail_after``, a new sink and event: ~300 wake-ups per 100 MiB).
+    The gate lets ``set`` through only when the reader has something to do
+    (:meth:`YamuxInPlace.must_wake`); the reader also looks again every
+    ``_RECHECK`` seconds, as it always did. py-libp2p only calls ``set`` and ``wait``
+    on stream events."""
+
+    __slots__ = ("_event", "_owed", "_reader", "_wake_by", "sink")
+
+    def __init__(self, reader: YamuxInPlace, sink: Sink, owed: int, wake_by: float) -> None:
+        self._event = trio.Event()
+        self._reader = reader
+        self.sink = sink
+        self._owed = owed
+        self._wake_by = wake_by
+
+    def set(self) -> None:
+        if self._event.is_set():
+            return
+        try:
+            wake = self._reader.must_wake(self.sink, self._owed, self._wake_by)
+        except Exception:  # never let a check break py-libp2p's reader task
+            wake = True
+        if wake:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 def yamux_stream_of(stream: INetStream) -> _yamux.YamuxStream | None:
