@@ -519,3 +519,28 @@ async def test_transient_body_reads_reuse_one_scratch_and_are_checked() -> None:
     _received(reader, tampered)
     with pytest.raises(ConnectionClosedError):
         await _session_over(reader).read_transient(300_000)
+
+
+async def test_a_yamux_header_goes_in_a_noise_message_of_its_own() -> None:
+    writer, reader = _noise_pair()
+    header = bytes(range(12))
+    body = bytes(range(256)) * 1000  # 256,000 bytes: four Noise messages
+    sealed = writer._seal_into_buffer([header, memoryview(body)], header_alone=True)
+    assert sealed is not None
+    buf, size = sealed
+    wire = bytes(buf[:size])
+    assert wire[:2] == (12 + 16).to_bytes(2, "big")  # the header alone
+    assert size == 2 + 12 + 16 + len(body) + 4 * (2 + 16)
+    _received(reader, wire)
+    session = _session_over(reader)
+    assert await session.read(12) == header
+    # The body's messages are all its own: each is decrypted where the body goes.
+    got = await session.read_transient(len(body))
+    assert bytes(got) == body
+    assert session._offset == len(session._message)  # nothing of a message left over
+
+    # Without it (any other write), the concatenation is cut in full messages.
+    writer, _ = _noise_pair()
+    sealed = writer._seal_into_buffer([header, memoryview(body)])
+    assert sealed is not None
+    assert sealed[0][:2] == (65519 + 16).to_bytes(2, "big")
