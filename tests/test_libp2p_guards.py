@@ -1179,3 +1179,36 @@ async def test_a_slow_but_steady_frame_read_in_place_shows_progress_before_its_t
         # Half of the read's time was gone when the second body landed: it returned then
         # (not per body, and not only at its periodic look, which comes too late here).
         assert got == [40_000]
+
+
+async def test_a_body_right_after_a_length_prefix_lands_in_the_frame_it_announces() -> None:
+    from gossipfl.transport.libp2p.fastpath import DIRECT_MIN
+    from gossipfl.transport.libp2p.framing import PREFIX, FrameReader
+
+    async with direct_muxer() as m:
+        await m.feed(syn(1))
+        stream = m.yamux.streams[1]
+        in_place = YamuxInPlace(stream, m.guard)
+        reader = FrameReader(
+            in_place.read_some,
+            max_frame=MiB,
+            read_timeout=10,
+            in_place=in_place,
+            in_place_min=DIRECT_MIN,
+        )
+        body = pattern(100_000, 3)
+        frames: list[bytes | bytearray | None] = []
+
+        async def read_one() -> None:
+            frames.append(await reader.next_frame())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_one)
+            await trio.testing.wait_all_tasks_blocked()
+            # The prefix in a DATA frame of its own (as our senders write it), the body
+            # right behind it: both are read before the reader has run.
+            await m.feed(data_of(1, PREFIX.pack(len(body))) + data_of(1, body))
+        assert frames == [body]
+        assert m.wire.read_into_bytes == len(body)  # the body went to no buffer
+        assert m.guard.buffered == m.real_buffered() == 0
+        assert m.reports == []

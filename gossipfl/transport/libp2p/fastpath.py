@@ -604,6 +604,10 @@ class Sink:
         return len(region)
 
 
+_SINK_PASSES = 6
+"""Most schedule points a large DATA body waits for its stream's reader to hang a sink
+when a few bytes (a length prefix) are pending (see :func:`install_body_reader`)."""
+
 DIRECT_MIN = 1 << 14
 """Smallest DATA body decrypted straight into a waiting reader's frame: below it the
 bookkeeping costs more than the copy it saves."""
@@ -656,6 +660,16 @@ def install_body_reader(muxed_conn: _yamux.Yamux, secured: Any) -> None:
                 sid = _data_header(secured.last_header, length)
                 buffer = None if sid is None else buffers_of.stream_buffers.get(sid)
                 sink: Sink | None = getattr(buffer, "sink", None)
+                if sink is None and buffer is not None and 0 < len(buffer) < DIRECT_MIN:
+                    # A few bytes wait to be read, no frame yet: likely a length prefix
+                    # (our senders put it in a DATA frame of its own) whose reader has
+                    # just been woken. Give it a few passes to allocate the frame and
+                    # hang its sink, so that this body lands there, not in the buffer.
+                    for _ in range(_SINK_PASSES):
+                        await trio.lowlevel.checkpoint()
+                        sink = getattr(buffer, "sink", None)
+                        if sink is not None:
+                            break
                 region = None
                 if sink is not None and buffer is not None and sink.landing is None:
                     # Bytes already buffered come first: into the sink with them, if the
@@ -985,11 +999,15 @@ async def write_yamux(
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     index, offset = 0, 0
     remaining = sum(v.nbytes for v in views)
+    # A small first part (our frames' length prefix) goes in a DATA frame of its own:
+    # the receiver's reader can then allocate the frame before the body's first DATA
+    # frame is read, and that body lands in place (see install_body_reader).
+    first = views[0].nbytes if len(views) > 1 and views[0].nbytes < DIRECT_MIN else chunk
     while remaining:
         async with stream.window_lock:
             if stream.closed or stream.send_closed:
                 raise MuxedStreamClosed("stream is closed for sending")
-            take = min(stream.send_window, chunk, remaining)
+            take = min(stream.send_window, chunk, remaining, first)
             if take > 0:
                 stream.send_window -= take
         if take <= 0:
@@ -1009,3 +1027,4 @@ async def write_yamux(
         with trio.fail_after(progress_timeout):
             await _write_frame_parts(stream.conn, pieces)
         remaining -= take
+        first = chunk
