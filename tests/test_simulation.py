@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trio.testing
 
 from gossipfl.errors import ConfigError
 from gossipfl.peer import PeerConfig, stacking
@@ -283,3 +284,20 @@ def test_consensus_distance_of_large_models_is_taken_in_chunks_to_the_same_value
         else:
             assert stacked is None  # no stack of every model
             np.testing.assert_allclose(got, direct, rtol=1e-12)
+
+
+def test_the_virtual_clock_reads_what_trios_mock_clock_computes() -> None:
+    """:func:`virtual_clock` reads the time from two private attributes of trio's
+    MockClock while its rate is 0: a trio that renames them must fail here, not
+    silently change every simulation's timing."""
+    from gossipfl.simulation.scheduling import virtual_clock
+
+    clock = virtual_clock()
+    plain = trio.testing.MockClock(autojump_threshold=0)
+    for step in (0.0, 0.005, 1.25, 1e-9, 3.0):
+        clock.jump(step)
+        plain.jump(step)
+        assert clock.current_time() == trio.testing.MockClock.current_time(clock)
+        assert clock.current_time() == plain.current_time()
+    clock.rate = 2.0  # a moving clock: trio's own computation
+    assert clock.current_time() >= plain.current_time()

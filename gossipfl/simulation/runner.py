@@ -40,7 +40,7 @@ from gossipfl.simulation.byzantine import (
 from gossipfl.simulation.collector import Evaluate, MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
 from gossipfl.simulation.privacy import dp_summary, enable_dp_all, membership_leakage
-from gossipfl.simulation.scheduling import seeded_scheduler
+from gossipfl.simulation.scheduling import seeded_scheduler, virtual_clock
 from gossipfl.topology import Topology, build_topology
 from gossipfl.transport import LinkProfile, MemoryNetwork, NetworkStats
 
@@ -238,7 +238,7 @@ def run_simulation(
             "this runner simulates in-process (transport = 'memory'); "
             "transport = 'libp2p' runs each peer as its own OS process"
         )
-    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock = virtual_clock()
     threshold = gc_threshold
     if threshold is None:
         threshold = gc_threshold_for(config)

@@ -83,7 +83,7 @@ from gossipfl.simulation.runner import (
     rare_collections,
     workload_parts,
 )
-from gossipfl.simulation.scheduling import seeded_scheduler
+from gossipfl.simulation.scheduling import seeded_scheduler, virtual_clock
 from gossipfl.topology.partition import cut_edges, partition_nodes
 from gossipfl.transport import LinkProfile, MemoryNetwork, NetworkStats
 from gossipfl.transport.base import PeerId
@@ -372,7 +372,7 @@ class Shard:
     def _main(self) -> None:
         side = self.side
         try:
-            clock = trio.testing.MockClock(autojump_threshold=0)
+            clock = virtual_clock()
             pace = _collections(self.config) if self._own_process else contextlib.nullcontext()
             # (shards in threads of one process would share trio's generator: not seeded)
             order = (
