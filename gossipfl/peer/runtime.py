@@ -754,7 +754,7 @@ class Peer:
         """Our model after local training, refused if training blew it up: otherwise the
         first sign would be a wire error when we try to send it."""
         vector = self.adapter.get_flat()
-        if not np.isfinite(vector).all():
+        if not np.logical_and.reduce(np.isfinite(vector), axis=None):  # .all(), unwrapped
             raise self._diverged(round)
         return vector
 

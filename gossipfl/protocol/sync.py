@@ -340,7 +340,29 @@ class SyncGossip(RoundCore):
         return any(peer in self.neighbourhood.receive_from(q) for q in range(first, self.round))
 
     def _all_in(self) -> bool:
-        return not self._waiting_for()
+        """Whether :meth:`_waiting_for` is empty, answered without building its sets: it
+        is asked after every model that arrives, and is usually settled by the first
+        neighbour still owed (the same tests, in the same order, with no side effects)."""
+        round = self.round
+        arrived = self._buffer.get(round, {})
+        down, latest_of, slow = self._down, self._latest, self._slow
+        behind = live = 0
+        for peer in self.neighbourhood.receive_from(round):
+            if peer in down:
+                continue
+            live += 1
+            if peer in arrived:
+                continue
+            latest = latest_of.get(peer)
+            if latest is not None and latest > round:
+                continue
+            if latest is not None and self._known_behind(peer, latest):
+                behind += 1
+                continue
+            if peer in slow:
+                continue
+            return False  # waited for
+        return not 2 * behind > live  # most live neighbours behind: waited for too
 
     def _merge(self) -> list[Action]:
         assert self._own is not None
