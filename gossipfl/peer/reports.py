@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from gossipfl._frozen import quick_init
 from gossipfl.protocol import RoundStats
 
 Vector = npt.NDArray[np.float32]
@@ -57,6 +58,7 @@ class PeerCounters:
     why)."""
 
 
+@quick_init
 @dataclass(frozen=True, eq=False)
 class RoundReport:
     """One completed round of one peer; handed to the ``on_round`` hook."""

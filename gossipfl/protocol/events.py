@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from gossipfl._frozen import quick_init
+
 PeerId = str
 Vector = npt.NDArray[np.float32]
 
@@ -23,6 +25,7 @@ Vector = npt.NDArray[np.float32]
 # --------------------------------------------------------------------------- events (in)
 
 
+@quick_init
 @dataclass(frozen=True, eq=False)
 class LocalStepDone:
     """The local training of ``round`` finished; ``vector`` is the model it produced."""
@@ -32,6 +35,7 @@ class LocalStepDone:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
+@quick_init
 @dataclass(frozen=True, eq=False)
 class ModelReceived:
     """A verified neighbour sent its model of ``round``. ``reply`` asks for ours back
@@ -43,6 +47,7 @@ class ModelReceived:
     reply: bool = False
 
 
+@quick_init
 @dataclass(frozen=True)
 class DeadlinePassed:
     """The timer the core asked for with :class:`SetTimer` for ``round`` went off."""
@@ -50,6 +55,7 @@ class DeadlinePassed:
     round: int
 
 
+@quick_init
 @dataclass(frozen=True, eq=False)
 class MergeDone:
     """The runtime carried out a :class:`Merge`; ``vector`` is the merged model."""
@@ -58,6 +64,7 @@ class MergeDone:
     vector: Vector
 
 
+@quick_init
 @dataclass(frozen=True)
 class PeerUp:
     """A neighbour became reachable (connected and handshake accepted)."""
@@ -65,6 +72,7 @@ class PeerUp:
     peer: PeerId
 
 
+@quick_init
 @dataclass(frozen=True)
 class PeerDown:
     """A neighbour is gone (disconnected, or silent past its heartbeat deadline)."""
@@ -78,6 +86,7 @@ Event = LocalStepDone | ModelReceived | DeadlinePassed | MergeDone | PeerUp | Pe
 # -------------------------------------------------------------------------- actions (out)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Train:
     """Run the local step(s) of ``round``, then report :class:`LocalStepDone`."""
@@ -85,6 +94,7 @@ class Train:
     round: int
 
 
+@quick_init
 @dataclass(frozen=True, eq=False)
 class Send:
     """Send our model of ``round`` to ``peer``; ``reply`` asks it to answer with its own."""
@@ -95,6 +105,7 @@ class Send:
     reply: bool = False
 
 
+@quick_init
 @dataclass(frozen=True)
 class SetTimer:
     """Report :class:`DeadlinePassed` for ``round`` after ``delay`` seconds."""
@@ -103,6 +114,7 @@ class SetTimer:
     delay: float
 
 
+@quick_init
 @dataclass(frozen=True, eq=False)
 class Merge:
     """Merge ``own`` with the neighbours' vectors (sorted by peer id, so the result does not
@@ -116,6 +128,7 @@ class Merge:
     weights: tuple[float, ...]
 
 
+@quick_init
 @dataclass(frozen=True)
 class RoundStats:
     """What happened in one round, for metrics: who was expected, who made it in time."""
@@ -141,6 +154,7 @@ class RoundStats:
     (not believed)."""
 
 
+@quick_init
 @dataclass(frozen=True, eq=False)
 class RoundDone:
     """Round ``round`` is merged: ``vector`` is the peer's model from now on."""
@@ -151,6 +165,7 @@ class RoundDone:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Finished:
     """The peer completed its last round."""

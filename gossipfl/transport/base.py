@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from gossipfl._frozen import quick_init
 from gossipfl.errors import GossipflError
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 PeerId = str
 
 
+@quick_init
 @dataclass(frozen=True, eq=False)
 class Received:
     """A complete frame from ``peer`` (whose identity the transport vouches for).
@@ -44,11 +46,13 @@ class Received:
     data: bytes | bytearray
 
 
+@quick_init
 @dataclass(frozen=True)
 class Connected:
     peer: PeerId
 
 
+@quick_init
 @dataclass(frozen=True)
 class Disconnected:
     peer: PeerId
