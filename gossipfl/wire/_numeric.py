@@ -17,9 +17,11 @@ def all_finite(x: NDArray[np.floating]) -> bool:
     may be mere overflow of large finite values, so then the exact (slower) check decides.
     """
     if x.size < _SMALL:
-        # np.logical_and.reduce is what .all() calls, without its Python wrapper (every
-        # update sent or received passes here: a few hundred ns each)
-        return bool(np.logical_and.reduce(np.isfinite(x), axis=None))
+        # A numpy bool is one byte, 0 or 1: all true is no zero byte in the mask, found
+        # by a C scan of its bytes. Why: .all() (or logical_and.reduce) of a few hundred
+        # values is mostly the ufunc reduction's setup; every update sent or received
+        # passes here, and this takes 0.47 us against 0.93 for 650 values.
+        return b"\x00" not in np.isfinite(x).tobytes()
     if x.dtype == np.float32:
         with np.errstate(over="ignore", invalid="ignore"):
             total = np.add.reduce(x, axis=None)
