@@ -103,6 +103,9 @@ class MemoryNetwork:
         self._wakeup = trio.Event()
         self._held: list[MemoryTransport] = []  # endpoints holding arrivals for a handler
         self._directory: KeyDirectory | None = None  # made on first use: few runs sign
+        # trio.current_time(), or while run() runs, the run's clock's own method: the
+        # same time without the two calls around it (read once per frame sent)
+        self._now: Callable[[], float] = trio.current_time
 
     # ------------------------------------------------------------------ topology
 
@@ -228,9 +231,9 @@ class MemoryNetwork:
         stats.frames_sent += 1
         stats.bytes_sent += len(data)
         stats.bytes_by_peer[src] = stats.bytes_by_peer.get(src, 0) + len(data)
-        link = self._link(src, dst)
+        link = self._links.get((src, dst)) or self._link(src, dst)
         profile = link.profile
-        now = trio.current_time()
+        now = self._now()
         start = max(now, link.busy_until)
         link.busy_until = start + len(data) / profile.bandwidth
         copies = 1
@@ -248,13 +251,20 @@ class MemoryNetwork:
 
     async def run(self) -> None:
         """Deliver frames until cancelled. Run it in the nursery that holds the peers."""
+        self._now = trio.lowlevel.current_clock().current_time
+        try:
+            await self._deliver()
+        finally:
+            self._now = trio.current_time  # another trio run has another clock
+
+    async def _deliver(self) -> None:
         while True:
             if not self._heap:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
             at = self._heap[0][0]
-            if at > trio.current_time():
+            if at > self._now():
                 with trio.move_on_at(at):
                     await self._wakeup.wait()
                 self._wakeup = trio.Event()
@@ -358,7 +368,8 @@ class MemoryTransport:
 
     def send_nowait(self, peer: PeerId, data: bytes) -> None:
         """Like :meth:`send`; never blocks, because delivery is scheduled, not awaited."""
-        self._check_open()
+        if self.closed:
+            self._check_open()  # raises
         self._network._send(self._id, peer, bytes(data))
 
     async def disconnect(self, peer: PeerId) -> None:
