@@ -9,9 +9,11 @@ frames, timers, merges, round reports): 2-3% of a 1,024-peer run.
 
 :func:`quick_init` replaces that ``__init__`` with one that writes the fields into the
 instance's ``__dict__`` directly -- what ``object.__setattr__`` ends up doing for a class
-without slots -- with the same signature, defaults and default factories. Nothing else
-changes: the instances are as frozen as before (assignment still raises
-``FrozenInstanceError``), compare, hash, print and pickle as before.
+without slots -- or, for a class with slots, through each slot's own descriptor (captured
+once), then calls ``__post_init__`` if the class has one (its validation runs as before);
+with the same signature, defaults and default factories. Nothing else changes: the
+instances are as frozen as before (assignment still raises ``FrozenInstanceError``),
+compare, hash, print and pickle as before.
 """
 
 from __future__ import annotations
@@ -26,13 +28,12 @@ _FACTORY = object()  # a default factory's placeholder in the signature
 def quick_init(cls: _C) -> _C:
     """Give the frozen dataclass ``cls`` the faster ``__init__`` (see the module doc).
 
-    Only for what it can do exactly: a frozen dataclass without slots, ``__post_init__``
-    or init-only variables, whose fields are all set by ``__init__``."""
+    Only for what it can do exactly: a frozen dataclass without init-only or class
+    variables, whose fields are all its own and all set by ``__init__``."""
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.frozen:
         raise TypeError(f"{cls.__name__} is not a frozen dataclass")
-    if "__slots__" in cls.__dict__ or hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__} has slots or a __post_init__: keep its own __init__")
+    slots = "__slots__" in cls.__dict__
     fields = dataclasses.fields(cls)
     if any(not f.init for f in fields):
         raise TypeError(f"{cls.__name__} has fields that __init__ does not set")
@@ -56,11 +57,16 @@ def quick_init(cls: _C) -> _C:
         else:
             spec = f.name
         (keyword if f.kw_only else positional).append(spec)
-        body.append(f"    _quick_dict[{f.name!r}] = {f.name}")
+        if slots:
+            namespace[f"_quick_set_{f.name}"] = cls.__dict__[f.name].__set__
+            body.append(f"    _quick_set_{f.name}(self, {f.name})")
+        else:
+            body.append(f"    _quick_dict[{f.name!r}] = {f.name}")
+    if hasattr(cls, "__post_init__"):
+        body.append("    self.__post_init__()")
     signature = ", ".join(["self", *positional, *(["*", *keyword] if keyword else [])])
-    source = (
-        f"def __init__({signature}):\n    _quick_dict = self.__dict__\n" + "\n".join(body) + "\n"
-    )
+    head = "" if slots else "    _quick_dict = self.__dict__\n"
+    source = f"def __init__({signature}):\n{head}" + "\n".join(body) + "\n"
     exec(source, namespace)
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import pickle
 
+import numpy as np
 import pytest
 
 from gossipfl._frozen import quick_init
@@ -62,22 +63,56 @@ def test_the_events_behave_as_before() -> None:
         stats.late = 1  # type: ignore[misc]
 
 
-def test_refuses_what_it_cannot_do_exactly() -> None:
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Slotted:
-        a: int
+def test_slots_and_post_init() -> None:
+    seen: list[int] = []
 
-    @dataclasses.dataclass(frozen=True)
+    @quick_init
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class Checked:
         a: int
+        b: tuple[int, ...] = ()
 
         def __post_init__(self) -> None:
-            pass
+            seen.append(self.a)
+            if self.a < 0:
+                raise ValueError("negative")
 
+    item = Checked(a=3)
+    assert (item.a, item.b, seen) == (3, (), [3])
+    assert not hasattr(item, "__dict__")
+    with pytest.raises(ValueError, match="negative"):
+        Checked(a=-1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        item.a = 4  # type: ignore[misc]
+
+
+def test_a_decoded_update_is_validated_as_before() -> None:
+    from gossipfl.wire import SchemaError, Update
+
+    vector = np.zeros(3, np.float32)
+    update = Update(sender="p", round=1, vector=vector)
+    assert (update.codec, update.reply, update.meta, update.digest) == ("fp32", False, {}, None)
+    with pytest.raises(SchemaError):
+        Update(sender="a b", round=1, vector=vector)
+    with pytest.raises(SchemaError):
+        Update(sender="p", round=-1, vector=vector)
+    with pytest.raises(TypeError):
+        Update("p", 1, vector)  # type: ignore[call-arg]  # keyword-only, as before
+
+
+def test_refuses_what_it_cannot_do_exactly() -> None:
     @dataclasses.dataclass
     class Mutable:
         a: int
 
-    for cls in (Slotted, Checked, Mutable):
+    @dataclasses.dataclass(frozen=True)
+    class Base:
+        a: int
+
+    @dataclasses.dataclass(frozen=True)
+    class Derived(Base):
+        b: int
+
+    for cls in (Mutable, Derived):
         with pytest.raises(TypeError):
             quick_init(cls)

@@ -25,6 +25,7 @@ from typing import TypeAlias
 import numpy as np
 from numpy.typing import NDArray
 
+from gossipfl._frozen import quick_init
 from gossipfl.model.layout import Layout
 from gossipfl.wire.arrays import ArraySpec
 from gossipfl.wire.codes import KNOWN_CODES, RefusalCode
@@ -163,6 +164,7 @@ class Hello:
             raise SchemaError("Hello.codecs lists a codec twice")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Update:
     """A model: ``vector`` (1-D float32) of ``sender`` at ``round``, sent with ``codec``.
