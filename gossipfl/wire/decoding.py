@@ -327,7 +327,9 @@ def assemble_update(
         bad = None if all_finite(vector) else first_nonfinite(vector)
     if bad is not None:
         raise NonFiniteError(f"decoded vector has a non-finite value at [{bad}]")
-    vector.flags.writeable = False
+    flags = vector.flags
+    if flags.writeable:  # fp32's is a view of the read-only arrays already
+        flags.writeable = False
     return Update(
         sender=fields["sender"],
         round=fields["round"],

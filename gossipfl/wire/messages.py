@@ -60,6 +60,7 @@ else (a membership record, another version) never passes for one."""
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 MetaValue: TypeAlias = int | float | str
+_FLOAT32 = np.dtype(np.float32)  # compared with a dtype, not the type: half the time
 
 
 def check_str(value: object, what: str, max_len: int, *, empty: bool = False) -> str:
@@ -105,6 +106,8 @@ def check_digest(value: object, what: str) -> bytes:
 def check_meta(value: object) -> dict[str, MetaValue]:
     """At most 16 entries; keys are tokens of <= 32 chars; values are int64, finite
     floats, or printable strings of <= 256 chars."""
+    if type(value) is dict and not value:
+        return {}  # the usual meta: nothing to check (a new dict, as below)
     if type(value) is not dict and not isinstance(value, Mapping):  # a dict: no ABC check
         raise SchemaError(f"meta must be a mapping, got {type(value).__name__}")
     if len(value) > MAX_META_ENTRIES:
@@ -197,7 +200,7 @@ class Update:
         if self.digest is not None:
             check_digest(self.digest, "Update.digest")
         vec = self.vector
-        if not isinstance(vec, np.ndarray) or vec.ndim != 1 or vec.dtype != np.float32:
+        if not isinstance(vec, np.ndarray) or vec.ndim != 1 or vec.dtype != _FLOAT32:
             raise SchemaError(
                 "Update.vector must be a 1-D float32 numpy array, got "
                 f"{getattr(vec, 'dtype', type(vec).__name__)} of shape {getattr(vec, 'shape', '?')}"
@@ -237,6 +240,8 @@ class UpdateHead:
 
 def check_params(value: object) -> dict[str, int]:
     """Codec parameters: at most 8 entries, token keys, non-negative int values."""
+    if type(value) is dict and not value:
+        return {}  # the usual params: nothing to check (a new dict, as below)
     if (type(value) is not dict and not isinstance(value, Mapping)) or len(value) > 8:
         raise SchemaError("codec params must be a mapping of at most 8 entries")
     for key, item in value.items():
