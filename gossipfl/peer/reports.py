@@ -59,7 +59,7 @@ class PeerCounters:
 
 
 @quick_init
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class RoundReport:
     """One completed round of one peer; handed to the ``on_round`` hook."""
 

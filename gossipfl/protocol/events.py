@@ -26,7 +26,7 @@ Vector = npt.NDArray[np.float32]
 
 
 @quick_init
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class LocalStepDone:
     """The local training of ``round`` finished; ``vector`` is the model it produced."""
 
@@ -36,7 +36,7 @@ class LocalStepDone:
 
 
 @quick_init
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class ModelReceived:
     """A verified neighbour sent its model of ``round``. ``reply`` asks for ours back
     (push-pull gossip)."""
@@ -48,7 +48,7 @@ class ModelReceived:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeadlinePassed:
     """The timer the core asked for with :class:`SetTimer` for ``round`` went off."""
 
@@ -56,7 +56,7 @@ class DeadlinePassed:
 
 
 @quick_init
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class MergeDone:
     """The runtime carried out a :class:`Merge`; ``vector`` is the merged model."""
 
@@ -65,7 +65,7 @@ class MergeDone:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerUp:
     """A neighbour became reachable (connected and handshake accepted)."""
 
@@ -73,7 +73,7 @@ class PeerUp:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerDown:
     """A neighbour is gone (disconnected, or silent past its heartbeat deadline)."""
 
@@ -87,7 +87,7 @@ Event = LocalStepDone | ModelReceived | DeadlinePassed | MergeDone | PeerUp | Pe
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Train:
     """Run the local step(s) of ``round``, then report :class:`LocalStepDone`."""
 
@@ -95,7 +95,7 @@ class Train:
 
 
 @quick_init
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Send:
     """Send our model of ``round`` to ``peer``; ``reply`` asks it to answer with its own."""
 
@@ -106,7 +106,7 @@ class Send:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetTimer:
     """Report :class:`DeadlinePassed` for ``round`` after ``delay`` seconds."""
 
@@ -115,7 +115,7 @@ class SetTimer:
 
 
 @quick_init
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Merge:
     """Merge ``own`` with the neighbours' vectors (sorted by peer id, so the result does not
     depend on arrival order), then report :class:`MergeDone`. ``weights`` are the mixing
@@ -129,7 +129,7 @@ class Merge:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RoundStats:
     """What happened in one round, for metrics: who was expected, who made it in time."""
 
@@ -155,7 +155,7 @@ class RoundStats:
 
 
 @quick_init
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class RoundDone:
     """Round ``round`` is merged: ``vector`` is the peer's model from now on."""
 
@@ -166,7 +166,7 @@ class RoundDone:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The peer completed its last round."""
 

@@ -35,7 +35,7 @@ PeerId = str
 
 
 @quick_init
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Received:
     """A complete frame from ``peer`` (whose identity the transport vouches for).
 
@@ -47,13 +47,13 @@ class Received:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Connected:
     peer: PeerId
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Disconnected:
     peer: PeerId
     reason: str = ""
