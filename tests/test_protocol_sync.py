@@ -336,3 +336,31 @@ def test_silence_between_a_time_varying_neighbours_turns_is_not_lagging() -> Non
     assert SetTimer(3, 5.0) in actions  # waiting for a, not merging alone
     (merge,) = g.handle(ModelReceived("a", 3, vec(2.0)))
     assert merge.peers == ("a",)
+
+
+@given(
+    n=st.integers(1, 6),
+    round=st.integers(0, 30),
+    data=st.data(),
+)
+def test_all_in_agrees_with_waiting_for(n: int, round: int, data: st.DataObject) -> None:
+    """``_all_in`` re-states ``_waiting_for``'s tests without building its sets (it is
+    asked after every model): the two must never disagree, whatever the neighbours'
+    state (down, arrived, ahead, behind, slow)."""
+    peers = [f"p{i}" for i in range(n)]
+    gossip = SyncGossip(
+        neighbourhood=StaticNeighbourhood(dict.fromkeys(peers, 1.0 / (n + 1))),
+        rounds=100,
+        deadline=5.0,
+    )
+    gossip.round = round
+    subset = st.sets(st.sampled_from(peers))
+    gossip._down = set(data.draw(subset))
+    gossip._slow = frozenset(data.draw(subset))
+    gossip._buffer = {round: dict.fromkeys(data.draw(subset), vec(0.0))}
+    gossip._latest = {
+        p: latest
+        for p in peers
+        if (latest := data.draw(st.none() | st.integers(max(0, round - 12), round + 2))) is not None
+    }
+    assert gossip._all_in() == (not gossip._waiting_for())
