@@ -121,8 +121,8 @@ class SecureAveraging:
         self._key = key if key is not None else MaskKey()
         self._signatures = signatures
         self._signature = signatures.sign(wire.secure_key_bytes(me, self._key.public))
-        # mask keys of the peers we talk to, with their owners' signatures
-        self._keys: dict[str, tuple[bytes, bytes]] = {}
+        # the mask keys of the peers we talk to, as they announced them (signed)
+        self._keys: dict[str, wire.SecureKey] = {}
         self._secrets: dict[tuple[str, bytes], bytes] = {}
         self.group: wire.SecureGroup | None = None  # ours, as a receiver
         self._groups: dict[str, wire.SecureGroup] = {}  # each receiver's, as a sender
@@ -139,7 +139,7 @@ class SecureAveraging:
     def key_of(self, peer: str) -> bytes | None:
         """The mask key ``peer`` announced, if any."""
         known = self._keys.get(peer)
-        return known[0] if known is not None else None
+        return known.key if known is not None else None
 
     def learn_key(self, peer: str, message: wire.SecureKey) -> None:
         """``peer`` announced its mask key (a restarted peer announces a new one). Raises
@@ -149,7 +149,7 @@ class SecureAveraging:
             peer, wire.secure_key_bytes(peer, message.key), message.signature
         ):
             raise SecureAggregationError(f"{peer}'s mask key is not signed by {peer}")
-        self._keys[peer] = (message.key, message.signature)
+        self._keys[peer] = message
 
     # ----------------------------------------------------------------- receiver
 
@@ -158,9 +158,9 @@ class SecureAveraging:
         member) if it differs from the current group, else ``None``. Neighbours whose
         key we do not know yet are left out until it comes."""
         members = tuple(
-            wire.SecureMember(peer, self._keys[peer][0], float(weights[peer]), self._keys[peer][1])
+            wire.SecureMember(peer, known.key, float(weights[peer]), known.signature)
             for peer in sorted(weights)
-            if peer in self._keys and peer != self.me and weights[peer] > 0
+            if (known := self._keys.get(peer)) is not None and peer != self.me and weights[peer] > 0
         )
         if not members:
             return None

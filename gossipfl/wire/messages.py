@@ -97,10 +97,15 @@ def check_bool(value: object, what: str) -> bool:
     return value
 
 
-def check_digest(value: object, what: str) -> bytes:
-    if type(value) is not bytes or len(value) != DIGEST_SIZE:
-        raise SchemaError(f"{what} must be {DIGEST_SIZE} bytes")
+def check_fixed_bytes(value: object, what: str, size: int) -> bytes:
+    """``value`` if it is ``bytes`` of exactly ``size`` (digests, keys, signatures)."""
+    if type(value) is not bytes or len(value) != size:
+        raise SchemaError(f"{what} must be {size} bytes")
     return value
+
+
+def check_digest(value: object, what: str) -> bytes:
+    return check_fixed_bytes(value, what, DIGEST_SIZE)
 
 
 def check_meta(value: object) -> dict[str, MetaValue]:
@@ -331,19 +336,11 @@ class SecureKey:
 
     def __post_init__(self) -> None:
         check_secure_key(self.key, "SecureKey.key")
-        check_secure_signature(self.signature, "SecureKey.signature")
+        check_fixed_bytes(self.signature, "SecureKey.signature", SECURE_SIGNATURE_SIZE)
 
 
 def check_secure_key(value: object, what: str) -> bytes:
-    if type(value) is not bytes or len(value) != SECURE_KEY_SIZE:
-        raise SchemaError(f"{what} must be {SECURE_KEY_SIZE} bytes")
-    return value
-
-
-def check_secure_signature(value: object, what: str) -> bytes:
-    if type(value) is not bytes or len(value) != SECURE_SIGNATURE_SIZE:
-        raise SchemaError(f"{what} must be {SECURE_SIGNATURE_SIZE} bytes")
-    return value
+    return check_fixed_bytes(value, what, SECURE_KEY_SIZE)
 
 
 def secure_key_bytes(peer: str, key: bytes) -> bytes:
@@ -370,7 +367,7 @@ class SecureMember:
     def __post_init__(self) -> None:
         check_token(self.peer, "SecureMember.peer", MAX_PEER_ID)
         check_secure_key(self.key, "SecureMember.key")
-        check_secure_signature(self.signature, "SecureMember.signature")
+        check_fixed_bytes(self.signature, "SecureMember.signature", SECURE_SIGNATURE_SIZE)
         if type(self.weight) is not float or not 0.0 < self.weight <= 1.0:
             raise SchemaError(
                 f"SecureMember.weight must be a float in (0, 1], got {self.weight!r:.40}"

@@ -228,7 +228,7 @@ class Libp2pTransport:
         self._host = host
         self._swarm: Any = host.get_network()
         self.identity = identity
-        self._signatures: PeerSignatures | None = None
+        self._signatures = identity_signatures(identity)
         self.allowlist = allowlist
         self.config = config
         self._security = security
@@ -480,8 +480,6 @@ class Libp2pTransport:
     @property
     def signatures(self) -> PeerSignatures:
         """Signatures by our identity, checked by others against our peer ID."""
-        if self._signatures is None:
-            self._signatures = identity_signatures(self.identity)
         return self._signatures
 
     @property
@@ -511,13 +509,12 @@ class Libp2pTransport:
         any more). A peer tells the others these (its membership record), so that none
         dials a circuit that cannot reach it; :meth:`reservations_changed` says when
         they may have changed."""
-        held = {
-            circuit_address(a, self.local_id)
-            for r, a in self._relays.items()
-            if r in self._reservations
+        unreserved = {
+            circuit_address(address, self.local_id)
+            for relay, address in self._relays.items()
+            if relay not in self._reservations
         }
-        circuits = {circuit_address(a, self.local_id) for a in self._relays.values()}
-        return [a for a in self.listen_addrs if a not in circuits or a in held]
+        return [a for a in self.listen_addrs if a not in unreserved]
 
     async def reservations_changed(self) -> None:
         """Return at the next change of :attr:`reservations` (made, renewed or lost)."""
