@@ -36,11 +36,12 @@ until every shard has heard that all peers are done (a window later than one pro
 would stop), and so does ``virtual_s``. Differential privacy (DP-SGD, model noise)
 shards like the rest: each peer's noise is seeded by its index, and the driver sums up
 every shard's spending. Byzantine peers that attack from what they receive run in the
-shard that holds their node (the partition is of the graph with them). Omniscient
-Byzantine peers, churn, a membership-inference study, secure averaging and links
-without latency are refused for now (each needs state that crosses shards outside
-messages: the attack oracle, the churn schedule, every target's learner, keys agreed
-through the network).
+shard that holds their node (the partition is of the graph with them). Secure averaging
+shards too: its mask keys travel as messages, and each is signed by a key the network
+derives from the peer's name and its seed, the same in every shard. Omniscient Byzantine
+peers, churn, a membership-inference study and links without latency are refused for
+now (each needs state that crosses shards outside messages: the attack oracle, the churn
+schedule, every target's learner).
 """
 
 from __future__ import annotations
@@ -151,11 +152,8 @@ def check_shardable(config: SimulationConfig, shards: int) -> None:
         )
     if config.churn_nodes():
         reasons.append("churn")
-    privacy = config.privacy
-    if privacy.mia:
+    if config.privacy.mia:
         reasons.append("a membership-inference study")
-    if privacy.secure_averaging:
-        reasons.append("secure averaging")
     if reasons:
         raise ConfigError(f"a sharded simulation cannot have {' or '.join(reasons)} yet{hint}")
     if not config.network.latency > 0:
