@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from gossipfl.errors import ConfigError
 from gossipfl.learning import Learner
@@ -65,7 +66,8 @@ def dp_summary(plans: list[DPPlan]) -> dict[str, float]:
 
 def membership_leakage(
     config: SimulationConfig,
-    learners: list[Learner],
+    finals: Sequence[npt.NDArray[np.float32]],
+    probe: Learner,
     dataset: Any,
     parts: list[Any],
     topology: Topology,
@@ -83,9 +85,13 @@ def membership_leakage(
     With secure averaging no neighbour ever holds the target's model: the attacking
     neighbour holds the weighted average of its own in-neighbours' models, the target's
     among them (the sum its shares unmask to; approximated by their final models), and
-    attacks that."""
+    attacks that.
+
+    ``finals`` holds every honest peer's final flat model, by index; ``probe`` is a
+    learner of the same architecture that scores them (its own model is restored after
+    each use), so the study needs the final models and nothing else of the peers: a
+    sharded run's driver computes it from what its shards hand back."""
     rng = np.random.default_rng([config.seed, 7])
-    probe = learners[0]
     by_class = {c: np.flatnonzero(dataset.y_test == c) for c in np.unique(dataset.y_test)}
     plain, calibrated = [], []
     shadows: dict[int, Any] = {}
@@ -99,7 +105,7 @@ def membership_leakage(
             shadows[attacker] = alone.adapter.get_flat()
         return shadows[attacker]
 
-    for node, (learner, shard) in enumerate(zip(learners, parts, strict=True)):
+    for node, (vector, shard) in enumerate(zip(finals, parts, strict=True)):
         members = np.asarray(shard)
         members = members[[len(by_class.get(dataset.y_train[m], ())) > 0 for m in members]]
         if members.size == 0:
@@ -109,12 +115,11 @@ def membership_leakage(
             (dataset.x_train[members], dataset.y_train[members]),
             (dataset.x_test[outside], dataset.y_test[outside]),
         )
-        vector = learner.adapter.get_flat()
         if config.privacy.secure_averaging:
-            vector = _neighbourhood_view(topology, node, learners)
+            vector = _neighbourhood_view(topology, node, finals)
         inside, unseen = (sample_losses(probe, vector, x, y) for x, y in sets)
         plain.append(loss_threshold_attack(inside, unseen))
-        honest = [j for j in topology.in_neighbours(node, 0) if j < len(learners)]
+        honest = [j for j in topology.in_neighbours(node, 0) if j < len(finals)]
         if honest:
             reference = shadow(min(honest))
             ref_in, ref_out = (sample_losses(probe, reference, x, y) for x, y in sets)
@@ -136,13 +141,15 @@ def membership_leakage(
     return out
 
 
-def _neighbourhood_view(topology: Topology, target: int, learners: list[Learner]) -> Any:
+def _neighbourhood_view(
+    topology: Topology, target: int, finals: Sequence[npt.NDArray[np.float32]]
+) -> Any:
     """What secure averaging shows the target's lowest-numbered honest out-neighbour:
     the weighted average of that neighbour's honest in-neighbours' models."""
-    receivers = [i for i in topology.out_neighbours(target, 0) if i < len(learners)]
-    weights = {j: w for j, w in topology.weights(min(receivers), 0).items() if j < len(learners)}
+    receivers = [i for i in topology.out_neighbours(target, 0) if i < len(finals)]
+    weights = {j: w for j, w in topology.weights(min(receivers), 0).items() if j < len(finals)}
     total = sum(weights.values())
-    return sum(w / total * learners[j].adapter.get_flat() for j, w in weights.items())
+    return sum(w / total * finals[j] for j, w in weights.items())
 
 
 __all__ = ["dp_summary", "enable_dp_all", "membership_leakage"]

@@ -530,7 +530,10 @@ async def _simulate(
     if dp_plans:
         result.extra.update(dp_summary(dp_plans))
     if config.mode == "train" and config.privacy.mia and learners:
-        result.extra.update(membership_leakage(config, learners, dataset, parts, topology, make))
+        finals = [learner.adapter.get_flat() for learner in learners]
+        result.extra.update(
+            membership_leakage(config, finals, learners[0], dataset, parts, topology, make)
+        )
     if config.mode == "consensus":
         assert initial_mean is not None
         finals = [np.asarray(m["x"], np.float64) for m in models.values()]
