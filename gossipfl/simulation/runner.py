@@ -507,9 +507,10 @@ async def _simulate(
         outer.cancel_scope.cancel()
     collector.finish()
     if shard is not None:
-        shard.finals = (
-            {i: np.asarray(models[i]["x"]) for i in local} if config.mode == "consensus" else {}
-        )
+        if config.mode == "consensus":
+            shard.finals = {i: np.asarray(models[i]["x"]) for i in local}
+        elif config.privacy.mia:  # the driver runs the study on every peer's final model
+            shard.finals = {i: learner_of[i].adapter.get_flat() for i in local}
         shard.dp_plans = dict(zip(local, dp_plans, strict=True)) if dp_plans else {}
         shard.byzantine = byzantine.summary(attackers) if byzantine is not None else {}
         return SimulationResult(

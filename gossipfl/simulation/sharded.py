@@ -38,10 +38,11 @@ shards like the rest: each peer's noise is seeded by its index, and the driver s
 every shard's spending. Byzantine peers that attack from what they receive run in the
 shard that holds their node (the partition is of the graph with them). Secure averaging
 shards too: its mask keys travel as messages, and each is signed by a key the network
-derives from the peer's name and its seed, the same in every shard. Omniscient Byzantine
-peers, churn, a membership-inference study and links without latency are refused for
-now (each needs state that crosses shards outside messages: the attack oracle, the churn
-schedule, every target's learner).
+derives from the peer's name and its seed, the same in every shard. So does the
+membership-inference study: the shards hand back their peers' final models and the
+driver runs it, with a fresh peer 0's learner scoring them. Omniscient Byzantine peers,
+churn and links without latency are refused for now (each needs state that crosses
+shards outside messages: the attack oracle, the churn schedule).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from gossipfl.privacy.dpsgd import DPPlan
 from gossipfl.simulation.byzantine import byzantine_active, place_byzantine
 from gossipfl.simulation.collector import Evaluate, MetricsCollector, RoundSummary
 from gossipfl.simulation.config import SimulationConfig
-from gossipfl.simulation.privacy import dp_summary
+from gossipfl.simulation.privacy import dp_summary, membership_leakage
 from gossipfl.simulation.runner import (
     SimulationResult,
     _gap_or_none,
@@ -85,6 +86,7 @@ from gossipfl.simulation.runner import (
     workload_parts,
 )
 from gossipfl.simulation.scheduling import seeded_scheduler, virtual_clock
+from gossipfl.topology import Topology
 from gossipfl.topology.partition import cut_edges, partition_nodes
 from gossipfl.transport import LinkProfile, MemoryNetwork, NetworkStats
 from gossipfl.transport.base import PeerId
@@ -152,8 +154,6 @@ def check_shardable(config: SimulationConfig, shards: int) -> None:
         )
     if config.churn_nodes():
         reasons.append("churn")
-    if config.privacy.mia:
-        reasons.append("a membership-inference study")
     if reasons:
         raise ConfigError(f"a sharded simulation cannot have {' or '.join(reasons)} yet{hint}")
     if not config.network.latency > 0:
@@ -713,8 +713,12 @@ def run_sharded(
     plans = {i: plan for o in outcomes for i, plan in o.dp_plans.items()}
     if plans:
         result.extra.update(dp_summary([plans[i] for i in sorted(plans)]))
+    finals = {i: v for o in outcomes for i, v in o.finals.items()}
+    if config.mode == "train" and config.privacy.mia:
+        result.extra.update(
+            _membership_leakage(config, [finals[i] for i in range(honest)], topology)
+        )
     if config.mode == "consensus":
-        finals = {i: v for o in outcomes for i, v in o.finals.items()}
         vectors = [np.asarray(finals[i], np.float64) for i in range(honest)]
         initial = np.mean(consensus_start(config, honest), axis=0)
         result.extra.update(consensus_fit(result.summaries, topology))
@@ -821,6 +825,16 @@ def _driver_evaluator(config: SimulationConfig, honest: int) -> Evaluate:
     run's own probe is restored after each use, so a fresh one evaluates the same)."""
     dataset, make, parts = workload_parts(config, honest)
     return evaluator_on_test_split(make(dataset, parts[0], learner_seed(config, 0)), dataset)
+
+
+def _membership_leakage(
+    config: SimulationConfig, finals: list[np.ndarray], topology: Topology
+) -> dict[str, float]:
+    """The unsharded run's membership-inference study, on the final models the shards
+    handed back, scored by a fresh peer 0's learner (as the driver's evaluation is)."""
+    dataset, make, parts = workload_parts(config, len(finals))
+    probe = make(dataset, parts[0], learner_seed(config, 0))
+    return membership_leakage(config, finals, probe, dataset, parts, topology, make)
 
 
 def _sum_stats(parts: list[NetworkStats]) -> NetworkStats:
