@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import struct
 import time
 
 import multiaddr
@@ -22,6 +23,7 @@ from libp2p.network.config import RetryConfig
 from libp2p.network.stream.exceptions import StreamReset
 from libp2p.peer.id import ID
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.stream_muxer.exceptions import MuxedStreamClosed
 from libp2p.utils import encode_varint_prefixed, read_varint_prefixed_bytes
 from noise.connection import NoiseConnection
 
@@ -33,6 +35,7 @@ from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig
 from gossipfl.transport.libp2p.fastpath import (
     BatchedNoiseReadWriter,
     BatchedSecureSession,
+    _wait_for_window,
     yamux_stream_of,
 )
 from gossipfl.transport.libp2p.framing import FrameReader
@@ -489,6 +492,7 @@ def _session_over(reader: BatchedNoiseReadWriter) -> BatchedSecureSession:
     session._message, session._offset = b"", 0
     session._scratch = None
     session.last_header = b""
+    session.window_waiters = None
     return session
 
 
@@ -519,6 +523,66 @@ async def test_transient_body_reads_reuse_one_scratch_and_are_checked() -> None:
     _received(reader, tampered)
     with pytest.raises(ConnectionClosedError):
         await _session_over(reader).read_transient(300_000)
+
+
+_UPDATE = struct.pack("!BBHII", 0, 1, 0, 3, 1 << 20)  # WINDOW_UPDATE, stream 3, +1 MiB
+_DATA = struct.pack("!BBHII", 0, 0, 0, 3, 4)  # DATA, stream 3, 4 bytes
+
+
+async def test_window_waiters_wake_once_yamux_has_handled_a_window_update() -> None:
+    writer, reader = _noise_pair()
+    _received(reader, _sealed(writer, _UPDATE + _DATA + b"body" + _UPDATE))
+    session = _session_over(reader)
+    event = session.window_waiters = trio.Event()
+    assert await session.read(12) == _UPDATE  # nothing handled before the first header
+    assert not event.is_set()
+    assert await session.read(12) == _DATA  # Yamux is done with the update: wake
+    assert event.is_set()
+    assert session.window_waiters is None
+    event = session.window_waiters = trio.Event()
+    assert await session.read(4) == b"body"
+    assert await session.read(12) == _UPDATE  # after a DATA frame: keep waiting
+    assert not event.is_set()
+
+
+class _WindowStream:
+    """What :func:`_wait_for_window` looks at on a Yamux stream."""
+
+    def __init__(self, session: BatchedSecureSession) -> None:
+        self.send_window = 0
+        self.closed = self.send_closed = False
+        self.conn = type("Conn", (), {"secured_conn": session})()
+
+
+async def test_a_writer_waiting_for_window_is_woken_not_left_polling(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    writer, reader = _noise_pair()
+    _received(reader, _sealed(writer, _UPDATE + _DATA))
+    session = _session_over(reader)
+    stream = _WindowStream(session)
+    done = trio.Event()
+
+    async def wait() -> None:
+        await _wait_for_window(stream)  # type: ignore[arg-type]
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert session.window_waiters is not None
+        assert await session.read(12) == _UPDATE
+        stream.send_window = 1 << 20  # what Yamux does with the update
+        await session.read(12)  # ... before it reads the next header
+        await trio.testing.wait_all_tasks_blocked()
+        assert done.is_set()  # the clock never moved: woken, not by a poll
+        assert trio.current_time() == 0
+
+    # A closed stream: no wait at all (while waiting, the poll every 10 ms notices).
+    stream.send_window = 0
+    stream.closed = True
+    with pytest.raises(MuxedStreamClosed):
+        await _wait_for_window(stream)  # type: ignore[arg-type]
 
 
 async def test_a_yamux_header_goes_in_a_noise_message_of_its_own() -> None:

@@ -93,10 +93,13 @@ class TransportConfig:
     score: ScorePolicy = field(default_factory=ScorePolicy)
     """When violations of these limits (and the ones other layers report through
     ``Libp2pTransport.penalize``) ban a peer: weights, decay, threshold, ban lengths."""
-    yamux_chunk: int = 1 * MiB
+    yamux_chunk: int = 4 * MiB
     """Size of the Yamux DATA frames our sender writes (py-libp2p writes 64 KiB ones).
     Larger frames mean fewer trips through the pure-Python muxer and Noise layers; the
-    receiver's flow-control window still bounds them. 0 keeps py-libp2p's own writer."""
+    receiver's flow-control window still bounds them. 0 keeps py-libp2p's own writer.
+    4 MiB rather than 1 MiB took ~10 ms of CPU per 100 MiB off each side (a quarter of
+    the Python part); 8 MiB cost the receiver more than it saved the sender
+    (docs/benchmarks.md, Transport, fifth pass)."""
     batch_noise: bool = True
     """Encrypt all Noise messages of one write and send them with one system call, and
     read the socket in large chunks (py-libp2p does one call per 64 KiB message and two

@@ -31,7 +31,7 @@ What we do instead, all invisible on the wire (any libp2p peer can talk to us):
     DATA frame; a body that finds a prefix pending waits a few schedule points for the
     reader to hang its frame.
 :func:`write_yamux`
-    writes DATA frames of up to ``yamux_chunk`` bytes (1 MiB), as large as the
+    writes DATA frames of up to ``yamux_chunk`` bytes (4 MiB), as large as the
     receiver's window allows: the Yamux spec bounds frames by the window only, and
     py-libp2p's receiver accepts frames up to its 16 MiB window cap. A frame's length
     prefix goes in a DATA frame of its own, and each Yamux header in a Noise message of
@@ -81,6 +81,10 @@ READ_BUFFER_MIN = 2 * _MAX_MESSAGE
 READ_BUFFER_MAX = 1 << 20
 """Receive buffer of a batched Noise session: it starts small (an idle connection costs
 128 KiB) and grows to the maximum the first time a socket read fills it."""
+SCRATCH_MAX = 4 << 20
+"""Largest DATA body :meth:`BatchedSecureSession.read_transient` decrypts into its reused
+scratch buffer (the size of our senders' DATA frames: ``TransportConfig.yamux_chunk``);
+a larger one (a peer's choice, within the window we granted) gets a buffer of its own."""
 _MAX_NONCE = 2**64 - 1  # noise.constants.MAX_NONCE
 _TAG = 16  # ChaCha20-Poly1305 / AES-GCM authentication tag
 _BULK_READ = 2 * MAX_PLAINTEXT_LENGTH
@@ -366,7 +370,7 @@ def _messages(parts: Sequence[Buffer], header_alone: bool) -> Iterator[Buffer]:
     Why alone: a receiver reads a Yamux header (12 bytes) before it knows where the
     frame's body goes. Sharing a message with the body's first 64 KiB, the header makes
     the receiver decrypt that message into a buffer of its own and copy the 64 KiB out
-    (one DATA frame in 16 at 1 MiB frames); alone, every message of the body can be
+    (the first 64 KiB of every DATA frame); alone, every message of the body can be
     decrypted where the body goes. It costs 18 bytes and a 12-byte encryption per
     frame. Any Noise peer accepts messages of any size: the wire stays valid."""
     if not _header_alone(parts, header_alone):
@@ -443,6 +447,9 @@ class BatchedSecureSession(SecureSession):
         self.last_header = b""
         """The last read of exactly one Yamux header's size: Yamux reads each frame's header
         that way right before its body (see :func:`install_direct_yamux_reads`)."""
+        self.window_waiters: trio.Event | None = None
+        """Set (and dropped) once Yamux has handled a WINDOW_UPDATE, for writers waiting
+        for the peer's window (:func:`_wait_for_window`)."""
 
     async def write_parts(self, parts: Sequence[Buffer], *, header_alone: bool = False) -> None:
         """Write the concatenation of ``parts`` without joining it first (see
@@ -454,6 +461,8 @@ class BatchedSecureSession(SecureSession):
             return await self._read_bulk(n)  # type: ignore[return-value]
         if n == 0:
             return b""
+        if n == _YAMUX_HEADER.size and self.window_waiters is not None:
+            self._wake_window_waiters()
         if n is None:
             if self._offset < len(self._message):
                 rest = self._message[self._offset :]
@@ -478,20 +487,35 @@ class BatchedSecureSession(SecureSession):
             self.last_header = data
         return data
 
+    def _wake_window_waiters(self) -> None:
+        """Yamux is about to read the next frame's header, so it has handled the last
+        one: if that was a WINDOW_UPDATE, the peer's credit is now in ``send_window``
+        and the writers waiting for it may go on. py-libp2p signals nothing there, so
+        without this a writer polls (py-libp2p's own every 10 ms, ours from 0.5 ms up):
+        a sender ahead of its window lost up to a poll interval per wait, tens of times
+        per 100 MiB."""
+        header = self.last_header
+        waiters = self.window_waiters
+        if waiters is not None and len(header) > 1 and header[1] == _yamux.TYPE_WINDOW_UPDATE:
+            self.window_waiters = None
+            waiters.set()
+
     async def read_transient(self, n: int) -> Buffer:
         """Exactly ``n`` bytes, like :meth:`read`, but a large read (up to
-        ``READ_BUFFER_MAX``) is a view of a scratch buffer the session reuses: valid only
+        ``SCRATCH_MAX``) is a view of a scratch buffer the session reuses: valid only
         until the next call. For a caller that copies the bytes at once and keeps no
         reference (Yamux's DATA path: its stream buffer's ``extend``). A fresh
         allocation per 1 MiB body, dropped right after the copy, costs page faults
         (glibc hands freed heap back to the kernel and takes it again): ~5,000 per
         100 MiB received, zero-filled by the kernel, where the scratch stays mapped and
         in cache."""
-        if n < _BULK_READ or n > READ_BUFFER_MAX:
+        if n < _BULK_READ or n > SCRATCH_MAX:
             return await self.read(n)
         scratch = self._scratch
-        if scratch is None:
-            scratch = self._scratch = memoryview(unfilled_bytearray(READ_BUFFER_MAX))
+        if scratch is None or len(scratch) < n:
+            # Grown once to the largest body seen (our own senders' DATA frames are
+            # ``yamux_chunk`` bytes, 4 MiB by default), at most SCRATCH_MAX.
+            scratch = self._scratch = memoryview(unfilled_bytearray(max(n, READ_BUFFER_MAX)))
         view = scratch[:n]
         await self.read_into(view)  # writes all of it, or raises
         return view
@@ -967,11 +991,23 @@ def yamux_stream_of(stream: INetStream) -> _yamux.YamuxStream | None:
 
 
 async def _wait_for_window(stream: _yamux.YamuxStream) -> None:
-    """py-libp2p signals nothing when a window update arrives, so poll, starting fast."""
+    """Wait until the peer grants window. Over a batched session, woken as soon as Yamux
+    has handled a WINDOW_UPDATE (:meth:`BatchedSecureSession._wake_window_waiters`),
+    with a poll every ``_WINDOW_POLL_MAX`` besides (a stream closed meanwhile);
+    elsewhere py-libp2p signals nothing, so poll, starting fast."""
+    secured = getattr(stream.conn, "secured_conn", None)
+    session = secured if isinstance(secured, BatchedSecureSession) else None
     delay = _WINDOW_POLL_MIN
     while stream.send_window <= 0:
         if stream.closed or stream.send_closed:
             raise MuxedStreamClosed("stream closed while waiting for the peer's window")
+        if session is not None:
+            event = session.window_waiters
+            if event is None:
+                event = session.window_waiters = trio.Event()
+            with trio.move_on_after(_WINDOW_POLL_MAX):
+                await event.wait()
+            continue
         await trio.sleep(delay)
         delay = min(delay * 2, _WINDOW_POLL_MAX)
 
