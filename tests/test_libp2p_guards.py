@@ -38,7 +38,7 @@ from gossipfl.transport.base import PeerUnreachable, Received
 from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig, TransportStats
 from gossipfl.transport.libp2p.budgets import FrameThrottle, RequestGate, TokenBucket
 from gossipfl.transport.libp2p.events import EventQueue
-from gossipfl.transport.libp2p.fastpath import YamuxInPlace, install_body_reader, read_yamux
+from gossipfl.transport.libp2p.fastpath import Sink, YamuxInPlace, install_body_reader, read_yamux
 from gossipfl.transport.libp2p.guards import (
     MAX_PENDING_RESETS,
     ConnectionGuard,
@@ -1212,3 +1212,43 @@ async def test_a_body_right_after_a_length_prefix_lands_in_the_frame_it_announce
         assert m.wire.read_into_bytes == len(body)  # the body went to no buffer
         assert m.guard.buffered == m.real_buffered() == 0
         assert m.reports == []
+
+
+class _SinkBuffer(bytearray):
+    """A stream buffer with a ``sink`` attribute, as ``GuardedBuffer`` has."""
+
+    sink: Sink | None = None
+
+
+async def test_a_body_waits_for_the_next_frame_while_the_last_ones_full_sink_hangs() -> None:
+    """Frame k's last body landed, k+1's length prefix and first body are read right
+    behind it, before frame k's reader has run to take its (full) sink down: the body
+    waits for the new frame's sink like any body after a prefix, not into the buffer.
+    (Before, only a missing sink made it wait: with 4 MiB DATA frames, 38% of a bulk
+    transfer's bytes went through the buffer, 2-7% since.)"""
+    from gossipfl.transport.libp2p.framing import PREFIX
+
+    wire = FakeDirectSecured()
+    yamux = _yamux.Yamux(wire, ID.from_pubkey(create_new_key_pair().public_key), False)  # type: ignore[arg-type]
+    install_body_reader(yamux, wire)
+    body = pattern(50_000, 6)
+    buffer = _SinkBuffer(PREFIX.pack(len(body)))
+    done = Sink(memoryview(bytearray(10)))
+    done.filled = 10  # frame k: full, its reader not yet back
+    buffer.sink = done
+    yamux.stream_buffers[1] = buffer
+    wire.last_header = HEADER.pack(0, _yamux.TYPE_DATA, 0, 1, len(body))
+    wire.feed(body)
+    frame = bytearray(len(body))
+
+    async def reader() -> None:  # takes the prefix, hangs frame k+1's sink
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        del buffer[: PREFIX.size]
+        buffer.sink = Sink(memoryview(frame))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await yamux._read_data_body(len(body))
+    assert wire.read_into_bytes == len(body)  # decrypted where it belongs
+    assert frame == body

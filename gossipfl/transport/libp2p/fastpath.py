@@ -689,15 +689,21 @@ def install_body_reader(muxed_conn: _yamux.Yamux, secured: Any) -> None:
                 sid = _data_header(secured.last_header, length)
                 buffer = None if sid is None else buffers_of.stream_buffers.get(sid)
                 sink: Sink | None = getattr(buffer, "sink", None)
-                if sink is None and buffer is not None and 0 < len(buffer) < DIRECT_MIN:
-                    # A few bytes wait to be read, no frame yet: likely a length prefix
-                    # (our senders put it in a DATA frame of its own) whose reader has
-                    # just been woken. Give it a few passes to allocate the frame and
-                    # hang its sink, so that this body lands there, not in the buffer.
+                if (
+                    (sink is None or sink.filled >= len(sink.view))
+                    and buffer is not None
+                    and 0 < len(buffer) < DIRECT_MIN
+                ):
+                    # A few bytes wait to be read, no frame yet (or only the one just
+                    # filled, whose reader has not yet taken its sink down): likely a
+                    # length prefix (our senders put it in a DATA frame of its own) whose
+                    # reader has just been woken. Give it a few passes to allocate the
+                    # frame and hang its sink, so that this body lands there, not in the
+                    # buffer.
                     for _ in range(_SINK_PASSES):
                         await trio.lowlevel.checkpoint()
                         sink = getattr(buffer, "sink", None)
-                        if sink is not None:
+                        if sink is not None and sink.filled < len(sink.view):
                             break
                 region = None
                 if sink is not None and buffer is not None and sink.landing is None:
@@ -789,10 +795,22 @@ class YamuxInPlace:
                 data = bytes(held[:take])
             del buffer[:take]
             self._owed += take
-            if self._credit_now(self._owed):
+            if self._window_low():
                 due, self._owed = self._owed, 0
                 await stream._auto_tune_and_send_window_update(bytes_read=due)
         return data
+
+    def _window_low(self) -> bool:
+        """Whether the sender is down to half of the stream's target window. Between
+        frames (:meth:`read_some`) only this makes us grant credit at once; the rest
+        waits for the next :meth:`read_into`, which grants it right after hanging its
+        sink. Granting here first (a WINDOW_UPDATE: locks and a write, several
+        schedule points) kept the reader from hanging the next frame's sink in time for
+        that frame's first DATA body, which then went through the buffer: a whole
+        ``yamux_chunk`` copied twice per frame, now and then."""
+        stream = self.stream
+        target = getattr(stream, "target_recv_window", _yamux.DEFAULT_WINDOW_SIZE)
+        return bool(stream.recv_window <= target // 2)
 
     async def read_into(self, view: memoryview) -> int:
         try:
@@ -806,9 +824,8 @@ class YamuxInPlace:
         transfer, each a Noise message both sides pay for); we credit once a quarter of
         the stream's target window is due, or sooner when the sender is down to half
         of it (so it never waits for credit because of us)."""
-        stream = self.stream
-        target = getattr(stream, "target_recv_window", _yamux.DEFAULT_WINDOW_SIZE)
-        return due >= target // 4 or stream.recv_window <= target // 2
+        target = getattr(self.stream, "target_recv_window", _yamux.DEFAULT_WINDOW_SIZE)
+        return due >= target // 4 or self._window_low()
 
     async def _read_into(self, view: memoryview) -> int:
         """At least one byte, at most ``len(view)``, into ``view``. Returns once bytes
