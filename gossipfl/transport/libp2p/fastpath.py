@@ -825,9 +825,10 @@ class YamuxInPlace:
         sender's muxer); we credit once half of the stream's target window is due, or
         sooner when the sender is down to a quarter of it (so that it seldom waits for
         credit because of us: a few times per 100 MiB, and is woken at once when it
-        does, see :func:`_wait_for_window`). Half rather than a quarter: ~19 updates
-        per 100 MiB instead of ~31 with 4 MiB DATA frames, -8 ms of the sender's CPU
-        per 100 MiB in six alternating pairs (docs/benchmarks.md, fifth pass)."""
+        does, see :func:`_wait_for_window`). Half rather than a quarter: ~19-27 updates
+        per 100 MiB instead of ~31 with 4 MiB DATA frames, 8-11 ms less of the sender's
+        CPU per 100 MiB in two sets of six alternating pairs (docs/benchmarks.md,
+        Transport, fifth pass)."""
         target = getattr(self.stream, "target_recv_window", _yamux.DEFAULT_WINDOW_SIZE)
         return due >= target // 2 or self._window_low()
 
