@@ -263,6 +263,12 @@ class Peer:
         self._inline: _InlineDrive | None = None
         self._queued_models = 0
         self._decoders: dict[PeerId, wire.StreamDecoder] = {}
+        # An in-process network hands the receivers of one frame one bytes object: they
+        # decode it once between them (gossipfl.wire.memo). None over real transports.
+        memo = getattr(transport, "decode_memo", None)
+        self._decode_memo: wire.DecodeMemo | None = (
+            memo if isinstance(memo, wire.DecodeMemo) else None
+        )
         self._connected: set[PeerId] = set()
         self._verified: set[PeerId] = set()
         self._reported_down: set[PeerId] = set()
@@ -1135,7 +1141,9 @@ class Peer:
         self.counters.bytes_received += len(data)
         decoder = self._decoders.get(peer)
         if decoder is None:
-            decoder = self._decoders[peer] = wire.StreamDecoder(limits=self._limits)
+            decoder = self._decoders[peer] = wire.StreamDecoder(
+                limits=self._limits, memo=self._decode_memo
+            )
         return decoder
 
     def _bad_frame(self, peer: PeerId, exc: wire.WireError) -> None:

@@ -42,6 +42,7 @@ from gossipfl.transport.base import (
     TransportEvent,
 )
 from gossipfl.transport.signing import KeyDirectory, PeerSignatures
+from gossipfl.wire.memo import DecodeMemo
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class MemoryNetwork:
         self._wakeup = trio.Event()
         self._held: list[MemoryTransport] = []  # endpoints holding arrivals for a handler
         self._directory: KeyDirectory | None = None  # made on first use: few runs sign
+        #: Receivers of one frame (one bytes object) decode it once between them.
+        self.decode_memo = DecodeMemo()
         # trio.current_time(), or while run() runs, the run's clock's own method: the
         # same time without the two calls around it (read once per frame sent)
         self._now: Callable[[], float] = trio.current_time
@@ -299,6 +302,13 @@ class MemoryTransport:
     @property
     def local_id(self) -> PeerId:
         return self._id
+
+    @property
+    def decode_memo(self) -> DecodeMemo:
+        """Shared by every endpoint of the network: the frames a peer sends are handed
+        to each receiver as the same ``bytes`` object, uncopied, so the receivers'
+        decoders decode each once between them (:mod:`gossipfl.wire.memo`)."""
+        return self._network.decode_memo
 
     @property
     def signatures(self) -> PeerSignatures:

@@ -81,6 +81,7 @@ from gossipfl.wire.job import (
     parse_job,
 )
 from gossipfl.wire.limits import DEFAULT_MAX_FRAME, Limits
+from gossipfl.wire.memo import DecodeMemo
 from gossipfl.wire.messages import (
     MAX_SECURE_GROUP,
     PROTOCOL_VERSION,
@@ -124,6 +125,7 @@ __all__ = [
     "Codec",
     "CodecRangeError",
     "CodecRegistry",
+    "DecodeMemo",
     "DigestMismatchError",
     "Encoded",
     "Fp16",

@@ -37,6 +37,7 @@ from gossipfl.wire.errors import (
 )
 from gossipfl.wire.framing import FrameReader, frame_parts
 from gossipfl.wire.limits import DEFAULT_MAX_FRAME, Limits, MiB
+from gossipfl.wire.memo import DecodeMemo
 from gossipfl.wire.messages import Chunk, Message, Update, UpdateHead
 
 DEFAULT_CHUNK = 4 * MiB
@@ -247,7 +248,16 @@ class StreamDecoder:
     earlier in the same ``feed`` call are dropped with it): refuse and close the stream.
     """
 
-    __slots__ = ("_assembler", "_codecs", "_error", "_limits", "_reader", "_verify")
+    __slots__ = (
+        "_assembler",
+        "_codecs",
+        "_error",
+        "_limits",
+        "_memo",
+        "_memo_key",
+        "_reader",
+        "_verify",
+    )
 
     def __init__(
         self,
@@ -255,13 +265,19 @@ class StreamDecoder:
         limits: Limits = DEFAULT_LIMITS,
         codecs: CodecRegistry = DEFAULT_CODECS,
         verify_digest: bool = True,
+        memo: DecodeMemo | None = None,
     ) -> None:
+        """``memo``: a :class:`DecodeMemo` shared with the other receivers of an
+        in-process network, through which :meth:`feed_message` decodes a ``bytes``
+        object that several of them receive once (see :mod:`gossipfl.wire.memo`)."""
         self._limits = limits
         self._codecs = codecs
         self._verify = verify_digest
         self._reader = FrameReader(limits.max_frame)
         self._assembler: UpdateAssembler | None = None
         self._error: WireError | None = None
+        self._memo = memo
+        self._memo_key = None if memo is None else memo.key(limits, codecs, verify_digest)
 
     @property
     def busy(self) -> bool:
@@ -285,10 +301,28 @@ class StreamDecoder:
         if self._error is not None:
             raise self._error
         try:
+            memo = self._memo
+            if memo is not None and type(body) is bytes and self._assembler is None:
+                return self._take_shared(memo, body)
             return self._take(body)
         except WireError as exc:
             self._error = exc
             raise
+
+    def _take_shared(self, memo: DecodeMemo, body: bytes) -> Message | None:
+        """:meth:`_take` of a whole message, between chunked updates, through the memo:
+        an Update another receiver decoded from this very object with the same settings
+        is that receiver's result (decoding is a pure function of both); anything else
+        is decoded here, and a complete Update remembered."""
+        key = self._memo_key
+        assert key is not None
+        known = memo.get(body, key)
+        if known is not None:
+            return known
+        message = self._take(body)
+        if type(message) is Update and self._assembler is None:
+            memo.put(body, key, message)
+        return message
 
     def _take(self, body: BytesLike) -> Message | None:
         message = decode(body, limits=self._limits, codecs=self._codecs, verify_digest=self._verify)
