@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import pytest
 import trio
 import trio.testing
 
 from gossipfl.cli import main
 from gossipfl.errors import ConfigError
+from gossipfl.peer import RoundReport
+from gossipfl.protocol.events import RoundStats
 from gossipfl.simulation import SimulationConfig, SimulationResult, run_simulation, sharded
 from gossipfl.simulation.sharded import (
     ShardNetwork,
@@ -307,3 +311,36 @@ def test_cli_refuses_ray_without_shards_and_unshardable_runs(
     byzantine = ["--byzantine", "1", "--attack", "sign-flip", "--shards", "2"]
     assert main(["simulate", "--peers", "16", *byzantine]) != 0
     assert "cannot have omniscient Byzantine peers" in capsys.readouterr().err
+
+
+def test_round_reports_travel_compact_and_come_back_equal() -> None:
+    made = [
+        RoundReport(
+            peer=f"peer-{i:04d}",
+            round=3 + i,
+            vector=np.arange(5, dtype=np.float32) * (i + 0.5),
+            stats=RoundStats(
+                expected=4, received=3, missing=("peer-0009",), deadline=0.5, slow=("x",)
+            ),
+            train_metrics={"loss": 0.25 * i, "epsilon": 1.5},
+            bytes_sent=100 * i,
+            time=0.125 * i,
+        )
+        for i in range(3)
+    ]
+    batch = sharded.ReportBatch()
+    for report in made:
+        batch.add(report)
+    back = pickle.loads(pickle.dumps(batch.packed()))
+    assert isinstance(back.vectors, np.ndarray)  # one array, not one per report
+    assert len(back) == 3
+    for got, want in zip(back.reports(), made, strict=True):
+        for name in ("peer", "round", "stats", "train_metrics", "bytes_sent", "time"):
+            assert getattr(got, name) == getattr(want, name)
+        assert got.vector.dtype == np.float32
+        assert np.array_equal(got.vector, want.vector)
+    # vectors of different lengths (never in one run) still travel, one array each
+    odd = sharded.ReportBatch()
+    odd.add(made[0])
+    odd.add(RoundReport(peer="p", round=0, vector=np.ones(2, np.float32), stats=RoundStats()))
+    assert [len(r.vector) for r in pickle.loads(pickle.dumps(odd.packed())).reports()] == [5, 2]
