@@ -22,6 +22,7 @@ is used.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import NamedTuple
 
 from gossipfl.wire.codecs import CodecRegistry
@@ -65,7 +66,9 @@ class DecodeMemo:
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
-        self._entries: dict[int, tuple[bytes, MemoKey, Update, int]] = {}
+        # An OrderedDict, not a dict: a dict's oldest key (next(iter(d))) is found by
+        # skipping the slots of every key deleted before it, O(entries) once it is full.
+        self._entries: OrderedDict[int, tuple[bytes, MemoKey, Update, int]] = OrderedDict()
         self._bytes = 0
         self._keys: dict[_Settings, MemoKey] = {}
         self._lock = threading.Lock()
@@ -100,8 +103,7 @@ class DecodeMemo:
             entries[id(data)] = (data, key, update, size)
             self._bytes += size
             while len(entries) > self.max_entries or self._bytes > self.max_bytes:
-                oldest = next(iter(entries))
-                self._bytes -= entries.pop(oldest)[3]
+                self._bytes -= entries.popitem(last=False)[1][3]
 
     def __len__(self) -> int:
         return len(self._entries)
