@@ -128,3 +128,8 @@ def test_the_memory_network_gives_its_endpoints_one_memo() -> None:
     a, b = network.endpoint("a"), network.endpoint("b")
     assert a.decode_memo is b.decode_memo is network.decode_memo
     assert MemoryNetwork().decode_memo is not network.decode_memo
+    # bounded by the peers (about one model each per round), not by a large constant
+    small = network.decode_memo.max_entries
+    for i in range(small):
+        network.endpoint(f"p{i}")
+    assert network.decode_memo.max_entries == 2 * (small + 2)

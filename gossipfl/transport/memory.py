@@ -44,6 +44,9 @@ from gossipfl.transport.base import (
 from gossipfl.transport.signing import KeyDirectory, PeerSignatures
 from gossipfl.wire.memo import DecodeMemo
 
+_MEMO_MIN_ENTRIES = 256
+"""The decode memo's least bound on entries; it grows with the endpoints."""
+
 
 @dataclass(frozen=True)
 class LinkProfile:
@@ -105,7 +108,7 @@ class MemoryNetwork:
         self._held: list[MemoryTransport] = []  # endpoints holding arrivals for a handler
         self._directory: KeyDirectory | None = None  # made on first use: few runs sign
         #: Receivers of one frame (one bytes object) decode it once between them.
-        self.decode_memo = DecodeMemo()
+        self.decode_memo = DecodeMemo(max_entries=_MEMO_MIN_ENTRIES)
         # trio.current_time(), or while run() runs, the run's clock's own method: the
         # same time without the two calls around it (read once per frame sent)
         self._now: Callable[[], float] = trio.current_time
@@ -125,6 +128,11 @@ class MemoryNetwork:
             raise ConfigError(f"peer id {peer!r} is already on this network")
         transport = MemoryTransport(self, peer)
         self._endpoints[peer] = transport
+        # Each peer sends about one model (one bytes object, to all its neighbours) per
+        # round, and its receivers decode it within a delivery batch or two: two per
+        # peer keeps the hits, and much less memory than a fixed large bound would.
+        memo = self.decode_memo
+        memo.max_entries = max(memo.max_entries, 2 * len(self._endpoints))
         return transport
 
     def set_link(

@@ -56,7 +56,9 @@ class DecodeMemo:
     ``max_entries`` or past ``max_bytes`` (each counts its frame and, for codecs that
     decode into a new array, the vector). A miss only costs a decode, so the bounds
     trade memory for hits: the receivers of one frame usually decode it within one
-    delivery batch of the network, a few frames later. Safe to use from several threads
+    delivery batch of the network, a few frames later (the in-memory network keeps two
+    entries per peer: 1,024 peers × 100 rounds peaked 94 MiB lower than with 32,768,
+    for the same hits). Safe to use from several threads
     (a peer may decode a large frame in a worker thread)."""
 
     def __init__(self, *, max_entries: int = 1 << 15, max_bytes: int = 64 * MiB) -> None:
