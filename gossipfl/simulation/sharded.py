@@ -696,9 +696,8 @@ def run_sharded(
     parts = partition_nodes(graph, shards, seed=config.seed)
     lookahead = config.network.latency
 
-    evaluate = None
-    if config.mode == "train":
-        evaluate = _driver_evaluator(config, honest)
+    workload = _DriverWorkload.build(config, honest) if config.mode == "train" else None
+    evaluate = None if workload is None else workload.evaluator()
     collector = MetricsCollector(
         ids[:honest],
         rounds=config.rounds,
@@ -779,10 +778,9 @@ def run_sharded(
     if plans:
         result.extra.update(dp_summary([plans[i] for i in sorted(plans)]))
     finals = {i: v for o in outcomes for i, v in o.finals.items()}
-    if config.mode == "train" and config.privacy.mia:
-        result.extra.update(
-            _membership_leakage(config, [finals[i] for i in range(honest)], topology)
-        )
+    if workload is not None and config.privacy.mia:
+        ordered = [finals[i] for i in range(honest)]
+        result.extra.update(workload.membership_leakage(config, ordered, topology))
     if config.mode == "consensus":
         vectors = [np.asarray(finals[i], np.float64) for i in range(honest)]
         initial = np.mean(consensus_start(config, honest), axis=0)
@@ -885,21 +883,35 @@ def _collections(config: SimulationConfig) -> Any:
     return rare_collections(gc_threshold_for(config))
 
 
-def _driver_evaluator(config: SimulationConfig, honest: int) -> Evaluate:
-    """The unsharded run's evaluation, with a fresh peer 0's learner as the probe (the
-    run's own probe is restored after each use, so a fresh one evaluates the same)."""
-    dataset, make, parts = workload_parts(config, honest)
-    return evaluator_on_test_split(make(dataset, parts[0], learner_seed(config, 0)), dataset)
+@dataclass
+class _DriverWorkload:
+    """The honest peers' data, shards and learner factory, built once in the driver,
+    with a fresh peer 0's learner as the probe that scores models: every round's
+    evaluation and, at the end, the membership-inference study. The unsharded run uses
+    its own peer 0's learner and restores its model after each use, so a fresh one
+    scores the same."""
 
+    dataset: Any
+    make: Any
+    parts: list[Any]
+    probe: Any
 
-def _membership_leakage(
-    config: SimulationConfig, finals: list[np.ndarray], topology: Topology
-) -> dict[str, float]:
-    """The unsharded run's membership-inference study, on the final models the shards
-    handed back, scored by a fresh peer 0's learner (as the driver's evaluation is)."""
-    dataset, make, parts = workload_parts(config, len(finals))
-    probe = make(dataset, parts[0], learner_seed(config, 0))
-    return membership_leakage(config, finals, probe, dataset, parts, topology, make)
+    @classmethod
+    def build(cls, config: SimulationConfig, honest: int) -> _DriverWorkload:
+        dataset, make, parts = workload_parts(config, honest)
+        return cls(dataset, make, parts, make(dataset, parts[0], learner_seed(config, 0)))
+
+    def evaluator(self) -> Evaluate:
+        """The unsharded run's evaluation."""
+        return evaluator_on_test_split(self.probe, self.dataset)
+
+    def membership_leakage(
+        self, config: SimulationConfig, finals: list[np.ndarray], topology: Topology
+    ) -> dict[str, float]:
+        """The unsharded run's study, on the final models the shards handed back."""
+        return membership_leakage(
+            config, finals, self.probe, self.dataset, self.parts, topology, self.make
+        )
 
 
 def _sum_stats(parts: list[NetworkStats]) -> NetworkStats:
