@@ -97,6 +97,8 @@ def test_overrides_parse_like_toml_and_are_validated(tmp_path: Path) -> None:
         ("training.lr=fast", "training.lr must be a number, got 'fast'; e.g. training.lr=0.1"),
         ("training.rounds=-1", "cannot be negative"),
         ("training.step_time=-0.5", "training.step_time must be >= 0 seconds"),
+        ("training.start_grace=-1", "training.start_grace must be >= 0 seconds"),
+        ("training.start_grace=inf", "training.start_grace must be >= 0 seconds"),
         ("network.heartbeat_timeout=0.5", "heartbeat_interval must be shorter"),
         ("data.shard=3", "data.shard must be in 0..shards-1"),
         ("rule.name=magic", "unknown merge rule"),

@@ -114,9 +114,48 @@ async def test_peers_of_different_jobs_refuse_each_other_naming_the_setting(
     np.testing.assert_array_equal(a.vector, np.ones(3, np.float32))
 
 
+@pytest.mark.parametrize("grace", [0.0, 5.0])
+async def test_round_0_waits_the_start_grace_for_a_neighbour_that_starts_late(
+    clock: trio.testing.MockClock, grace: float
+) -> None:
+    """b starts its rounds 3 s after a (a 1 s deadline): with the grace, a's round 0
+    merges b's model; without it, a merges alone. A fresh job's start-up skew."""
+    config = PeerConfig(heartbeat_interval=None, threads=False, deadline=1.0, start_grace=grace)
+    net = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.run)
+        async with (
+            Peer(
+                transport=net.endpoint("a"),
+                model={"x": np.zeros(3, np.float32)},
+                neighbourhood=pair_hood("b"),
+                config=config,
+            ) as a,
+            Peer(
+                transport=net.endpoint("b"),
+                model={"x": np.full(3, 2.0, np.float32)},
+                neighbourhood=pair_hood("a"),
+                config=config,
+            ) as b,
+        ):
+
+            async def late() -> None:
+                await trio.sleep(3.0)
+                await b.run(1)
+
+            async with trio.open_nursery() as runs:
+                runs.start_soon(a.run, 1)
+                runs.start_soon(late)
+        nursery.cancel_scope.cancel()
+    expected = np.ones(3, np.float32) if grace else np.zeros(3, np.float32)
+    np.testing.assert_array_equal(a.vector, expected)
+
+
 def test_a_bad_job_manifest_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"PeerConfig\.job"):
         PeerConfig(job={"rule name": "mean"}).validate()
+    with pytest.raises(ConfigError, match="start_grace must be >= 0 seconds"):
+        PeerConfig(start_grace=-1.0).validate()
 
 
 async def test_layout_mismatch_names_the_first_differing_tensor(

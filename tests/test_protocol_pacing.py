@@ -184,6 +184,40 @@ def test_without_a_clock_deadlines_are_fixed() -> None:
     assert [a for a in actions if isinstance(a, SetTimer)] == [SetTimer(0, 5.0)]
 
 
+@pytest.mark.parametrize("grace", [0.0, 3.0])
+def test_round_0_waits_the_start_grace_for_neighbours_that_started_later(grace: float) -> None:
+    """c starts 4 s after us (start-up skew, not network delay): with the grace, round 0
+    waits for it, unshortened by a and b being in at once, and later rounds pace as
+    usual; without it c gets 3 x a's and b's delay."""
+    clock = Clock()
+    g = core(clock, start_grace=grace)
+    g.start()
+    d = Driver(g, clock)
+    first = d.round({"a": 0.0, "b": 0.1, "c": 4.0})
+    if grace:
+        assert first.stats.missing == ()
+        assert first.stats.deadline == pytest.approx(5.0 + grace)
+    else:
+        assert first.stats.missing == ("c",)
+        assert first.stats.deadline == pytest.approx(0.4)
+    second = d.round({"a": 0.1, "b": 0.1, "c": None})
+    assert second.stats.deadline is not None
+    assert second.stats.deadline < 1.0  # no grace after round 0: shortened as usual
+    assert second.stats.missing == ("c",)
+
+
+def test_the_start_grace_is_bounded() -> None:
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="start_grace"):
+            core(Clock(), start_grace=bad)
+    g = SyncGossip(
+        neighbourhood=StaticNeighbourhood(NEIGHBOURS), rounds=5, deadline=5.0, start_grace=2.0
+    )
+    g.start()
+    actions = g.handle(LocalStepDone(0, vec(1.0)))
+    assert [a for a in actions if isinstance(a, SetTimer)] == [SetTimer(0, 7.0)]
+
+
 # ---------------------------------------------------------------------------- skipping
 
 

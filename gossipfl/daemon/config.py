@@ -105,6 +105,12 @@ class TrainingSection(TrainingSettings):
     rounds: int = 100
     protocol: str = "sync"
     deadline: float = 5.0
+    start_grace: float = 10.0
+    """Seconds round 0 waits beyond ``deadline`` for neighbours that started later: the
+    peers of a job start within seconds of one another (each once it sees the others
+    alive, then loads its data and greets its neighbours), and round 0 is the one round
+    whose wait that skew, not the network, decides. Costs time only when a round-0
+    neighbour never sends."""
     codec: str = "fp32"
     mode: str = "train"
     """``train``, or ``consensus`` (no data: average random vectors, a network check)."""
@@ -379,6 +385,8 @@ class DaemonConfig(TomlConfig):
         _positive("training.deadline", tr.deadline)
         if tr.leave_after < 0:
             raise ConfigError(f"training.leave_after must be >= 0 rounds, got {tr.leave_after}")
+        if not 0 <= tr.start_grace < math.inf:
+            raise ConfigError(f"training.start_grace must be >= 0 seconds, got {tr.start_grace}")
         if not 0 <= tr.step_time < math.inf:
             raise ConfigError(f"training.step_time must be >= 0 seconds, got {tr.step_time}")
         if tr.dimension < 1:

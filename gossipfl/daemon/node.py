@@ -695,6 +695,7 @@ class Node:
             protocol=tc.protocol,
             codec=tc.codec,
             deadline=tc.deadline,
+            start_grace=tc.start_grace,
             heartbeat_interval=net.heartbeat_interval,
             heartbeat_timeout=net.heartbeat_timeout,
             dial_backoff_max=min(10.0, max(1.0, 2 * net.exchange_interval)),

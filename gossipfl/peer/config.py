@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -36,6 +37,10 @@ class PeerConfig:
     """Largest frame we send or accept; bigger models travel as a head and chunks."""
     deadline: float = 5.0
     """Sync: how long to wait for neighbours' models once ours is sent."""
+    start_grace: float = 0.0
+    """Sync: seconds round 0 waits beyond ``deadline``, for neighbours that started a
+    little later (see :class:`~gossipfl.protocol.sync.SyncGossip`; ``gossipfl start``
+    uses ``training.start_grace``). Simulated peers start together: 0."""
     wait: WaitPolicy = field(default_factory=WaitPolicy)
     """Sync: how the deadline adapts to the neighbours' arrival times, and when a
     neighbour that keeps the others waiting stops being waited for
@@ -98,6 +103,8 @@ class PeerConfig:
             )
         if self.deadline <= 0:
             raise ConfigError(f"the round deadline must be positive, got {self.deadline}")
+        if not 0 <= self.start_grace < math.inf:
+            raise ConfigError(f"start_grace must be >= 0 seconds, got {self.start_grace}")
         if self.heartbeat_interval is not None and not (
             0 < self.heartbeat_interval < self.heartbeat_timeout
         ):

@@ -484,6 +484,7 @@ class Peer:
                 speedup=cfg.catch_up_speedup,
                 anchor_time=self._anchor_time,
                 pace=self._resumed_pace,
+                start_grace=cfg.start_grace,
             )
         self._connectivity.set()  # let the dial loop look at the new neighbourhood
         self._running = True

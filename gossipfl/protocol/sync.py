@@ -54,6 +54,7 @@ in- and out-neighbours of each round.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from gossipfl.protocol.core import Phase, RoundCore
@@ -106,6 +107,11 @@ class SyncGossip(RoundCore):
             resumed peer: when its checkpoint was written); default: now.
         pace: our typical round duration before a restart (from the checkpoint), so that
             a resumed peer can judge a skip at once.
+        start_grace: extra seconds round 0 waits for every in-neighbour, without the
+            adaptive shortening. The peers of a job start within seconds of one another,
+            not at once (processes start, data loads, handshakes complete), and that skew
+            is not network delay: without the grace the first to start would merge round
+            0 without the last, and judge them by a delay that was never theirs.
     """
 
     def __init__(
@@ -125,13 +131,17 @@ class SyncGossip(RoundCore):
         speedup: float = 1.25,
         anchor_time: float | None = None,
         pace: float | None = None,
+        start_grace: float = 0.0,
     ) -> None:
         super().__init__(neighbourhood=neighbourhood, rounds=rounds, start_round=start_round)
         if deadline <= 0 or max_ahead < 1 or catch_up_lag < 1 or catch_up_quorum < 1:
             raise ValueError("need deadline > 0, max_ahead >= 1, catch_up_lag/quorum >= 1")
         if tolerance < 0 or max_reuse < 0:
             raise ValueError("need tolerance >= 0 and max_reuse >= 0")
+        if not 0 <= start_grace < math.inf:
+            raise ValueError(f"need 0 <= start_grace < inf, got {start_grace}")
         self.deadline = deadline
+        self._start_grace = start_grace
         self._max_ahead = max_ahead
         self._catch_up_lag = catch_up_lag
         self._catch_up_quorum = catch_up_quorum
@@ -214,9 +224,10 @@ class SyncGossip(RoundCore):
         if not waiting:
             actions.extend(self._merge())
             return actions
+        most = self.deadline + self._grace()
         if self._clock is None:
-            self._round_deadline = self.deadline
-            actions.append(SetTimer(self.round, self.deadline))
+            self._round_deadline = most
+            actions.append(SetTimer(self.round, most))
             return actions
         in_early = set(early) & set(self.neighbourhood.receive_from(self.round))
         self._candidates = frozenset(waiting | (in_early - self._slow))
@@ -224,13 +235,17 @@ class SyncGossip(RoundCore):
         self._in_time = {
             p: max(0.0, t - start) for p, t in self._arrival_times.items() if p in self._candidates
         }
-        self._deadline_at = self._sent_at + self.deadline  # the most we ever wait
+        self._deadline_at = self._sent_at + most  # the most we ever wait
         adaptive = self._arrivals.round_deadline(waiting)
         if adaptive is not None:
             self._deadline_at = min(self._deadline_at, start + adaptive)
         actions.append(self._timer())
         actions.extend(self._shorten_wait())
         return actions
+
+    def _grace(self) -> float:
+        """The start grace, in round 0 only (see the class doc)."""
+        return self._start_grace if self.round == 0 else 0.0
 
     def _timer(self) -> SetTimer:
         assert self._clock is not None
@@ -254,7 +269,7 @@ class SyncGossip(RoundCore):
     def _shorten_wait(self) -> list[Action]:
         """Once most of the neighbours waited for are in, give the rest only a multiple of
         the time those took (see :mod:`~gossipfl.protocol.pacing`)."""
-        if self._clock is None or self._round_started is None:
+        if self._clock is None or self._round_started is None or self._grace():
             return []
         if 2 * len(self._in_time) <= len(self._candidates):
             return []
