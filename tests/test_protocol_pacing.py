@@ -186,17 +186,16 @@ def test_without_a_clock_deadlines_are_fixed() -> None:
 
 @pytest.mark.parametrize("grace", [0.0, 3.0])
 def test_round_0_waits_the_start_grace_for_neighbours_that_started_later(grace: float) -> None:
-    """c starts 4 s after us (start-up skew, not network delay): with the grace, round 0
-    waits for it, unshortened by a and b being in at once, and later rounds pace as
-    usual; without it c gets 3 x a's and b's delay."""
+    """c starts 2 s after us (start-up skew, not network delay): with a 3 s grace round 0
+    waits for it although a and b were in at once; without it c gets only 3 x their
+    delay. Later rounds pace as usual."""
     clock = Clock()
     g = core(clock, start_grace=grace)
     g.start()
     d = Driver(g, clock)
-    first = d.round({"a": 0.0, "b": 0.1, "c": 4.0})
+    first = d.round({"a": 0.0, "b": 0.1, "c": 2.0})
     if grace:
         assert first.stats.missing == ()
-        assert first.stats.deadline == pytest.approx(5.0 + grace)
     else:
         assert first.stats.missing == ("c",)
         assert first.stats.deadline == pytest.approx(0.4)
@@ -206,12 +205,30 @@ def test_round_0_waits_the_start_grace_for_neighbours_that_started_later(grace: 
     assert second.stats.missing == ("c",)
 
 
+def test_an_insider_withholding_round_0_costs_the_grace_once() -> None:
+    clock = Clock()
+    g = core(clock, start_grace=3.0)
+    g.start()
+    d = Driver(g, clock)
+    first = d.round({"a": 0.1, "b": 0.1, "c": None})
+    assert first.stats.missing == ("c",)
+    assert first.stats.deadline == pytest.approx(3.0)  # not the 5 s deadline
+    later = d.round({"a": 0.1, "b": 0.1, "c": None}).stats.deadline
+    assert later is not None
+    assert later < 1.0
+    # A grace longer than the deadline is the most round 0 waits.
+    clock = Clock()
+    g = core(clock, start_grace=8.0)
+    g.start()
+    assert Driver(g, clock).round({"a": 0.1, "b": None, "c": None}).stats.deadline == 8.0
+
+
 def test_the_start_grace_is_bounded() -> None:
     for bad in (-1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="start_grace"):
             core(Clock(), start_grace=bad)
     g = SyncGossip(
-        neighbourhood=StaticNeighbourhood(NEIGHBOURS), rounds=5, deadline=5.0, start_grace=2.0
+        neighbourhood=StaticNeighbourhood(NEIGHBOURS), rounds=5, deadline=5.0, start_grace=7.0
     )
     g.start()
     actions = g.handle(LocalStepDone(0, vec(1.0)))

@@ -311,8 +311,8 @@ mode = "train"
 protocol = "sync"
 # Sync: seconds to wait for the neighbours' models each round.
 deadline = 5.0
-# Sync: seconds round 0 waits beyond the deadline for neighbours that started later.
-start_grace = 10.0
+# Sync: round 0 waits at least this many seconds for neighbours that started later.
+start_grace = 3.0
 # Encoding of models on the wire: fp32, fp16, or int8 (about 4x fewer bytes).
 codec = "fp32"
 # The model every peer trains (peers must agree): softmax or mlp; numpy or torch.

@@ -105,12 +105,13 @@ class TrainingSection(TrainingSettings):
     rounds: int = 100
     protocol: str = "sync"
     deadline: float = 5.0
-    start_grace: float = 10.0
-    """Seconds round 0 waits beyond ``deadline`` for neighbours that started later: the
-    peers of a job start within seconds of one another (each once it sees the others
-    alive, then loads its data and greets its neighbours), and round 0 is the one round
-    whose wait that skew, not the network, decides. Costs time only when a round-0
-    neighbour never sends."""
+    start_grace: float = 3.0
+    """Round 0 waits at least this many seconds for each neighbour's model (at most
+    ``max(deadline, start_grace)``), whatever the adaptive wait says: the peers of a job
+    start within seconds of one another (each once it sees the others alive, then it
+    loads its data and greets its neighbours), and round 0 is the one round whose wait
+    that skew, not the network, decides. An insider withholding its round-0 model costs
+    this much once."""
     codec: str = "fp32"
     mode: str = "train"
     """``train``, or ``consensus`` (no data: average random vectors, a network check)."""

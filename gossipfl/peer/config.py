@@ -38,9 +38,9 @@ class PeerConfig:
     deadline: float = 5.0
     """Sync: how long to wait for neighbours' models once ours is sent."""
     start_grace: float = 0.0
-    """Sync: seconds round 0 waits beyond ``deadline``, for neighbours that started a
-    little later (see :class:`~gossipfl.protocol.sync.SyncGossip`; ``gossipfl start``
-    uses ``training.start_grace``). Simulated peers start together: 0."""
+    """Sync: round 0 waits at least this many seconds for each neighbour, for those that
+    started a little later (see :class:`~gossipfl.protocol.sync.SyncGossip`;
+    ``gossipfl start`` uses ``training.start_grace``). Simulated peers start together: 0."""
     wait: WaitPolicy = field(default_factory=WaitPolicy)
     """Sync: how the deadline adapts to the neighbours' arrival times, and when a
     neighbour that keeps the others waiting stops being waited for

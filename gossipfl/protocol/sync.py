@@ -107,11 +107,14 @@ class SyncGossip(RoundCore):
             resumed peer: when its checkpoint was written); default: now.
         pace: our typical round duration before a restart (from the checkpoint), so that
             a resumed peer can judge a skip at once.
-        start_grace: extra seconds round 0 waits for every in-neighbour, without the
-            adaptive shortening. The peers of a job start within seconds of one another,
-            not at once (processes start, data loads, handshakes complete), and that skew
-            is not network delay: without the grace the first to start would merge round
-            0 without the last, and judge them by a delay that was never theirs.
+        start_grace: round 0 waits at least this long (seconds after our own send) for
+            each in-neighbour before merging without it, whatever the adaptive wait
+            says (and the deadline is at least this long in round 0). The peers of a
+            job start within seconds of one another, not at once (processes start, data
+            loads, handshakes complete); that skew is not network delay, and without the
+            grace the first to start would merge round 0 without the last as soon as
+            most of the others were in. An insider that withholds its round-0 model
+            costs its neighbours this much once.
     """
 
     def __init__(
@@ -224,7 +227,7 @@ class SyncGossip(RoundCore):
         if not waiting:
             actions.extend(self._merge())
             return actions
-        most = self.deadline + self._grace()
+        most = max(self.deadline, self._grace())
         if self._clock is None:
             self._round_deadline = most
             actions.append(SetTimer(self.round, most))
@@ -238,7 +241,7 @@ class SyncGossip(RoundCore):
         self._deadline_at = self._sent_at + most  # the most we ever wait
         adaptive = self._arrivals.round_deadline(waiting)
         if adaptive is not None:
-            self._deadline_at = min(self._deadline_at, start + adaptive)
+            self._deadline_at = min(self._deadline_at, self._at_least_grace(start + adaptive))
         actions.append(self._timer())
         actions.extend(self._shorten_wait())
         return actions
@@ -246,6 +249,11 @@ class SyncGossip(RoundCore):
     def _grace(self) -> float:
         """The start grace, in round 0 only (see the class doc)."""
         return self._start_grace if self.round == 0 else 0.0
+
+    def _at_least_grace(self, at: float) -> float:
+        """A shortened end of the wait, no earlier than the start grace allows."""
+        grace = self._grace()
+        return max(at, self._sent_at + grace) if grace else at
 
     def _timer(self) -> SetTimer:
         assert self._clock is not None
@@ -269,14 +277,17 @@ class SyncGossip(RoundCore):
     def _shorten_wait(self) -> list[Action]:
         """Once most of the neighbours waited for are in, give the rest only a multiple of
         the time those took (see :mod:`~gossipfl.protocol.pacing`)."""
-        if self._clock is None or self._round_started is None or self._grace():
+        if self._clock is None or self._round_started is None:
             return []
         if 2 * len(self._in_time) <= len(self._candidates):
             return []
         early = self._arrivals.early_deadline(self._in_time.values())
-        if early is None or self._round_started + early >= self._deadline_at:
+        if early is None:
             return []
-        self._deadline_at = self._round_started + early
+        shorter = self._at_least_grace(self._round_started + early)
+        if shorter >= self._deadline_at:
+            return []
+        self._deadline_at = shorter
         return [self._timer()]
 
     def _file(self, event: ModelReceived) -> None:
