@@ -56,10 +56,14 @@ own code path (slower, still correct) if it differs;
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import struct
-from collections.abc import Iterator, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import trio
 from cryptography.exceptions import InvalidTag
@@ -97,6 +101,7 @@ _WINDOW_POLL_MIN = 0.0005
 _WINDOW_POLL_MAX = 0.01
 
 Buffer = bytes | bytearray | memoryview
+_T = TypeVar("_T")
 
 
 def _tampered() -> ConnectionClosedError:
@@ -146,6 +151,8 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         )
         self._send_buf: bytearray | None = None
         self._socket = _trio_socket_of(conn)
+        self.thread_min = THREAD_MIN
+        """Writes from this size on go through a worker thread (0: never)."""
         self._buf = bytearray(READ_BUFFER_MIN)
         self._view = memoryview(self._buf)
         self._start = 0
@@ -180,6 +187,11 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         with as few sends as the socket allows. With ``header_alone`` the first part (a
         Yamux frame header) is a Noise message of its own: see :func:`_messages`.
         """
+        if self._socket is not None and self.thread_min and self._can_encrypt_into:
+            size = sum(memoryview(p).nbytes for p in parts)
+            if size >= self.thread_min:
+                await self._write_in_thread(parts, header_alone, size)
+                return
         sealed = self._seal_into_buffer(parts, header_alone=header_alone)
         if sealed is not None and self._socket is not None:
             buf, size = sealed
@@ -210,6 +222,73 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
             await _send_vectored(self._socket, out)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionClosedError(f"TCP connection failed: {exc}", transport="tcp") from exc
+
+    async def _write_in_thread(
+        self, parts: Sequence[Buffer], header_alone: bool, size: int
+    ) -> None:
+        """:meth:`write_parts` for a large write (a bulk DATA frame): sealed and sent by a
+        worker thread (:meth:`_seal_and_send`), so that trio's scheduler is not in the
+        loop around each ``send`` (see :data:`THREAD_MIN`). Yamux's write lock, which the
+        caller holds, keeps every other writer off the socket and the cipher state until
+        the thread is done; a cancellation stops the thread (the connection is then
+        broken, as any write cut short leaves it) before it propagates."""
+        try:
+            done = await _run_off_loop(
+                lambda stop: self._seal_and_send(parts, header_alone, size, stop)
+            )
+        except (OSError, _Stopped) as exc:
+            raise ConnectionClosedError(f"TCP connection failed: {exc}", transport="tcp") from exc
+        if not done:  # the nonces are about to run out: let the Noise library say so
+            self.thread_min = 0
+            await self.write_parts(parts, header_alone=header_alone)
+
+    def _seal_and_send(
+        self, parts: Sequence[Buffer], header_alone: bool, plain: int, stop: threading.Event
+    ) -> bool:
+        """Seal ``parts`` as Noise messages and send them on the raw socket, in the calling
+        (worker) thread; ``False``, having done nothing, if the nonces would run out.
+
+        Messages are sealed into the reusable send buffer in batches of
+        ``_SEAL_BATCH`` bytes, each batch offered to the socket at once (one
+        non-blocking ``send``: the kernel copies it while it is still in cache, and
+        the socket's buffer starts draining to the peer sooner); what the socket did
+        not take goes out at the end, waiting for writability with ``poll`` in this
+        thread. The thread uses a duplicate of the socket's descriptor, so that a
+        close by trio meanwhile cannot make it write to whatever reuses the number;
+        it notices that close, or ``stop``, within ``_POLL_MS``."""
+        state = self._encrypter
+        messages = -(-plain // MAX_PLAINTEXT_LENGTH)
+        if _header_alone(parts, header_alone):
+            messages = 1 + -(-(plain - memoryview(parts[0]).nbytes) // MAX_PLAINTEXT_LENGTH)
+        if not messages or state.n + messages >= _MAX_NONCE:
+            return False
+        size = plain + messages * (2 + _TAG)
+        buf = self._send_buf
+        if buf is None or len(buf) < size:
+            buf = bytearray(max(size, 2 * _MAX_MESSAGE))
+        self._send_buf = buf  # kept for the next write (the write lock excludes others)
+        sock = self._socket
+        fd = os.dup(sock.fileno())
+        try:
+            cipher = state.cipher
+            seal = cipher.cipher.encrypt_into
+            nonce = cipher.format_nonce
+            pack = _LENGTH.pack_into
+            pos = sent = 0
+            with memoryview(buf) as view:
+                for plaintext in _messages(parts, header_alone):
+                    length = len(plaintext) + _TAG
+                    pack(buf, pos, length)
+                    seal(nonce(state.n), plaintext, None, view[pos + 2 : pos + 2 + length])
+                    state.n += 1
+                    pos += 2 + length
+                    if pos - sent >= _SEAL_BATCH:
+                        with contextlib.suppress(BlockingIOError):  # the rest goes below
+                            sent += os.write(fd, view[sent:pos])
+                _send_blocking(fd, view[sent:pos], sock, stop)
+        finally:
+            os.close(fd)
+        return True
 
     def _seal_into_buffer(
         self, parts: Sequence[Buffer], *, header_alone: bool = False
@@ -297,6 +376,66 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
             state.n = n
             self._start, self._end = (0, 0) if start == end else (start, end)
         return pos
+
+    def can_land_in_thread(self) -> bool:
+        """Whether :meth:`land_blocking` can work here (a TCP socket, a cipher that
+        decrypts into a buffer)."""
+        return self._socket is not None and self._can_decrypt_into
+
+    def land_blocking(self, out: memoryview, pos: int, stop: threading.Event) -> int:
+        """Receive and decrypt Noise messages straight into ``out`` from ``pos`` on, in the
+        calling (worker) thread, with direct ``recv`` calls on a duplicate of the
+        socket's descriptor (``poll`` when nothing is there); returns the new position.
+
+        The receiving half of :data:`THREAD_MIN`: trio's scheduler is out of the loop
+        for a bulk body (a socket read and ~9 decryptions per 590 KiB), and the event
+        loop is free meanwhile for the application. The caller (Yamux's reader, the
+        only one of this session) must not touch the session until this returns. It
+        stops early, leaving the rest to the caller's message-by-message path, at a
+        message that does not fit whole or is empty (a peer's Yamux header sharing a
+        message with the body's end), at the end of the stream, or when the trio socket
+        is closed meanwhile; it raises :class:`_Stopped` when ``stop`` is set."""
+        n = len(out)
+        sock = self._socket
+        if sock.fileno() == -1:
+            return pos
+        fd = os.dup(sock.fileno())
+        poller: Any = None
+        try:
+            while True:
+                pos = self.decrypt_buffered(out, pos, n)
+                if pos >= n:
+                    return pos
+                buf = self._buf
+                start, end = self._start, self._end
+                available = end - start
+                if available >= 2 and available >= 2 + ((buf[start] << 8) | buf[start + 1]):
+                    return pos  # a whole message decrypt_buffered would not take
+                if len(buf) - end < _MAX_MESSAGE and start:
+                    buf[:available] = self._view[start:end]
+                    self._start, self._end = start, end = 0, available
+                room = len(buf) - end
+                try:
+                    received = os.readv(fd, [self._view[end:]])
+                except BlockingIOError:
+                    if poller is None:
+                        poller = select.poll()
+                        poller.register(fd, select.POLLIN)
+                    while not poller.poll(_POLL_MS):
+                        if stop.is_set():
+                            raise _Stopped("the read was stopped") from None
+                        if sock.fileno() == -1:
+                            return pos
+                    if stop.is_set():
+                        raise _Stopped("the read was stopped") from None
+                    continue
+                if not received:
+                    return pos  # the end of the stream: the caller's read reports it
+                self._end = end + received
+                if received == room and len(buf) < READ_BUFFER_MAX:
+                    self._grow()
+        finally:
+            os.close(fd)
 
     async def read_msg(self) -> bytes:
         return self.decrypt(await self.next_ciphertext())
@@ -414,6 +553,72 @@ async def _send_vectored(sock: Any, buffers: Sequence[Buffer]) -> None:
             else:
                 views[0] = first[sent:]
                 sent = 0
+
+
+THREAD_MIN = 1 << 20
+"""Writes (and, on the receiving side, DATA bodies landing in place) from this size on
+are done by a worker thread with direct system calls (:func:`_run_off_loop`): trio's
+socket wrapper and scheduler around each of a bulk frame's ~28 ``send`` calls per 4 MiB
+(and its waits for writability) cost more than the ~50-100 us of handing the frame to a
+thread and back. ``0`` turns it off (per session: ``thread_min``)."""
+_SEAL_BATCH = 1 << 18
+_POLL_MS = 20
+
+
+class _Stopped(Exception):
+    """A worker thread's system-call loop gave up: stopped by its caller, or the socket
+    was closed under it."""
+
+
+def _send_blocking(fd: int, data: memoryview, sock: Any, stop: threading.Event) -> None:
+    """Write all of ``data`` to the non-blocking descriptor ``fd``, in a worker thread:
+    ``poll`` for writability when the socket is full, looking at ``stop`` and at whether
+    ``sock`` (the trio socket ``fd`` duplicates) was closed every ``_POLL_MS`` and after
+    every wait."""
+    pos, n = 0, len(data)
+    poller: Any = None
+    while pos < n:
+        try:
+            pos += os.write(fd, data[pos:])
+            continue
+        except BlockingIOError:
+            pass
+        if poller is None:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+        while True:
+            if stop.is_set() or sock.fileno() == -1:
+                raise _Stopped("the write was stopped or its socket closed")
+            if poller.poll(_POLL_MS):
+                break
+
+
+async def _run_off_loop(work: Callable[[threading.Event], _T]) -> _T:
+    """``work(stop)`` in a worker thread; its result, or its exception.
+
+    If we are cancelled meanwhile, ``stop`` is set and we wait (shielded) until the
+    thread has returned before the cancellation goes on: whatever the thread owns (a
+    socket direction, a cipher state) is never used by two threads at once. ``work``
+    must look at ``stop`` wherever it may wait (:func:`_send_blocking` does, every
+    ``_POLL_MS``)."""
+    stop = threading.Event()
+    finished = threading.Event()
+
+    def run() -> _T:
+        try:
+            return work(stop)
+        finally:
+            finished.set()
+
+    try:
+        # mypy misreads trio's keyword-only arguments after *args (as elsewhere here).
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)  # type: ignore[call-arg]
+    except BaseException:
+        stop.set()
+        with trio.CancelScope(shield=True):
+            while not finished.is_set():
+                await trio.sleep(_POLL_MS / 4000)
+        raise
 
 
 def _trio_socket_of(conn: Any) -> Any:
@@ -547,6 +752,15 @@ class BatchedSecureSession(SecureSession):
             view[:pos] = memoryview(message)[offset : offset + pos]
             self._offset = offset + pos
         conn = self.conn
+        if n - pos >= conn.thread_min > 0 and conn.can_land_in_thread():
+            pos = conn.decrypt_buffered(view, pos, n)
+            if n - pos >= conn.thread_min:
+                try:
+                    pos = await _run_off_loop(lambda stop: conn.land_blocking(view, pos, stop))
+                except (OSError, _Stopped) as exc:
+                    raise ConnectionClosedError(
+                        f"TCP connection failed: {exc}", transport="tcp"
+                    ) from exc
         step = pos + yield_every
         while pos < n:
             if pos >= step:
