@@ -377,66 +377,6 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
             self._start, self._end = (0, 0) if start == end else (start, end)
         return pos
 
-    def can_land_in_thread(self) -> bool:
-        """Whether :meth:`land_blocking` can work here (a TCP socket, a cipher that
-        decrypts into a buffer)."""
-        return self._socket is not None and self._can_decrypt_into
-
-    def land_blocking(self, out: memoryview, pos: int, stop: threading.Event) -> int:
-        """Receive and decrypt Noise messages straight into ``out`` from ``pos`` on, in the
-        calling (worker) thread, with direct ``recv`` calls on a duplicate of the
-        socket's descriptor (``poll`` when nothing is there); returns the new position.
-
-        The receiving half of :data:`THREAD_MIN`: trio's scheduler is out of the loop
-        for a bulk body (a socket read and ~9 decryptions per 590 KiB), and the event
-        loop is free meanwhile for the application. The caller (Yamux's reader, the
-        only one of this session) must not touch the session until this returns. It
-        stops early, leaving the rest to the caller's message-by-message path, at a
-        message that does not fit whole or is empty (a peer's Yamux header sharing a
-        message with the body's end), at the end of the stream, or when the trio socket
-        is closed meanwhile; it raises :class:`_Stopped` when ``stop`` is set."""
-        n = len(out)
-        sock = self._socket
-        if sock.fileno() == -1:
-            return pos
-        fd = os.dup(sock.fileno())
-        poller: Any = None
-        try:
-            while True:
-                pos = self.decrypt_buffered(out, pos, n)
-                if pos >= n:
-                    return pos
-                buf = self._buf
-                start, end = self._start, self._end
-                available = end - start
-                if available >= 2 and available >= 2 + ((buf[start] << 8) | buf[start + 1]):
-                    return pos  # a whole message decrypt_buffered would not take
-                if len(buf) - end < _MAX_MESSAGE and start:
-                    buf[:available] = self._view[start:end]
-                    self._start, self._end = start, end = 0, available
-                room = len(buf) - end
-                try:
-                    received = os.readv(fd, [self._view[end:]])
-                except BlockingIOError:
-                    if poller is None:
-                        poller = select.poll()
-                        poller.register(fd, select.POLLIN)
-                    while not poller.poll(_POLL_MS):
-                        if stop.is_set():
-                            raise _Stopped("the read was stopped") from None
-                        if sock.fileno() == -1:
-                            return pos
-                    if stop.is_set():
-                        raise _Stopped("the read was stopped") from None
-                    continue
-                if not received:
-                    return pos  # the end of the stream: the caller's read reports it
-                self._end = end + received
-                if received == room and len(buf) < READ_BUFFER_MAX:
-                    self._grow()
-        finally:
-            os.close(fd)
-
     async def read_msg(self) -> bytes:
         return self.decrypt(await self.next_ciphertext())
 
@@ -556,11 +496,14 @@ async def _send_vectored(sock: Any, buffers: Sequence[Buffer]) -> None:
 
 
 THREAD_MIN = 1 << 20
-"""Writes (and, on the receiving side, DATA bodies landing in place) from this size on
-are done by a worker thread with direct system calls (:func:`_run_off_loop`): trio's
-socket wrapper and scheduler around each of a bulk frame's ~28 ``send`` calls per 4 MiB
-(and its waits for writability) cost more than the ~50-100 us of handing the frame to a
-thread and back. ``0`` turns it off (per session: ``thread_min``)."""
+"""Writes from this size on (bulk DATA frames) are sealed and sent by a worker thread
+with direct system calls (:func:`_run_off_loop`): trio's socket wrapper and scheduler
+around each of a 4 MiB frame's ~28 ``send`` calls, and its waits for writability, cost
+more than the ~60 us of CPU of handing the frame to a thread and back. ``0`` turns it
+off (per session: ``thread_min``). The receiving side stays on the event loop: bodies
+received and decrypted in a worker thread cost the receiver 6-9 ms more CPU per 100
+MiB, not less, in three sets of eight alternating pairs (docs/benchmarks.md,
+Transport, sixth pass)."""
 _SEAL_BATCH = 1 << 18
 _POLL_MS = 20
 
@@ -752,15 +695,6 @@ class BatchedSecureSession(SecureSession):
             view[:pos] = memoryview(message)[offset : offset + pos]
             self._offset = offset + pos
         conn = self.conn
-        if n - pos >= conn.thread_min > 0 and conn.can_land_in_thread():
-            pos = conn.decrypt_buffered(view, pos, n)
-            if n - pos >= conn.thread_min:
-                try:
-                    pos = await _run_off_loop(lambda stop: conn.land_blocking(view, pos, stop))
-                except (OSError, _Stopped) as exc:
-                    raise ConnectionClosedError(
-                        f"TCP connection failed: {exc}", transport="tcp"
-                    ) from exc
         step = pos + yield_every
         while pos < n:
             if pos >= step:
