@@ -59,11 +59,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
+import socket
 import struct
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import trio
 from cryptography.exceptions import InvalidTag
@@ -101,7 +100,6 @@ _WINDOW_POLL_MIN = 0.0005
 _WINDOW_POLL_MAX = 0.01
 
 Buffer = bytes | bytearray | memoryview
-_T = TypeVar("_T")
 
 
 def _tampered() -> ConnectionClosedError:
@@ -151,8 +149,8 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         )
         self._send_buf: bytearray | None = None
         self._socket = _trio_socket_of(conn)
-        self.thread_min = THREAD_MIN
-        """Writes from this size on go through a worker thread (0: never)."""
+        self.direct_min = DIRECT_WRITE_MIN
+        """Writes from this size on are sent with direct system calls (0: never)."""
         self._buf = bytearray(READ_BUFFER_MIN)
         self._view = memoryview(self._buf)
         self._start = 0
@@ -187,10 +185,10 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         with as few sends as the socket allows. With ``header_alone`` the first part (a
         Yamux frame header) is a Noise message of its own: see :func:`_messages`.
         """
-        if self._socket is not None and self.thread_min and self._can_encrypt_into:
+        if self._socket is not None and self.direct_min and self._can_encrypt_into:
             size = sum(memoryview(p).nbytes for p in parts)
-            if size >= self.thread_min:
-                await self._write_in_thread(parts, header_alone, size)
+            if size >= self.direct_min:
+                await self._write_direct(parts, header_alone, size)
                 return
         sealed = self._seal_into_buffer(parts, header_alone=header_alone)
         if sealed is not None and self._socket is not None:
@@ -223,39 +221,33 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionClosedError(f"TCP connection failed: {exc}", transport="tcp") from exc
 
-    async def _write_in_thread(
-        self, parts: Sequence[Buffer], header_alone: bool, size: int
-    ) -> None:
-        """:meth:`write_parts` for a large write (a bulk DATA frame): sealed and sent by a
-        worker thread (:meth:`_seal_and_send`), so that trio's scheduler is not in the
-        loop around each ``send`` (see :data:`THREAD_MIN`). Yamux's write lock, which the
-        caller holds, keeps every other writer off the socket and the cipher state until
-        the thread is done; a cancellation stops the thread (the connection is then
-        broken, as any write cut short leaves it) before it propagates."""
+    async def _write_direct(self, parts: Sequence[Buffer], header_alone: bool, size: int) -> None:
+        """:meth:`write_parts` for a bulk write (a DATA frame of ``DIRECT_WRITE_MIN`` bytes
+        or more): see :meth:`_seal_and_send`. Any failure of the socket, or its close by
+        another task meanwhile, is a :class:`ConnectionClosedError`; a write cut short
+        (by that or by a cancellation) leaves the connection broken, as any did before."""
         try:
-            done = await _run_off_loop(
-                lambda stop: self._seal_and_send(parts, header_alone, size, stop)
-            )
-        except (OSError, _Stopped) as exc:
+            done = await self._seal_and_send(parts, header_alone, size)
+        except (OSError, trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise ConnectionClosedError(f"TCP connection failed: {exc}", transport="tcp") from exc
         if not done:  # the nonces are about to run out: let the Noise library say so
-            self.thread_min = 0
+            self.direct_min = 0
             await self.write_parts(parts, header_alone=header_alone)
 
-    def _seal_and_send(
-        self, parts: Sequence[Buffer], header_alone: bool, plain: int, stop: threading.Event
-    ) -> bool:
-        """Seal ``parts`` as Noise messages and send them on the raw socket, in the calling
-        (worker) thread; ``False``, having done nothing, if the nonces would run out.
+    async def _seal_and_send(self, parts: Sequence[Buffer], header_alone: bool, plain: int) -> bool:
+        """Seal ``parts`` as Noise messages and send them with direct, non-blocking
+        ``write`` calls on the socket's descriptor; ``False``, having done nothing, if
+        the nonces would run out.
 
         Messages are sealed into the reusable send buffer in batches of
-        ``_SEAL_BATCH`` bytes, each batch offered to the socket at once (one
-        non-blocking ``send``: the kernel copies it while it is still in cache, and
-        the socket's buffer starts draining to the peer sooner); what the socket did
-        not take goes out at the end, waiting for writability with ``poll`` in this
-        thread. The thread uses a duplicate of the socket's descriptor, so that a
-        close by trio meanwhile cannot make it write to whatever reuses the number;
-        it notices that close, or ``stop``, within ``_POLL_MS``."""
+        ``_SEAL_BATCH`` bytes, each batch offered to the socket at once (one ``write``:
+        the kernel copies it while it is still in cache, and the peer gets bytes
+        sooner); what the socket did not take goes out at the end, and only a full
+        socket brings trio in (``wait_writable``, which a cancellation interrupts).
+        trio's socket wrapper made every ``sendmsg`` a scheduler pass (~725 per 100
+        MiB); a worker thread doing the same loop with ``poll`` cost more than this
+        (docs/benchmarks.md, Transport, sixth pass). The caller holds Yamux's write
+        lock: nothing else writes on the socket or uses the cipher state meanwhile."""
         state = self._encrypter
         messages = -(-plain // MAX_PLAINTEXT_LENGTH)
         if _header_alone(parts, header_alone):
@@ -268,13 +260,15 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
             buf = bytearray(max(size, 2 * _MAX_MESSAGE))
         self._send_buf = buf  # kept for the next write (the write lock excludes others)
         sock = self._socket
-        fd = os.dup(sock.fileno())
+        fd = sock.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("the socket was closed")
+        cipher = state.cipher
+        seal = cipher.cipher.encrypt_into
+        nonce = cipher.format_nonce
+        pack = _LENGTH.pack_into
+        pos = sent = 0
         try:
-            cipher = state.cipher
-            seal = cipher.cipher.encrypt_into
-            nonce = cipher.format_nonce
-            pack = _LENGTH.pack_into
-            pos = sent = 0
             with memoryview(buf) as view:
                 for plaintext in _messages(parts, header_alone):
                     length = len(plaintext) + _TAG
@@ -285,9 +279,17 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
                     if pos - sent >= _SEAL_BATCH:
                         with contextlib.suppress(BlockingIOError):  # the rest goes below
                             sent += os.write(fd, view[sent:pos])
-                _send_blocking(fd, view[sent:pos], sock, stop)
-        finally:
-            os.close(fd)
+                while sent < pos:
+                    try:
+                        sent += os.write(fd, view[sent:pos])
+                    except BlockingIOError:
+                        # trio raises ClosedResourceError if the socket is closed meanwhile.
+                        await trio.lowlevel.wait_writable(sock)
+                        if sock.fileno() != fd:
+                            raise trio.ClosedResourceError("the socket was closed") from None
+        except BaseException:
+            _hang_up(sock)
+            raise
         return True
 
     def _seal_into_buffer(
@@ -495,73 +497,22 @@ async def _send_vectored(sock: Any, buffers: Sequence[Buffer]) -> None:
                 sent = 0
 
 
-THREAD_MIN = 1 << 20
-"""Writes from this size on (bulk DATA frames) are sealed and sent by a worker thread
-with direct system calls (:func:`_run_off_loop`): trio's socket wrapper and scheduler
-around each of a 4 MiB frame's ~28 ``send`` calls, and its waits for writability, cost
-more than the ~60 us of CPU of handing the frame to a thread and back. ``0`` turns it
-off (per session: ``thread_min``). The receiving side stays on the event loop: bodies
-received and decrypted in a worker thread cost the receiver 6-9 ms more CPU per 100
-MiB, not less, in three sets of eight alternating pairs (docs/benchmarks.md,
-Transport, sixth pass)."""
+DIRECT_WRITE_MIN = 1 << 20
+"""Writes from this size on (bulk DATA frames) are sealed and sent with direct system
+calls (:meth:`BatchedNoiseReadWriter._seal_and_send`); smaller ones (headers, window
+updates, small frames) go through trio's ``sendmsg``. ``0`` turns it off (per session:
+``direct_min``)."""
 _SEAL_BATCH = 1 << 18
-_POLL_MS = 20
 
 
-class _Stopped(Exception):
-    """A worker thread's system-call loop gave up: stopped by its caller, or the socket
-    was closed under it."""
-
-
-def _send_blocking(fd: int, data: memoryview, sock: Any, stop: threading.Event) -> None:
-    """Write all of ``data`` to the non-blocking descriptor ``fd``, in a worker thread:
-    ``poll`` for writability when the socket is full, looking at ``stop`` and at whether
-    ``sock`` (the trio socket ``fd`` duplicates) was closed every ``_POLL_MS`` and after
-    every wait."""
-    pos, n = 0, len(data)
-    poller: Any = None
-    while pos < n:
-        try:
-            pos += os.write(fd, data[pos:])
-            continue
-        except BlockingIOError:
-            pass
-        if poller is None:
-            poller = select.poll()
-            poller.register(fd, select.POLLOUT)
-        while True:
-            if stop.is_set() or sock.fileno() == -1:
-                raise _Stopped("the write was stopped or its socket closed")
-            if poller.poll(_POLL_MS):
-                break
-
-
-async def _run_off_loop(work: Callable[[threading.Event], _T]) -> _T:
-    """``work(stop)`` in a worker thread; its result, or its exception.
-
-    If we are cancelled meanwhile, ``stop`` is set and we wait (shielded) until the
-    thread has returned before the cancellation goes on: whatever the thread owns (a
-    socket direction, a cipher state) is never used by two threads at once. ``work``
-    must look at ``stop`` wherever it may wait (:func:`_send_blocking` does, every
-    ``_POLL_MS``)."""
-    stop = threading.Event()
-    finished = threading.Event()
-
-    def run() -> _T:
-        try:
-            return work(stop)
-        finally:
-            finished.set()
-
-    try:
-        # mypy misreads trio's keyword-only arguments after *args (as elsewhere here).
-        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)  # type: ignore[call-arg]
-    except BaseException:
-        stop.set()
-        with trio.CancelScope(shield=True):
-            while not finished.is_set():
-                await trio.sleep(_POLL_MS / 4000)
-        raise
+def _hang_up(sock: Any) -> None:
+    """End a TCP connection whose Noise stream a write left out of step: part of a
+    frame sent (the peer is inside a DATA body it will wait for, and would read our
+    next frames as the rest of it) and the cipher's nonces ahead of what the peer got.
+    Shut down both ways, both sides see a dead connection at once (py-libp2p then
+    closes it as any), instead of each waiting for a read timeout."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _trio_socket_of(conn: Any) -> Any:

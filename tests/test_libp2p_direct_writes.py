@@ -1,14 +1,14 @@
-"""The worker-thread bulk path of the batched Noise session (``fastpath.THREAD_MIN``):
-large writes sealed and sent by a worker thread with direct system calls, on real
-sockets; what happens when it is cancelled, when the peer stops reading, when the
-socket is closed under it, and on real hosts with frames in both directions (a write
-thread and the event loop's reads on one socket) and from several peers at once."""
+"""The direct bulk writes of the batched Noise session (``fastpath.DIRECT_WRITE_MIN``):
+large writes sealed and sent with non-blocking system calls on the socket's descriptor,
+trio only waiting for writability; on real sockets: what happens when the write is
+cancelled, when the peer stops reading, when the socket is closed meanwhile; and on
+real hosts, frames in both directions at once, from several peers at once, and a send
+cancelled in the middle of its frame."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from libp2p.io.exceptions import ConnectionClosedError
 from noise.connection import NoiseConnection
 
-from gossipfl.transport.base import PeerUnreachable, Received
-from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig, fastpath
+from gossipfl.transport.base import Disconnected, PeerUnreachable, Received
+from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig
 from gossipfl.transport.libp2p.fastpath import (
     BatchedNoiseReadWriter,
     BatchedSecureSession,
-    _run_off_loop,
 )
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
@@ -78,30 +78,25 @@ def _pair() -> Iterator[
 
 
 class _Counting:
-    """Counts the worker-thread runs (and how many have returned)."""
+    """Counts the bulk writes that take the direct path (and how many have returned)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.started = 0
         self.finished = 0
-        real = fastpath._run_off_loop
+        real = BatchedNoiseReadWriter._seal_and_send
 
-        async def counted(work: Any) -> Any:
-            def wrapped(stop: threading.Event) -> Any:
-                self.started += 1
-                try:
-                    return work(stop)
-                finally:
-                    self.finished += 1
+        async def counted(writer: BatchedNoiseReadWriter, *args: Any) -> bool:
+            self.started += 1
+            try:
+                return await real(writer, *args)
+            finally:
+                self.finished += 1
 
-            return await real(wrapped)
-
-        monkeypatch.setattr(fastpath, "_run_off_loop", counted)
+        monkeypatch.setattr(BatchedNoiseReadWriter, "_seal_and_send", counted)
 
 
-async def test_a_large_write_goes_through_a_worker_thread_intact(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    threads = _Counting(monkeypatch)
+async def test_a_large_write_goes_out_directly_intact(monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = _Counting(monkeypatch)
     with _pair() as (writer, reader, _socks):
         header = bytes(range(12))
         body = bytes(range(251)) * (5 * MiB // 251)  # not a multiple of a Noise message
@@ -117,25 +112,32 @@ async def test_a_large_write_goes_through_a_worker_thread_intact(
                 assert await session.read(12) == header
                 await session.read_in_place(memoryview(got))
         assert got == body
-        assert threads.started == 1 == threads.finished  # the write (reads stay on the loop)
-        # The cipher states agree: the next (small, on the loop) message still decrypts.
+        assert writes.started == 1 == writes.finished
+        # The cipher states agree: the next (small, through trio's sendmsg) still decrypts.
         await writer.write_parts([b"after"])
         assert await session.read(5) == b"after"
+        assert writes.started == 1
+        # Below the threshold, or with the direct path off, trio's sendmsg as before.
+        writer.direct_min = 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.write_parts, [memoryview(body)])
+            await session.read_in_place(memoryview(got))
+        assert got == body
+        assert writes.started == 1
 
 
-async def test_a_socket_closed_under_a_writing_thread_ends_the_write(
+async def test_a_socket_closed_during_a_write_ends_the_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The connection is closed (by trio, in another task) while the thread waits for
-    a peer that does not read: the write fails at once, and the thread, which writes on
-    a duplicate of the descriptor, has returned (it never writes to whatever reuses
-    the number)."""
-    threads = _Counting(monkeypatch)
+    """The connection is closed (by another task) while the write waits for a peer that
+    does not read: the write fails at once with the error a dead connection gives."""
+    writes = _Counting(monkeypatch)
     with _pair() as (writer, _reader, socks):
 
         async def close_soon() -> None:
-            while not threads.started:
+            while not writes.started:
                 await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
             socks[0].close()
 
         with trio.fail_after(10):
@@ -143,43 +145,35 @@ async def test_a_socket_closed_under_a_writing_thread_ends_the_write(
                 nursery.start_soon(close_soon)
                 with pytest.raises(ConnectionClosedError):
                     await writer.write_parts([memoryview(bytes(64 * MiB))])
-    assert threads.started == threads.finished == 1
+    assert writes.started == writes.finished == 1
 
 
-async def test_cancelling_a_write_to_a_peer_that_stopped_reading_ends_its_thread(
+async def test_cancelling_a_write_to_a_peer_that_stopped_reading_is_prompt(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    threads = _Counting(monkeypatch)
-    with _pair() as (writer, _reader, _socks):
-        body = bytes(64 * MiB)  # far more than the socket buffers hold: the thread waits
+    writes = _Counting(monkeypatch)
+    with _pair() as (writer, _reader, socks):
+        body = bytes(64 * MiB)  # far more than the socket buffers hold: the write waits
         start = time.monotonic()
         with trio.fail_after(10), trio.move_on_after(0.3) as scope:
             await writer.write_parts([memoryview(body)])
         assert scope.cancelled_caught
-        assert threads.started == 1 == threads.finished  # returned before the cancellation
+        assert writes.started == 1 == writes.finished
         assert time.monotonic() - start < 0.3 + 1.0
-
-
-async def test_the_stop_flag_reaches_the_work_before_a_cancellation_goes_on() -> None:
-    seen: list[str] = []
-
-    def work(stop: threading.Event) -> None:
-        while not stop.wait(0.01):
-            pass
-        seen.append("stopped")
-
-    with trio.fail_after(5), trio.move_on_after(0.05):
-        await _run_off_loop(work)
-    assert seen == ["stopped"]
-    with pytest.raises(ValueError, match="boom"):  # the work's own errors come out as are
-        await _run_off_loop(lambda stop: (_ for _ in ()).throw(ValueError("boom")))
+        # Part of a frame went out: the connection is hung up, not left out of step
+        # (the peer, reading on, finds the end of the stream after what was sent).
+        peer = socks[1]
+        with trio.fail_after(10):
+            while await peer.recv(1 << 20):
+                pass
 
 
 # ---------------------------------------------------------------- real hosts
 
 
 async def test_large_frames_both_ways_at_once_arrive_intact() -> None:
-    """Each side's write thread and read thread on one connection's socket at once."""
+    """Each side writes bulk frames directly on the socket while its event loop reads
+    the other side's from it."""
     frames = [bytes([i]) * (3 * MiB + i) for i in range(4)]
     with trio.fail_after(40):
         async with Libp2pTransport.open(config=FAST) as a, Libp2pTransport.open(config=FAST) as b:
@@ -231,29 +225,33 @@ async def test_frames_from_several_peers_interleave_intact() -> None:
 
 
 async def test_a_send_cancelled_mid_body_leaves_the_transport_usable() -> None:
-    """Cancelled while its worker thread is sending a 60 MiB frame: the send stops at
-    once, the stream (and a connection left out of step) is dropped, and the next frame
-    gets through on a fresh one."""
+    """Cancelled while it is sending a 60 MiB frame: the send stops at once; if the
+    cancellation cut a DATA frame short, the connection is hung up at once (both sides
+    see it end, rather than at a read timeout), and the next frame gets through on a
+    fresh one."""
     big = bytes(60 * MiB)
     config = TransportConfig(
         read_timeout=2.0, write_timeout=2.0, dial_timeout=5.0, max_frame=64 * MiB
     )
-    with trio.fail_after(40):
+    last = b"after the cancelled frame" * 100_000
+    with trio.fail_after(20):
         async with (
             Libp2pTransport.open(config=config) as a,
             Libp2pTransport.open(config=config) as b,
         ):
             await a.dial(b.listen_addrs[0])
+            a_events = a.events()
             with trio.move_on_after(0.05) as scope:
                 await a.send(b.local_id, big)
             assert scope.cancelled_caught
-            last = b"after the cancelled frame" * 100_000
-            for _ in range(20):  # the first tries may meet the broken connection
-                try:
-                    await a.send(b.local_id, last)
-                    break
-                except PeerUnreachable:
-                    await a.dial(b.listen_addrs[0])
+            try:
+                await a.send(b.local_id, last)
+            except PeerUnreachable:  # the hang-up: wait until a has seen it, then redial
+                async for event in a_events:
+                    if isinstance(event, Disconnected) and event.peer == b.local_id:
+                        break
+                await a.dial(b.listen_addrs[0])
+                await a.send(b.local_id, last)
             async for event in b.events():
                 if isinstance(event, Received) and len(event.data) == len(last):
                     assert event.data == last
