@@ -19,9 +19,11 @@ What we do instead, all invisible on the wire (any libp2p peer can talk to us):
     swaps a fresh Noise session for a :class:`BatchedSecureSession` (same keys, same
     nonces): writes are cut into Noise messages, encrypted from views of the caller's
     buffers straight into one reusable send buffer (``encrypt_into``), and sent with as
-    few ``send`` calls as the socket takes; reads ``recv_into`` one reusable 1 MiB
-    buffer and decrypt from views of it, large reads straight into their destination
-    (``decrypt_into``).
+    few ``send`` calls as the socket takes (bulk writes, a DATA frame of 1 MiB or more,
+    with direct non-blocking ``write`` calls as they are sealed, trio only waiting for
+    writability: :meth:`BatchedNoiseReadWriter._seal_and_send`); reads ``recv_into``
+    one reusable 1 MiB buffer and decrypt from views of it, large reads straight into
+    their destination (``decrypt_into``).
 :func:`install_direct_yamux_reads`
     lets Yamux take a DATA frame's body from that session as is (no ``read_exactly``),
     and decrypts it straight into a waiting reader's frame when there is one
