@@ -168,6 +168,22 @@ async def test_cancelling_a_write_to_a_peer_that_stopped_reading_is_prompt(
                 pass
 
 
+async def test_a_smaller_write_cancelled_while_the_socket_is_full_hangs_up_too() -> None:
+    """Below ``direct_min`` writes go through trio's ``sendmsg``; they are sealed (the
+    nonces spent) before they are sent, so a cancelled one leaves the session out of
+    step just the same: hung up, the peer finds the end of the stream."""
+    with _pair() as (writer, _reader, socks):
+        writer.direct_min = 0
+        frame = bytes(512 * 1024)
+        with trio.fail_after(10), trio.move_on_after(0.3) as scope:
+            while True:  # the peer does not read: the socket fills, a write waits
+                await writer.write_parts([memoryview(frame)])
+        assert scope.cancelled_caught
+        with trio.fail_after(10):
+            while await socks[1].recv(1 << 20):
+                pass
+
+
 # ---------------------------------------------------------------- real hosts
 
 

@@ -199,9 +199,13 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
                 with memoryview(buf) as view:
                     await _send_vectored(self._socket, [view[:size]])
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                _hang_up(self._socket)
                 raise ConnectionClosedError(
                     f"TCP connection failed: {exc}", transport="tcp"
                 ) from exc
+            except BaseException:  # cancelled: the messages are sealed, nonces spent
+                _hang_up(self._socket)
+                raise
             finally:
                 self._send_buf = buf  # back for the next write
             return
