@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -217,16 +219,17 @@ def test_a_shard_that_fails_or_dies_stops_the_run_with_its_error(
 
     def killing(*args: Any) -> Any:
         backend = process_backend(*args)
-        start = backend.start
+        run = backend.run
 
-        def start_then_die() -> Any:
-            windows = start()
+        def die_then_run(collector: Any) -> Any:
             backend.processes[1].kill()
-            return windows
+            return run(collector)
 
-        backend.start = start_then_die  # type: ignore[method-assign]
+        backend.run = die_then_run  # type: ignore[method-assign]
         return backend
 
+    # shard 0 finds its link to shard 1 closed (PeerShardGone): the error named is
+    # shard 1's end, not shard 0's broken link
     with pytest.raises(RuntimeError, match=r"shard 1's process ended \(exit code -9\)"):
         run_sharded(cfg, 2, backend=killing)
 
@@ -344,3 +347,74 @@ def test_round_reports_travel_compact_and_come_back_equal() -> None:
     odd.add(made[0])
     odd.add(RoundReport(peer="p", round=0, vector=np.ones(2, np.float32), stats=RoundStats()))
     assert [len(r.vector) for r in pickle.loads(pickle.dumps(odd.packed())).reports()] == [5, 2]
+
+
+def test_shards_in_processes_route_among_themselves_to_the_routed_result() -> None:
+    """Three shard processes send each other their messages directly (no driver in
+    between): the run is the unsharded one, and the one routed by the driver (threads)."""
+    cfg = config("peers=36", "rounds=5", "topology.name=random-regular", "network.jitter=0.01")
+    alone = run_simulation(cfg)
+    direct = run_sharded(cfg, 3)
+    routed = run_sharded(cfg, 3, backend=thread_backend)
+    assert metrics(direct) == metrics(alone) == metrics(routed)
+    counted = ("windows", "cross_shard_messages", "cross_shard_bytes")
+    assert {k: direct.extra["sharding"][k] for k in counted} == {
+        k: routed.extra["sharding"][k] for k in counted
+    }
+    assert direct.extra["sharding"]["processes"] == 3
+    assert direct.extra["sharding"]["cross_shard_messages"] > 0
+
+
+def test_a_shard_mesh_agrees_on_the_next_window_and_keeps_the_routed_order() -> None:
+    links = {(a, b): multiprocessing.Pipe() for a in range(3) for b in range(a + 1, 3)}
+    ends: list[dict[int, Any]] = [{} for _ in range(3)]
+    for (a, b), (end_a, end_b) in links.items():
+        ends[a][b], ends[b][a] = end_a, end_b
+    shard_of = {"a": 0, "b": 1, "c": 2}
+    meshes = [sharded.ShardMesh(k, ends[k], shard_of, 0.005) for k in range(3)]
+    big = bytes(300_000)  # more than a pipe holds, sent both ways at once
+    sent: list[list[Any]] = [
+        [(1.0, "a", "c", big), (0.5, "a", "b", None), (1.1, "a", "c", b"second")],
+        [(0.9, "b", "c", b"x"), (0.7, "b", "a", big)],
+        [],
+    ]
+    next_events = [2.0, math.inf, 0.8]
+
+    def exchange_all(done: list[bool], messages: list[list[Any]]) -> list[Any]:
+        commands: list[Any] = [None] * 3
+
+        def one(k: int) -> None:
+            window = sharded.Window(messages[k], sharded.ReportBatch(), next_events[k], done[k])
+            commands[k] = meshes[k].exchange(window)
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        assert not any(thread.is_alive() for thread in threads)
+        return commands
+
+    commands = exchange_all([False, True, False], sent)
+    # every shard: the earliest timer or arrival anywhere (a's notice to b, 0.5) + latency
+    assert [c.until for c in commands] == [0.505] * 3
+    assert not any(c.all_done for c in commands)
+    assert commands[0].inbound == [(0.7, "b", "a", big)]
+    assert commands[1].inbound == [(0.5, "a", "b", None)]
+    # shard by shard in index order, each in send order: as the driver routed them
+    assert commands[2].inbound == [
+        (1.0, "a", "c", big),
+        (1.1, "a", "c", b"second"),
+        (0.9, "b", "c", b"x"),
+    ]
+    assert (meshes[0].cross_messages, meshes[0].cross_bytes) == (2, 300_006)  # no notice
+    assert [m.windows for m in meshes] == [1, 1, 1]
+
+    commands = exchange_all([True, True, True], [[], [], []])
+    assert all(c.all_done and c.until == math.inf for c in commands)
+
+    for mesh in meshes:
+        mesh.close()
+    ends[0][1].close()  # shard 0 is gone: shard 1 hears it instead of waiting for ever
+    with pytest.raises(sharded.PeerShardGone, match="shard 0 ended mid-run"):
+        meshes[1].exchange(sharded.Window([], sharded.ReportBatch(), 1.0, False))

@@ -16,6 +16,8 @@ another is a message that arrives at least one link latency ``L`` after it was s
    ``G`` until all its tasks wait (``trio.testing.wait_all_tasks_blocked`` with the
    clock's auto-jump held off), then hands the driver the messages its peers sent to
    other shards, the round reports of its peers, and the time of its next timer.
+   (Shards in processes of this machine send each other the messages directly, and
+   each takes step 2 itself, to the same result: :class:`ShardMesh`.)
 2. The driver routes the messages. Nothing anywhere can happen before ``t`` = the
    earliest next timer of any shard or arrival of any routed message, and nothing sent
    at ``t`` or later arrives before ``t + L``: so every shard may safely run to
@@ -47,6 +49,7 @@ shards outside messages: the attack oracle, the churn schedule).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -210,6 +213,11 @@ class ShardOutcome:
     """Each of the shard's peers' privacy spending (with DP-SGD or model noise)."""
     byzantine: dict[str, Any] = field(default_factory=dict)
     """The run's Byzantine summary, with the attack counts of this shard's attackers."""
+    windows: int = 0
+    """With a :class:`ShardMesh`: the windows run (the driver counts them otherwise)."""
+    cross_messages: int = 0
+    """With a :class:`ShardMesh`: frames this shard sent to other shards."""
+    cross_bytes: int = 0
 
 
 def check_shardable(config: SimulationConfig, shards: int) -> None:
@@ -296,12 +304,111 @@ class _Command:
     all_done: bool
 
 
+class PeerShardGone(RuntimeError):
+    """Another shard's end of a :class:`ShardMesh` link closed mid-run: that shard
+    failed or died, and its own error (or its exit) is what the driver reports."""
+
+
+class ShardMesh:
+    """A shard's direct links to every other shard, for the window exchange.
+
+    Why: routed through the driver, each window's frames that cross the cut were pickled
+    twice and sent twice (shard -> driver -> shard), and every shard waited for the
+    driver's serial turnaround (all windows in, route, all commands out) between the
+    202 windows of a 1,024 × 100 run. Here each shard sends the others, at the end of a
+    window, the messages for them and what the driver used to decide the next window
+    (its next timer, its messages' earliest arrival, whether its peers are done); every
+    shard then computes the same next window from the same numbers: the driver's rule
+    (``until`` = the earliest timer or arrival anywhere + one latency, all done when
+    every shard is), so the windows, and the metrics, are the routed run's. Inbound
+    messages are taken shard by shard in index order, each shard's in send order: the
+    order the driver routed them in. The driver only receives the round reports.
+
+    Sends go through a thread of their own: two shards each sending the other more than
+    a pipe holds (64 KiB) before reading would wait for each other for ever.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        links: dict[int, Any],
+        shard_of: dict[PeerId, int],
+        lookahead: float,
+    ) -> None:
+        self.index = index
+        self.links = sorted(links.items())
+        self.shard_of = shard_of
+        self.lookahead = lookahead
+        self.windows = 0
+        self.cross_messages = 0
+        self.cross_bytes = 0
+        self._outgoing: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(
+            target=self._send_loop, name="gossipfl-shard-mesh", daemon=True
+        )
+        self._sender.start()
+
+    def _send_loop(self) -> None:
+        while (item := self._outgoing.get()) is not None:
+            link, payload = item
+            try:
+                link.send(payload)
+            except OSError:  # that shard is gone; its error reaches the driver
+                return
+
+    def exchange(self, window: Window) -> _Command:
+        """Send ``window``'s messages to their shards, receive theirs, and return the
+        command for the next window (blocking: every task of this shard waits anyway)."""
+        self.windows += 1
+        shard_of = self.shard_of
+        outgoing: dict[int, list[Envelope]] = {k: [] for k, _ in self.links}
+        earliest = math.inf
+        for message in window.messages:
+            outgoing[shard_of[message[2]]].append(message)
+            if message[0] < earliest:
+                earliest = message[0]
+            data = message[3]
+            if data is not None:
+                self.cross_messages += 1
+                self.cross_bytes += len(data)
+        for k, link in self.links:
+            self._outgoing.put((link, (earliest, window.next_event, window.done, outgoing[k])))
+        inbound: list[Envelope] = []
+        soonest = min(earliest, window.next_event)
+        all_done = window.done
+        for k, link in self.links:
+            try:
+                their_earliest, their_next, their_done, messages = link.recv()
+            except (EOFError, OSError):
+                raise PeerShardGone(f"shard {k} ended mid-run") from None
+            inbound.extend(messages)
+            soonest = min(soonest, their_earliest, their_next)
+            all_done = all_done and their_done
+        if all_done:
+            return _Command(inbound, math.inf, all_done=True)
+        if soonest == math.inf:
+            raise RuntimeError("the sharded simulation stalled: no timer and no message")
+        return _Command(inbound, soonest + self.lookahead, all_done=False)
+
+    def close(self) -> None:
+        """Wait until everything sent has been handed to the links."""
+        self._outgoing.put(None)
+        self._sender.join()
+
+
 class ShardSide:
     """The shard's half inside its trio run: the hooks :func:`~gossipfl.simulation.runner._simulate`
     calls, and the gate task that ends each window."""
 
-    def __init__(self, peers: list[int], others: frozenset[PeerId], first_until: float) -> None:
+    def __init__(
+        self,
+        peers: list[int],
+        others: frozenset[PeerId],
+        first_until: float,
+        mesh: ShardMesh | None = None,
+    ) -> None:
         self.peers = peers
+        self.mesh = mesh
         self.local_done = False
         self.finals: dict[int, np.ndarray] = {}
         self.dp_plans: dict[int, DPPlan] = {}
@@ -346,11 +453,18 @@ class ShardSide:
             )
             self._reports = ReportBatch()
             self.busy_s += time.perf_counter() - resumed
-            self._to_host.put(window)
-            await self._command_set.wait()
+            if self.mesh is None:
+                self._to_host.put(window)
+                await self._command_set.wait()
+                self._command_set = trio.Event()
+                command, self._command = self._command, None
+            else:
+                # the reports go to the driver (this process's main thread sends them
+                # while this thread waits for the other shards); the messages go
+                # straight to their shards, and every shard computes the same command
+                self._to_host.put(dataclasses.replace(window, messages=[]))
+                command = self.mesh.exchange(window)
             resumed = time.perf_counter()
-            self._command_set = trio.Event()
-            command, self._command = self._command, None
             assert command is not None
             clock.autojump_threshold = 0
             self._network.inject(command.inbound)
@@ -383,20 +497,31 @@ class Shard:
         first_until: float,
         *,
         own_process: bool = False,
+        mesh: ShardMesh | None = None,
     ) -> None:
         local = {ids[i] for i in peers}
         self.config = config
         # in a process of its own (a Ray actor), the shard sets the garbage collector's
         # pace itself; threads share the driver's setting (it is per process)
         self._own_process = own_process
-        self.side = ShardSide(peers, frozenset(set(ids) - local), first_until)
+        self.side = ShardSide(peers, frozenset(set(ids) - local), first_until, mesh)
         self._thread: threading.Thread | None = None
 
     def start(self) -> Window:
         """Build the peers and run the first window."""
+        self.launch()
+        return self._next(Window)
+
+    def launch(self) -> None:
+        """Start the shard's thread. With a mesh, the shard then runs to the end on its
+        own: its windows (reports only) and then its :class:`ShardOutcome` come out of
+        :meth:`next_item`."""
         self._thread = threading.Thread(target=self._main, name="gossipfl-shard", daemon=True)
         self._thread.start()
-        return self._next(Window)
+
+    def next_item(self) -> Any:
+        """The next window, outcome or error the shard's thread hands out."""
+        return self.side._to_host.get()
 
     def advance(self, inbound: list[Envelope], until: float) -> Window:
         """Deliver ``inbound`` and run to ``until``."""
@@ -446,6 +571,9 @@ class Shard:
             with pace, order:
                 result = trio.run(_simulate, self.config, None, side, clock=clock)
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            mesh = side.mesh
+            if mesh is not None:
+                mesh.close()
             side._to_host.put(
                 ShardOutcome(
                     stats=result.network,
@@ -457,6 +585,9 @@ class Shard:
                     cpu_s=time.thread_time(),
                     dp_plans=side.dp_plans,
                     byzantine=side.byzantine,
+                    windows=0 if mesh is None else mesh.windows,
+                    cross_messages=0 if mesh is None else mesh.cross_messages,
+                    cross_bytes=0 if mesh is None else mesh.cross_bytes,
                 )
             )
         except BaseException as exc:  # handed to the driver, which raises it
@@ -488,8 +619,9 @@ class ShardingReport:
     start_s: float = 0.0
     """Seconds from starting the shards to the end of their first window (peers built)."""
     waited_s: float = 0.0
-    """Seconds the driver waited for windows to end (the rest of its time it routed
-    messages and computed metrics while the shards ran)."""
+    """Seconds the driver waited for windows to end after the first (the rest of its
+    time it routed messages and computed metrics while the shards ran; with shards that
+    route among themselves, nearly the whole run: it only computes the metrics)."""
 
     def row(self, rounds: int) -> dict[str, Any]:
         return {
@@ -513,11 +645,19 @@ class ShardingReport:
 class _ProcessBackend:
     """Shards as processes of this machine, forked from a server that has imported this
     module (so each starts in a fraction of a second), one CPU's worth of work each.
-    Commands and windows travel over a pipe per shard, pickled: the processes are ours,
-    nothing a peer sent is unpickled."""
+
+    The shards exchange their windows' messages among themselves, over a pipe per pair
+    (:class:`ShardMesh`), and run from start to end without the driver; each hands the
+    driver its round reports window by window, over a pipe of its own, and its
+    :class:`ShardOutcome` at the end. Everything on the pipes is pickled: the processes
+    are ours, nothing a peer sent is unpickled."""
 
     def __init__(
-        self, config: SimulationConfig, parts: list[list[int]], ids: list[str], until: float
+        self,
+        config: SimulationConfig,
+        parts: list[list[int]],
+        ids: list[str],
+        until: float,
     ) -> None:
         import multiprocessing
 
@@ -527,14 +667,18 @@ class _ProcessBackend:
         context.set_forkserver_preload(["gossipfl.simulation.sharded"])
         self.pipes: list[Any] = []
         self.processes: list[Any] = []
+        links: list[dict[int, Any]] = [{} for _ in parts]
+        for a in range(len(parts)):
+            for b in range(a + 1, len(parts)):
+                links[a][b], links[b][a] = context.Pipe()
         # one BLAS thread per shard (they share the cores); the shards need nothing from
         # the caller's script, so it is not re-imported in them
         with environment(), _main_script_hidden():
-            for k, nodes in enumerate(parts):
+            for k in range(len(parts)):
                 ours, theirs = context.Pipe()
                 process = context.Process(
                     target=_shard_process,
-                    args=(theirs, config, nodes, ids, until, os.getpid()),
+                    args=(theirs, links[k], k, config, parts, ids, until, os.getpid()),
                     name=f"gossipfl-shard-{k}",
                     daemon=True,
                 )
@@ -542,44 +686,60 @@ class _ProcessBackend:
                 theirs.close()
                 self.pipes.append(ours)
                 self.processes.append(process)
-
-    def _all(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        self._send_all(commands)
-        return self._receive_all()
-
-    def _send_all(self, commands: list[tuple[Any, ...]]) -> None:
-        for k, (pipe, command) in enumerate(zip(self.pipes, commands, strict=True)):
-            try:
-                pipe.send(command)
-            except OSError:
-                raise self._ended(k) from None
-
-    def _receive_all(self) -> list[Any]:
-        answers = []
-        for k, pipe in enumerate(self.pipes):
-            try:
-                answer = pipe.recv()
-            except (EOFError, OSError):
-                raise self._ended(k) from None
-            if isinstance(answer, BaseException):
-                raise answer
-            answers.append(answer)
-        return answers
+        for own in links:  # the shards hold their ends now; ours would hide an EOF
+            for link in own.values():
+                link.close()
 
     def _ended(self, k: int) -> RuntimeError:
         process = self.processes[k]
         process.join(timeout=5)
         return RuntimeError(f"shard {k}'s process ended (exit code {process.exitcode})")
 
-    def start(self) -> list[Window]:
-        return self._all([("start",)] * len(self.pipes))
+    def run(self, collector: MetricsCollector) -> tuple[list[ShardOutcome], float, float]:
+        """Collect every shard's reports, window by window in shard order (as the routed
+        run does), until every shard has handed in its outcome. Returns the outcomes,
+        the seconds to the first window of every shard, and the seconds spent waiting.
 
-    def advance(self, inbound: list[list[Envelope]], until: float) -> Pending:
-        self._send_all([("advance", msgs, until) for msgs in inbound])
-        return self._receive_all
+        A shard whose mesh link broke (:class:`PeerShardGone`) is not the cause: the
+        error raised is that of the shard that failed, or the exit of the one that died.
+        """
+        from multiprocessing.connection import wait
 
-    def finish(self, inbound: list[list[Envelope]]) -> list[ShardOutcome]:
-        return self._all([("finish", msgs) for msgs in inbound])
+        started = time.perf_counter()
+        start_s = waited = 0.0
+        windows: list[collections.deque[Window]] = [collections.deque() for _ in self.pipes]
+        outcomes: dict[int, ShardOutcome] = {}
+        live: dict[Any, int] = {pipe: k for k, pipe in enumerate(self.pipes)}
+        bystanders: set[int] = set()
+        while live:
+            waiting = time.perf_counter()
+            ready: list[Any] = wait(list(live))
+            waited += time.perf_counter() - waiting
+            for pipe in ready:
+                k = live[pipe]
+                try:
+                    item = pipe.recv()
+                except (EOFError, OSError):
+                    if k in bystanders:
+                        del live[pipe]
+                        continue
+                    raise self._ended(k) from None
+                if isinstance(item, PeerShardGone):
+                    bystanders.add(k)
+                elif isinstance(item, BaseException):
+                    raise item
+                elif isinstance(item, ShardOutcome):
+                    outcomes[k] = item
+                    del live[pipe]
+                else:
+                    windows[k].append(item)
+            if not start_s and all(windows):
+                start_s = time.perf_counter() - started
+            while all(windows):
+                _collect(collector, [queued.popleft() for queued in windows])
+        if len(outcomes) < len(self.pipes):
+            raise RuntimeError("every shard stopped on another's error")
+        return [outcomes[k] for k in range(len(self.pipes))], start_s, waited - start_s
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -615,34 +775,32 @@ def _main_script_hidden() -> Iterator[None]:
 
 def _shard_process(
     pipe: Any,
+    links: dict[int, Any],
+    index: int,
     config: SimulationConfig,
-    peers: list[int],
+    parts: list[list[int]],
     ids: list[str],
     until: float,
     driver: int,
 ) -> None:
-    """Body of a shard's process: run the driver's commands until it hangs up, or until
-    the ``driver`` process is gone (SIGKILLed mid-window, it never hangs up)."""
+    """Body of a shard's process: run shard ``index`` of ``parts`` to its end, its
+    messages to other shards over ``links``, handing the driver its windows' reports
+    and its outcome (or its error) over ``pipe``; exit if the ``driver`` process is gone
+    (SIGKILLed mid-run, it never hangs up)."""
     from gossipfl.childenv import exit_with
 
     exit_with(driver)
-    shard = Shard(config, peers, ids, until, own_process=True)
+    shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
+    mesh = ShardMesh(index, links, shard_of, config.network.latency)
+    shard = Shard(config, parts[index], ids, until, own_process=True, mesh=mesh)
+    shard.launch()
     while True:
+        item = shard.next_item()
         try:
-            command = pipe.recv()
-        except EOFError:
+            pipe.send(item)
+        except OSError:  # the driver hung up
             return
-        try:
-            if command[0] == "start":
-                answer: Any = shard.start()
-            elif command[0] == "advance":
-                answer = shard.advance(command[1], command[2])
-            else:
-                answer = shard.finish(command[1])
-        except BaseException as exc:  # handed to the driver, which raises it
-            answer = exc
-        pipe.send(answer)
-        if command[0] == "finish" or isinstance(answer, BaseException):
+        if isinstance(item, (ShardOutcome, BaseException)):
             return
 
 
@@ -706,38 +864,18 @@ def run_sharded(
         on_round=progress,
     )
     shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
-    started = time.perf_counter()
     runner = (backend or process_backend)(config, parts, ids, lookahead)
-    windows = 1
-    cross = cross_bytes = 0
-    waited = 0.0
     try:
         with _collections(config):
-            states = runner.start()
-            start_s = time.perf_counter() - started
-            while True:
-                inbound: list[list[Envelope]] = [[] for _ in parts]
-                earliest = math.inf
-                for state in states:
-                    for message in state.messages:
-                        inbound[shard_of[message[2]]].append(message)
-                        earliest = min(earliest, message[0])
-                        if message[3] is not None:
-                            cross += 1
-                            cross_bytes += len(message[3])
-                if all(state.done for state in states):
-                    _collect(collector, states)
-                    outcomes = runner.finish(inbound)
-                    break
-                earliest = min(earliest, *(state.next_event for state in states))
-                if earliest == math.inf:
-                    raise RuntimeError("the sharded simulation stalled: no timer and no message")
-                pending = runner.advance(inbound, earliest + lookahead)
-                _collect(collector, states)  # the metrics, while the shards run the window
-                waiting = time.perf_counter()
-                states = pending()
-                waited += time.perf_counter() - waiting
-                windows += 1
+            if isinstance(runner, _ProcessBackend):  # the shards route among themselves
+                outcomes, start_s, waited = runner.run(collector)
+                windows = outcomes[0].windows
+                cross = sum(o.cross_messages for o in outcomes)
+                cross_bytes = sum(o.cross_bytes for o in outcomes)
+            else:
+                outcomes, windows, cross, cross_bytes, start_s, waited = _route(
+                    runner, collector, shard_of, lookahead
+                )
     finally:
         runner.close()
     collector.finish()
@@ -787,6 +925,43 @@ def run_sharded(
         result.extra.update(consensus_fit(result.summaries, topology))
         result.extra["mean_drift"] = mean_drift(vectors, initial)
     return result
+
+
+def _route(
+    runner: Any, collector: MetricsCollector, shard_of: dict[PeerId, int], lookahead: float
+) -> tuple[list[ShardOutcome], int, int, int, float, float]:
+    """Run shards that the driver advances (threads, Ray actors): route each window's
+    messages, name the next window's end, compute the metrics while the shards run.
+    Returns the outcomes, windows, frames and bytes crossing, the seconds to the first
+    window and the seconds waited for windows after it."""
+    started = time.perf_counter()
+    windows = 1
+    cross = cross_bytes = 0
+    waited = 0.0
+    states: list[Window] = runner.start()
+    start_s = time.perf_counter() - started
+    while True:
+        inbound: list[list[Envelope]] = [[] for _ in states]
+        earliest = math.inf
+        for state in states:
+            for message in state.messages:
+                inbound[shard_of[message[2]]].append(message)
+                earliest = min(earliest, message[0])
+                if message[3] is not None:
+                    cross += 1
+                    cross_bytes += len(message[3])
+        if all(state.done for state in states):
+            _collect(collector, states)
+            return runner.finish(inbound), windows, cross, cross_bytes, start_s, waited
+        earliest = min(earliest, *(state.next_event for state in states))
+        if earliest == math.inf:
+            raise RuntimeError("the sharded simulation stalled: no timer and no message")
+        pending = runner.advance(inbound, earliest + lookahead)
+        _collect(collector, states)  # the metrics, while the shards run the window
+        waiting = time.perf_counter()
+        states = pending()
+        waited += time.perf_counter() - waiting
+        windows += 1
 
 
 class _RayBackend:
