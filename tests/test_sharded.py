@@ -362,6 +362,10 @@ def test_shards_in_processes_route_among_themselves_to_the_routed_result() -> No
         k: routed.extra["sharding"][k] for k in counted
     }
     assert direct.extra["sharding"]["processes"] == 3
+    # a shard's process spends its thread's CPU and more (pickling, the mesh's sends)
+    shard_cpu = direct.extra["sharding"]["shard_cpu_s"]
+    process_cpu = direct.extra["sharding"]["shard_process_cpu_s"]
+    assert all(0 < c <= p for c, p in zip(shard_cpu, process_cpu, strict=True))
     assert direct.extra["sharding"]["cross_shard_messages"] > 0
 
 

@@ -209,6 +209,9 @@ class ShardOutcome:
     """Wall seconds the shard spent running windows (from the end of its set-up)."""
     cpu_s: float
     """CPU seconds of the shard's thread, set-up included."""
+    process_cpu_s: float
+    """CPU seconds of the process the shard ran in, all its threads (in a process of its
+    own: the shard's whole cost, pickling and pipes included)."""
     dp_plans: dict[int, DPPlan] = field(default_factory=dict)
     """Each of the shard's peers' privacy spending (with DP-SGD or model noise)."""
     byzantine: dict[str, Any] = field(default_factory=dict)
@@ -583,6 +586,7 @@ class Shard:
                     pid=os.getpid(),
                     busy_s=side.busy_s,
                     cpu_s=time.thread_time(),
+                    process_cpu_s=time.process_time(),
                     dp_plans=side.dp_plans,
                     byzantine=side.byzantine,
                     windows=0 if mesh is None else mesh.windows,
@@ -616,6 +620,8 @@ class ShardingReport:
     """Per shard: wall seconds spent running windows."""
     cpu_s: list[float] = field(default_factory=list)
     """Per shard: CPU seconds of its thread."""
+    process_cpu_s: list[float] = field(default_factory=list)
+    """Per shard: CPU seconds of its process (shared by shards in threads)."""
     start_s: float = 0.0
     """Seconds from starting the shards to the end of their first window (peers built)."""
     waited_s: float = 0.0
@@ -639,6 +645,7 @@ class ShardingReport:
             "driver_waited_s": round(self.waited_s, 2),
             "shard_busy_s": [round(b, 2) for b in self.busy_s],
             "shard_cpu_s": [round(c, 2) for c in self.cpu_s],
+            "shard_process_cpu_s": [round(c, 2) for c in self.process_cpu_s],
         }
 
 
@@ -663,6 +670,7 @@ class _ProcessBackend:
 
         from gossipfl.childenv import environment
 
+        self._started = time.perf_counter()
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["gossipfl.simulation.sharded"])
         self.pipes: list[Any] = []
@@ -698,14 +706,15 @@ class _ProcessBackend:
     def run(self, collector: MetricsCollector) -> tuple[list[ShardOutcome], float, float]:
         """Collect every shard's reports, window by window in shard order (as the routed
         run does), until every shard has handed in its outcome. Returns the outcomes,
-        the seconds to the first window of every shard, and the seconds spent waiting.
+        the seconds from starting the processes to the first window of every shard, and
+        the seconds spent waiting after it.
 
         A shard whose mesh link broke (:class:`PeerShardGone`) is not the cause: the
         error raised is that of the shard that failed, or the exit of the one that died.
         """
         from multiprocessing.connection import wait
 
-        started = time.perf_counter()
+        started = self._started
         start_s = waited = 0.0
         windows: list[collections.deque[Window]] = [collections.deque() for _ in self.pipes]
         outcomes: dict[int, ShardOutcome] = {}
@@ -714,7 +723,8 @@ class _ProcessBackend:
         while live:
             waiting = time.perf_counter()
             ready: list[Any] = wait(list(live))
-            waited += time.perf_counter() - waiting
+            if start_s:
+                waited += time.perf_counter() - waiting
             for pipe in ready:
                 k = live[pipe]
                 try:
@@ -739,7 +749,7 @@ class _ProcessBackend:
                 _collect(collector, [queued.popleft() for queued in windows])
         if len(outcomes) < len(self.pipes):
             raise RuntimeError("every shard stopped on another's error")
-        return [outcomes[k] for k in range(len(self.pipes))], start_s, waited - start_s
+        return [outcomes[k] for k in range(len(self.pipes))], start_s, waited
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -904,6 +914,7 @@ def run_sharded(
         waited_s=waited,
         busy_s=[o.busy_s for o in outcomes],
         cpu_s=[o.cpu_s for o in outcomes],
+        process_cpu_s=[o.process_cpu_s for o in outcomes],
     )
     result.extra["sharding"] = report.row(config.rounds)
     if placement is not None:
