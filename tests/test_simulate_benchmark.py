@@ -44,3 +44,5 @@ def test_quick_benchmark_prints_one_json_object(quick_benchmark: QuickBenchmark)
         assert sharded["shards"] >= 2
         assert sharded["frames"] >= report["scale"]["frames"]
         assert sharded["cross_shard_frames_per_round"] > 0
+        assert sharded["windows"] >= 2 * report["scale"]["rounds"]
+        assert len(sharded["shard_process_cpu_s"]) == sharded["shards"]

@@ -91,6 +91,12 @@ def run_case(case: str, peers: int, rounds: int, shards: int = 0) -> dict[str, A
             "cpu_ms_per_peer_round": None,
             "shard_peak_rss_mib": sharding["peak_rss_mib_per_shard"],
             "cross_shard_frames_per_round": round(sharding["cross_shard_messages_per_round"]),
+            # where a sharded run's wall time goes: starting the shard processes (and
+            # building their peers), then each shard's busy time and CPU
+            "windows": sharding["windows"],
+            "start_s": sharding["start_s"],
+            "shard_busy_s": sharding["shard_busy_s"],
+            "shard_process_cpu_s": sharding["shard_process_cpu_s"],
         }
     rows = [s.__dict__ for s in result.summaries] + list(result.peer_rows)
     return {
