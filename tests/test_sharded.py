@@ -28,6 +28,7 @@ from gossipfl.errors import ConfigError
 from gossipfl.peer import RoundReport
 from gossipfl.protocol.events import RoundStats
 from gossipfl.simulation import SimulationConfig, SimulationResult, run_simulation, sharded
+from gossipfl.simulation.collector import MetricsCollector
 from gossipfl.simulation.sharded import (
     ShardNetwork,
     check_shardable,
@@ -233,6 +234,14 @@ def test_a_shard_that_fails_or_dies_stops_the_run_with_its_error(
     with pytest.raises(RuntimeError, match=r"shard 1's process ended \(exit code -9\)"):
         run_sharded(cfg, 2, backend=killing)
 
+    def failing(config: Any, parts: list[list[int]], ids: list[str], until: float) -> Any:
+        # shard 1 is handed a peer that does not exist: it fails in its own process
+        return process_backend(config, [parts[0], [*parts[1], len(ids)]], ids, until)
+
+    # ... and with shard 1's own error, not shard 0's broken link
+    with pytest.raises(IndexError):
+        run_sharded(cfg, 2, backend=failing)
+
 
 def test_partition_is_balanced_deterministic_and_cuts_few_edges() -> None:
     torus = nx.convert_node_labels_to_integers(nx.grid_2d_graph(16, 16, periodic=True))
@@ -422,3 +431,24 @@ def test_a_shard_mesh_agrees_on_the_next_window_and_keeps_the_routed_order() -> 
     ends[0][1].close()  # shard 0 is gone: shard 1 hears it instead of waiting for ever
     with pytest.raises(sharded.PeerShardGone, match="shard 0 ended mid-run"):
         meshes[1].exchange(sharded.Window([], sharded.ReportBatch(), 1.0, False))
+
+
+def test_the_driver_names_the_shard_that_ended_not_the_one_that_lost_its_link() -> None:
+    class Ended:
+        exitcode = -9
+
+        def join(self, timeout: float | None = None) -> None:
+            pass
+
+    ours = [multiprocessing.Pipe() for _ in range(2)]
+    backend = object.__new__(sharded._ProcessBackend)
+    backend.pipes = [driver_end for driver_end, _ in ours]
+    backend.processes = [Ended(), Ended()]
+    backend._started = 0.0
+    shard_0, shard_1 = (shard_end for _, shard_end in ours)
+    shard_0.send(sharded.PeerShardGone("shard 1 ended mid-run"))
+    shard_0.close()  # shard 0 hands in its broken link and exits ...
+    threading.Timer(0.3, shard_1.close).start()  # ... before shard 1's end is seen
+    collector = MetricsCollector(["peer-0000"], rounds=1)
+    with pytest.raises(RuntimeError, match=r"shard 1's process ended \(exit code -9\)"):
+        backend.run(collector)

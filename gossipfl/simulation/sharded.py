@@ -800,10 +800,14 @@ def _shard_process(
     from gossipfl.childenv import exit_with
 
     exit_with(driver)
-    shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
-    mesh = ShardMesh(index, links, shard_of, config.network.latency)
-    shard = Shard(config, parts[index], ids, until, own_process=True, mesh=mesh)
-    shard.launch()
+    try:
+        shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
+        mesh = ShardMesh(index, links, shard_of, config.network.latency)
+        shard = Shard(config, parts[index], ids, until, own_process=True, mesh=mesh)
+        shard.launch()
+    except BaseException as exc:  # handed to the driver, which raises it
+        pipe.send(exc)
+        return
     while True:
         item = shard.next_item()
         try:
