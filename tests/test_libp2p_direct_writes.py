@@ -18,31 +18,18 @@ import pytest
 import trio
 import trio.testing
 from libp2p.io.exceptions import ConnectionClosedError
-from noise.connection import NoiseConnection
 
 from gossipfl.transport.base import Disconnected, PeerUnreachable, Received
 from gossipfl.transport.libp2p import Libp2pTransport, TransportConfig
 from gossipfl.transport.libp2p.fastpath import (
     BatchedNoiseReadWriter,
-    BatchedSecureSession,
 )
+from gossipfl.transport.libp2p.testing import noise_session_keys, reading_session
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
 MiB = 1 << 20
 FAST = TransportConfig(read_timeout=2.0, write_timeout=2.0, dial_timeout=5.0)
-
-
-def _keys() -> tuple[Any, Any]:
-    initiator = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
-    responder = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
-    initiator.set_as_initiator()
-    responder.set_as_responder()
-    initiator.start_handshake()
-    responder.start_handshake()
-    responder.read_message(initiator.write_message())
-    initiator.read_message(responder.write_message())
-    return initiator, responder
 
 
 def _over(sock: trio.socket.SocketType, keys: Any) -> BatchedNoiseReadWriter:
@@ -52,16 +39,6 @@ def _over(sock: trio.socket.SocketType, keys: Any) -> BatchedNoiseReadWriter:
     return BatchedNoiseReadWriter(conn, keys)
 
 
-def _session(reader: BatchedNoiseReadWriter) -> BatchedSecureSession:
-    session = BatchedSecureSession.__new__(BatchedSecureSession)
-    session.conn = reader
-    session._message, session._offset = b"", 0
-    session._scratch = None
-    session.last_header = b""
-    session.window_waiters = None
-    return session
-
-
 @contextlib.contextmanager
 def _pair() -> Iterator[
     tuple[BatchedNoiseReadWriter, BatchedNoiseReadWriter, list[trio.socket.SocketType]]
@@ -69,7 +46,7 @@ def _pair() -> Iterator[
     """A writer and a reader of one Noise session over the two ends of a real socket
     pair (closed on the way out)."""
     left, right = trio.socket.socketpair()
-    initiator, responder = _keys()
+    initiator, responder = noise_session_keys()
     try:
         yield _over(left, initiator), _over(right, responder), [left, right]
     finally:
@@ -100,7 +77,7 @@ async def test_a_large_write_goes_out_directly_intact(monkeypatch: pytest.Monkey
     with _pair() as (writer, reader, _socks):
         header = bytes(range(12))
         body = bytes(range(251)) * (5 * MiB // 251)  # not a multiple of a Noise message
-        session = _session(reader)
+        session = reading_session(reader)
         got = bytearray(len(body))
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:

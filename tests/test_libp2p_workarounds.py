@@ -25,7 +25,6 @@ from libp2p.peer.id import ID
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.stream_muxer.exceptions import MuxedStreamClosed
 from libp2p.utils import encode_varint_prefixed, read_varint_prefixed_bytes
-from noise.connection import NoiseConnection
 
 from gossipfl.errors import ConfigError
 from gossipfl.identity import generate_identity
@@ -42,8 +41,10 @@ from gossipfl.transport.libp2p.framing import FrameReader
 from gossipfl.transport.libp2p.testing import (
     connect,
     full_address,
+    noise_session_keys,
     open_raw_stream,
     open_stock_host,
+    reading_session,
 )
 from gossipfl.transport.libp2p.workarounds import (
     close_connections,
@@ -426,14 +427,7 @@ async def test_our_connections_use_the_fast_path_and_interoperate_with_stock_yam
 
 def _noise_pair() -> tuple[BatchedNoiseReadWriter, BatchedNoiseReadWriter]:
     """A writer and a reader sharing the transport keys of one Noise handshake."""
-    initiator = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
-    responder = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
-    initiator.set_as_initiator()
-    responder.set_as_responder()
-    initiator.start_handshake()
-    responder.start_handshake()
-    responder.read_message(initiator.write_message())
-    initiator.read_message(responder.write_message())
+    initiator, responder = noise_session_keys()
     return BatchedNoiseReadWriter(object(), initiator), BatchedNoiseReadWriter(object(), responder)
 
 
@@ -485,22 +479,11 @@ def test_buffered_noise_messages_are_decrypted_in_one_loop_and_checked() -> None
     assert reader._decrypter.n == 0
 
 
-def _session_over(reader: BatchedNoiseReadWriter) -> BatchedSecureSession:
-    """A batched session reading from ``reader`` (no handshake fields: reads only)."""
-    session = BatchedSecureSession.__new__(BatchedSecureSession)
-    session.conn = reader
-    session._message, session._offset = b"", 0
-    session._scratch = None
-    session.last_header = b""
-    session.window_waiters = None
-    return session
-
-
 async def test_transient_body_reads_reuse_one_scratch_and_are_checked() -> None:
     writer, reader = _noise_pair()
     plain = bytes(range(256)) * 2000  # 512,000 bytes: eight Noise messages
     _received(reader, _sealed(writer, plain))
-    session = _session_over(reader)
+    session = reading_session(reader)
 
     # Two large reads: the bytes asked for, each a view of the same scratch buffer.
     first = await session.read_transient(300_000)
@@ -522,7 +505,7 @@ async def test_transient_body_reads_reuse_one_scratch_and_are_checked() -> None:
     tampered[2 + 65535 + 2 + 10] ^= 1
     _received(reader, tampered)
     with pytest.raises(ConnectionClosedError):
-        await _session_over(reader).read_transient(300_000)
+        await reading_session(reader).read_transient(300_000)
 
 
 _UPDATE = struct.pack("!BBHII", 0, 1, 0, 3, 1 << 20)  # WINDOW_UPDATE, stream 3, +1 MiB
@@ -532,7 +515,7 @@ _DATA = struct.pack("!BBHII", 0, 0, 0, 3, 4)  # DATA, stream 3, 4 bytes
 async def test_window_waiters_wake_once_yamux_has_handled_a_window_update() -> None:
     writer, reader = _noise_pair()
     _received(reader, _sealed(writer, _UPDATE + _DATA + b"body" + _UPDATE))
-    session = _session_over(reader)
+    session = reading_session(reader)
     event = session.window_waiters = trio.Event()
     assert await session.read(12) == _UPDATE  # nothing handled before the first header
     assert not event.is_set()
@@ -559,7 +542,7 @@ async def test_a_writer_waiting_for_window_is_woken_not_left_polling(
 ) -> None:
     writer, reader = _noise_pair()
     _received(reader, _sealed(writer, _UPDATE + _DATA))
-    session = _session_over(reader)
+    session = reading_session(reader)
     stream = _WindowStream(session)
     done = trio.Event()
 
@@ -596,7 +579,7 @@ async def test_a_yamux_header_goes_in_a_noise_message_of_its_own() -> None:
     assert wire[:2] == (12 + 16).to_bytes(2, "big")  # the header alone
     assert size == 2 + 12 + 16 + len(body) + 4 * (2 + 16)
     _received(reader, wire)
-    session = _session_over(reader)
+    session = reading_session(reader)
     assert await session.read(12) == header
     # The body's messages are all its own: each is decrypted where the body goes.
     got = await session.read_transient(len(body))

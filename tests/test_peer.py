@@ -47,6 +47,7 @@ async def run_two(
     models: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],
     configs: tuple[PeerConfig, PeerConfig] = (SIM, SIM),
     rounds: int = 1,
+    b_starts_after: float = 0.0,
 ) -> tuple[Peer, Peer]:
     net = MemoryNetwork()
     ends = net.endpoint("a"), net.endpoint("b")
@@ -62,9 +63,14 @@ async def run_two(
             ) as b,
         ):
             peers = [a, b]
+
+            async def run_b() -> None:
+                await trio.sleep(b_starts_after)
+                await b.run(rounds)
+
             async with trio.open_nursery() as runs:
                 runs.start_soon(a.run, rounds)
-                runs.start_soon(b.run, rounds)
+                runs.start_soon(run_b)
         nursery.cancel_scope.cancel()
     return peers[0], peers[1]
 
@@ -121,32 +127,8 @@ async def test_round_0_waits_the_start_grace_for_a_neighbour_that_starts_late(
     """b starts its rounds 3 s after a (a 1 s deadline): with the grace, a's round 0
     merges b's model; without it, a merges alone. A fresh job's start-up skew."""
     config = PeerConfig(heartbeat_interval=None, threads=False, deadline=1.0, start_grace=grace)
-    net = MemoryNetwork()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(net.run)
-        async with (
-            Peer(
-                transport=net.endpoint("a"),
-                model={"x": np.zeros(3, np.float32)},
-                neighbourhood=pair_hood("b"),
-                config=config,
-            ) as a,
-            Peer(
-                transport=net.endpoint("b"),
-                model={"x": np.full(3, 2.0, np.float32)},
-                neighbourhood=pair_hood("a"),
-                config=config,
-            ) as b,
-        ):
-
-            async def late() -> None:
-                await trio.sleep(3.0)
-                await b.run(1)
-
-            async with trio.open_nursery() as runs:
-                runs.start_soon(a.run, 1)
-                runs.start_soon(late)
-        nursery.cancel_scope.cancel()
+    models = ({"x": np.zeros(3, np.float32)}, {"x": np.full(3, 2.0, np.float32)})
+    a, _ = await run_two(models, (config, config), b_starts_after=3.0)
     expected = np.ones(3, np.float32) if grace else np.zeros(3, np.float32)
     np.testing.assert_array_equal(a.vector, expected)
 

@@ -255,15 +255,9 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         (docs/benchmarks.md, Transport, sixth pass). The caller holds Yamux's write
         lock: nothing else writes on the socket or uses the cipher state meanwhile."""
         state = self._encrypter
-        messages = -(-plain // MAX_PLAINTEXT_LENGTH)
-        if _header_alone(parts, header_alone):
-            messages = 1 + -(-(plain - memoryview(parts[0]).nbytes) // MAX_PLAINTEXT_LENGTH)
-        if not messages or state.n + messages >= _MAX_NONCE:
+        buf = self._buffer_for(parts, header_alone, plain)
+        if buf is None:
             return False
-        size = plain + messages * (2 + _TAG)
-        buf = self._send_buf
-        if buf is None or len(buf) < size:
-            buf = bytearray(max(size, 2 * _MAX_MESSAGE))
         self._send_buf = buf  # kept for the next write (the write lock excludes others)
         sock = self._socket
         fd = sock.fileno()
@@ -298,6 +292,25 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
             raise
         return True
 
+    def _buffer_for(
+        self, parts: Sequence[Buffer], header_alone: bool, plain: int
+    ) -> bytearray | None:
+        """A send buffer (the reusable one if it is large enough) for ``plain`` bytes of
+        ``parts`` sealed as Noise messages, or ``None`` if there are none or the
+        encrypter's nonces would run out before the last."""
+        state = self._encrypter
+        assert state is not None
+        messages = -(-plain // MAX_PLAINTEXT_LENGTH)
+        if _header_alone(parts, header_alone):
+            messages = 1 + -(-(plain - memoryview(parts[0]).nbytes) // MAX_PLAINTEXT_LENGTH)
+        if not messages or state.n + messages >= _MAX_NONCE:
+            return None
+        size = plain + messages * (2 + _TAG)
+        buf = self._send_buf
+        if buf is None or len(buf) < size:
+            buf = bytearray(max(size, 2 * _MAX_MESSAGE))
+        return buf
+
     def _seal_into_buffer(
         self, parts: Sequence[Buffer], *, header_alone: bool = False
     ) -> tuple[bytearray, int] | None:
@@ -310,17 +323,10 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         state = self._encrypter
         if state is None or not self._can_encrypt_into:
             return None
-        sizes = [memoryview(p).nbytes for p in parts]
-        plain = sum(sizes)
-        messages = -(-plain // MAX_PLAINTEXT_LENGTH)
-        if _header_alone(parts, header_alone):
-            messages = 1 + -(-(plain - sizes[0]) // MAX_PLAINTEXT_LENGTH)
-        if not messages or state.n + messages >= _MAX_NONCE:
+        plain = sum(memoryview(p).nbytes for p in parts)
+        buf = self._buffer_for(parts, header_alone, plain)
+        if buf is None:
             return None
-        size = plain + messages * (2 + _TAG)
-        buf = self._send_buf
-        if buf is None or len(buf) < size:
-            buf = bytearray(max(size, 2 * _MAX_MESSAGE))
         self._send_buf = None
         cipher = state.cipher
         seal = cipher.cipher.encrypt_into

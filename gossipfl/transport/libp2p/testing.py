@@ -29,6 +29,38 @@ from gossipfl.transport.libp2p.workarounds import close_connections
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
+def noise_session_keys() -> tuple[Any, Any]:
+    """The two ends (initiator, responder) of a finished Noise NN handshake with
+    libp2p's cipher suite: transport keys for a batched Noise writer and its reader
+    (:class:`~gossipfl.transport.libp2p.fastpath.BatchedNoiseReadWriter`) without a
+    host, for tests of the framing itself."""
+    from noise.connection import NoiseConnection  # type: ignore[import-untyped]
+
+    initiator = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
+    responder = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_SHA256")
+    initiator.set_as_initiator()
+    responder.set_as_responder()
+    initiator.start_handshake()
+    responder.start_handshake()
+    responder.read_message(initiator.write_message())
+    initiator.read_message(responder.write_message())
+    return initiator, responder
+
+
+def reading_session(reader: Any) -> Any:
+    """A :class:`~gossipfl.transport.libp2p.fastpath.BatchedSecureSession` reading from
+    the batched Noise ``reader`` (no handshake fields: for tests of its reads)."""
+    from gossipfl.transport.libp2p.fastpath import BatchedSecureSession
+
+    session = BatchedSecureSession.__new__(BatchedSecureSession)
+    session.conn = reader
+    session._message, session._offset = b"", 0
+    session._scratch = None
+    session.last_header = b""
+    session.window_waiters = None
+    return session
+
+
 @contextlib.asynccontextmanager
 async def open_stock_host(*, listen: str | None = LOOPBACK, **options: Any) -> AsyncIterator[IHost]:
     """A py-libp2p host with the library's defaults (``options`` go to ``new_host``),
