@@ -171,6 +171,8 @@ def test_a_roster_names_peers_in_node_order(tmp_path: Path) -> None:
         (f'[[peer]]\nid = "{IDS[0]}"\ncolour = "red"\n', "unknown keys colour"),
         ("peers = 3\n", "unknown keys peers"),
     ],
+    # the ids are random peer IDs: name the cases, so that every collection agrees
+    ids=["empty", "no-id", "no-p2p", "twice", "names", "unknown-key", "unknown-top-key"],
 )
 def test_bad_rosters_are_refused(body: str, complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint):
