@@ -363,17 +363,10 @@ class ShardMesh:
         """Send ``window``'s messages to their shards, receive theirs, and return the
         command for the next window (blocking: every task of this shard waits anyway)."""
         self.windows += 1
-        shard_of = self.shard_of
         outgoing: dict[int, list[Envelope]] = {k: [] for k, _ in self.links}
-        earliest = math.inf
-        for message in window.messages:
-            outgoing[shard_of[message[2]]].append(message)
-            if message[0] < earliest:
-                earliest = message[0]
-            data = message[3]
-            if data is not None:
-                self.cross_messages += 1
-                self.cross_bytes += len(data)
+        earliest, frames, size = _sort_messages(window.messages, self.shard_of, outgoing)
+        self.cross_messages += frames
+        self.cross_bytes += size
         for k, link in self.links:
             self._outgoing.put((link, (earliest, window.next_event, window.done, outgoing[k])))
         inbound: list[Envelope] = []
@@ -389,9 +382,7 @@ class ShardMesh:
             all_done = all_done and their_done
         if all_done:
             return _Command(inbound, math.inf, all_done=True)
-        if soonest == math.inf:
-            raise RuntimeError("the sharded simulation stalled: no timer and no message")
-        return _Command(inbound, soonest + self.lookahead, all_done=False)
+        return _Command(inbound, _window_end(soonest, self.lookahead), all_done=False)
 
     def close(self) -> None:
         """Wait until everything sent has been handed to the links."""
@@ -801,8 +792,7 @@ def _shard_process(
 
     exit_with(driver)
     try:
-        shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
-        mesh = ShardMesh(index, links, shard_of, config.network.latency)
+        mesh = ShardMesh(index, links, _shard_of(parts, ids), config.network.latency)
         shard = Shard(config, parts[index], ids, until, own_process=True, mesh=mesh)
         shard.launch()
     except BaseException as exc:  # handed to the driver, which raises it
@@ -877,7 +867,7 @@ def run_sharded(
         eval_every=config.output.eval_every,
         on_round=progress,
     )
-    shard_of = {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
+    shard_of = _shard_of(parts, ids)
     runner = (backend or process_backend)(config, parts, ids, lookahead)
     try:
         with _collections(config):
@@ -942,6 +932,39 @@ def run_sharded(
     return result
 
 
+def _shard_of(parts: list[list[int]], ids: list[str]) -> dict[PeerId, int]:
+    """Which shard each peer is in."""
+    return {ids[i]: k for k, nodes in enumerate(parts) for i in nodes}
+
+
+def _sort_messages(
+    messages: list[Envelope], shard_of: dict[PeerId, int], into: Any
+) -> tuple[float, int, int]:
+    """Append each of a window's ``messages`` to the list of the shard it goes to
+    (``into[k]``: a list or a dict of lists, by shard); return the earliest arrival
+    among them, and how many frames (not timer-only envelopes) and bytes cross."""
+    earliest = math.inf
+    frames = size = 0
+    for message in messages:
+        into[shard_of[message[2]]].append(message)
+        if message[0] < earliest:
+            earliest = message[0]
+        data = message[3]
+        if data is not None:
+            frames += 1
+            size += len(data)
+    return earliest, frames, size
+
+
+def _window_end(soonest: float, lookahead: float) -> float:
+    """The next window's end, the same rule for every shard and for the driver: one
+    latency after the earliest timer or arrival anywhere (nothing sent in the window
+    can reach another shard sooner)."""
+    if soonest == math.inf:
+        raise RuntimeError("the sharded simulation stalled: no timer and no message")
+    return soonest + lookahead
+
+
 def _route(
     runner: Any, collector: MetricsCollector, shard_of: dict[PeerId, int], lookahead: float
 ) -> tuple[list[ShardOutcome], int, int, int, float, float]:
@@ -959,19 +982,15 @@ def _route(
         inbound: list[list[Envelope]] = [[] for _ in states]
         earliest = math.inf
         for state in states:
-            for message in state.messages:
-                inbound[shard_of[message[2]]].append(message)
-                earliest = min(earliest, message[0])
-                if message[3] is not None:
-                    cross += 1
-                    cross_bytes += len(message[3])
+            first, frames, size = _sort_messages(state.messages, shard_of, inbound)
+            earliest = min(earliest, first)
+            cross += frames
+            cross_bytes += size
         if all(state.done for state in states):
             _collect(collector, states)
             return runner.finish(inbound), windows, cross, cross_bytes, start_s, waited
         earliest = min(earliest, *(state.next_event for state in states))
-        if earliest == math.inf:
-            raise RuntimeError("the sharded simulation stalled: no timer and no message")
-        pending = runner.advance(inbound, earliest + lookahead)
+        pending = runner.advance(inbound, _window_end(earliest, lookahead))
         _collect(collector, states)  # the metrics, while the shards run the window
         waiting = time.perf_counter()
         states = pending()
