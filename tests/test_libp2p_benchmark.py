@@ -34,6 +34,8 @@ def test_quick_transport_benchmark_prints_one_json_object(
         "speedup_over_untuned",
         "target_ratio",
         "meets_target",
+        "meets_target_in_place",
+        "encrypted_floor",
         "params_per_s",
         "crypto",
     } <= set(report)
@@ -42,7 +44,20 @@ def test_quick_transport_benchmark_prints_one_json_object(
     for result in report["results"].values():
         assert len(result["seconds"]) == report["repeats"]
         assert 0 < result["mib_per_s_median"] <= result["mib_per_s_best"]
+        # Each side's CPU per transfer: both move every byte through a socket.
+        assert result["sender_cpu_s_median"] > 0
+        assert result["receiver_cpu_s_median"] > 0
     assert report["ratio_libp2p_to_tcp"] > 0
+    assert report["meets_target"] == (report["ratio_libp2p_to_tcp"] >= 0.6)
+    # The floor is TCP in place's CPU per side plus the cipher's time for the bytes.
+    floor = report["encrypted_floor"]
+    in_place = report["results"]["tcp_in_place"]
+    cipher_s = report["bytes_per_transfer"] / (report["crypto"]["encrypt_gib_per_s"] * 2**30)
+    assert floor["sender_cpu_s"] == pytest.approx(
+        in_place["sender_cpu_s_median"] + cipher_s, rel=0.05, abs=2e-4
+    )
+    assert floor["receiver_cpu_s"] > in_place["receiver_cpu_s_median"]
+    assert 0 < floor["max_ratio_to_tcp_in_place_by_cpu"] < 1
     crypto = report["crypto"]
     assert crypto["encrypt_gib_per_s"] > 0
     assert crypto["decrypt_gib_per_s"] > 0
