@@ -301,3 +301,33 @@ def test_the_virtual_clock_reads_what_trios_mock_clock_computes() -> None:
         assert clock.current_time() == plain.current_time()
     clock.rate = 2.0  # a moving clock: trio's own computation
     assert clock.current_time() >= plain.current_time()
+
+
+def test_the_mock_clock_without_trio_testing_is_trios_own() -> None:
+    """The runtime and the simulations take ``MockClock`` and ``wait_all_tasks_blocked``
+    from where trio defines them (``gossipfl._mockclock``), not through ``trio.testing``:
+    the same objects, so that ``isinstance`` checks and the clock's behaviour agree with
+    what the tests and users pass in."""
+    from gossipfl import _mockclock
+
+    assert _mockclock.MockClock is trio.testing.MockClock
+    assert _mockclock.wait_all_tasks_blocked is trio.testing.wait_all_tasks_blocked
+
+
+def test_importing_the_sharded_runner_leaves_pytest_and_sparse_linalg_alone() -> None:
+    """A sharded run's fork server imports ``gossipfl.simulation.sharded`` before any
+    shard can start (part of its wall time). ``trio.testing`` imports pytest where it is
+    installed (~0.1 s), and ``scipy.sparse.linalg`` (with ``scipy.linalg``, ~0.05 s) is
+    only needed for spectral gaps and diameters: neither may come back with that import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gossipfl.simulation.sharded\n"
+        "print(sorted(m for m in ('pytest', 'trio.testing', 'scipy.sparse.linalg', "
+        "'scipy.sparse.csgraph', 'scipy.linalg') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import trio
-import trio.testing
 
 from gossipfl import wire
+from gossipfl._mockclock import MockClock
 from gossipfl.errors import ConfigError, GossipflError
 from gossipfl.merge import MergeContext, MergeRule, NonFiniteInputError, _compiled, make_rule
 from gossipfl.model import ModelAdapter, NumpyAdapter
@@ -162,7 +162,7 @@ def _as_step_time(value: float | Callable[[int], float] | None) -> Callable[[int
 
 def _virtual_clock() -> bool:
     """Whether this trio run keeps virtual time (a ``MockClock``: simulations, tests)."""
-    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    return isinstance(trio.lowlevel.current_clock(), MockClock)
 
 
 def as_adapter(model: object) -> ModelAdapter:

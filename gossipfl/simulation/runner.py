@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
-import trio.testing
 
 from gossipfl.errors import ConfigError
 from gossipfl.learning import Learner, evaluate_many

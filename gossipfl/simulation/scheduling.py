@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import trio.testing
+from gossipfl._mockclock import MockClock
 
 
 def _scheduler_random() -> random.Random | None:
@@ -57,7 +57,7 @@ def seeded_scheduler(seed: int | str) -> Iterator[None]:
         rng.setstate(state)
 
 
-def virtual_clock() -> trio.testing.MockClock:
+def virtual_clock() -> MockClock:
     """A simulation's clock: trio's :class:`~trio.testing.MockClock`, jumping to the next
     deadline whenever every task waits (``autojump_threshold=0``), whose time is read
     without the real clock while its rate is 0.
@@ -72,8 +72,8 @@ def virtual_clock() -> trio.testing.MockClock:
     ``tests/test_simulation.py`` checks that the two readings agree, so a trio that
     renames them fails a test, not a run.
     """
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    measured = trio.testing.MockClock.current_time
+    clock = MockClock(autojump_threshold=0)
+    measured = MockClock.current_time
     state: Any = clock  # its private attributes, untyped
 
     def current_time() -> float:

@@ -66,8 +66,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import trio
-import trio.testing
 
+from gossipfl._mockclock import MockClock, wait_all_tasks_blocked
 from gossipfl.errors import ConfigError
 from gossipfl.peer import RoundReport
 from gossipfl.privacy.dpsgd import DPPlan
@@ -430,14 +430,14 @@ class ShardSide:
     async def gate(self, all_done: trio.Event) -> None:
         """End a window at each ``until`` the driver names, until it says all are done."""
         clock = trio.lowlevel.current_clock()
-        assert isinstance(clock, trio.testing.MockClock)
+        assert isinstance(clock, MockClock)
         assert self._network is not None
         self._token = trio.lowlevel.current_trio_token()
         resumed = time.perf_counter()
         while True:
             await trio.sleep_until(self._until)
             clock.autojump_threshold = math.inf  # hold the clock at the window's end
-            await trio.testing.wait_all_tasks_blocked()
+            await wait_all_tasks_blocked()
             ahead = trio.lowlevel.current_statistics().seconds_to_next_deadline
             window = Window(
                 messages=self._network.take_outbox(),

@@ -16,12 +16,11 @@ of iterations, while one sparse LU of ``L - σI`` separates it at once.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from gossipfl.topology.mixing import is_doubly_stochastic, is_symmetric
 
@@ -48,6 +47,15 @@ _NCV = 24
 _LANCZOS_MAXITER = 100
 
 
+def _linalg() -> Any:
+    """``scipy.sparse.linalg``, imported on first use: with ``scipy.linalg`` under it,
+    ~50 ms of every import of gossipfl's topologies (a sharded simulation's shard
+    processes import them, and never ask for a spectral gap)."""
+    import scipy.sparse.linalg as spla
+
+    return spla
+
+
 def _dense_slem(w: np.ndarray, symmetric: bool) -> float:
     if symmetric:
         values = np.linalg.eigvalsh((w + w.T) / 2.0)
@@ -59,6 +67,7 @@ def _dense_slem(w: np.ndarray, symmetric: bool) -> float:
 def _lanczos(operator: object, which: str) -> float | None:
     """One extreme eigenvalue by plain (implicitly restarted) Lanczos, or None when it does
     not converge quickly: then the spectrum is clustered there and shift-invert is needed."""
+    spla = _linalg()
     try:
         values = spla.eigsh(
             operator,
@@ -77,6 +86,7 @@ def _lanczos(operator: object, which: str) -> float | None:
 def _shift_invert(laplacian: sp.csc_array, sigma: float, k: int) -> np.ndarray:
     """The ``k`` eigenvalues of ``L`` nearest ``sigma`` (one sparse LU of ``L - σI``)."""
     ncv = min(laplacian.shape[0] - 1, _NCV)
+    spla = _linalg()
     return np.sort(
         spla.eigsh(
             laplacian, k=k, sigma=sigma, which="LM", ncv=ncv, tol=0.0, return_eigenvectors=False
@@ -103,7 +113,7 @@ def _sparse_symmetric_slem(w: sp.csr_array) -> float:
         centred: np.ndarray = y - y.mean()
         return centred
 
-    operator = spla.LinearOperator((n, n), matvec=deflated, dtype=np.float64)
+    operator = _linalg().LinearOperator((n, n), matvec=deflated, dtype=np.float64)
     laplacian: sp.csc_array | None = None
     lambda2 = _lanczos(operator, "LA")
     if lambda2 is None:
@@ -124,6 +134,7 @@ def _sparse_symmetric_slem(w: sp.csr_array) -> float:
 def _sparse_general_slem(w: sp.csr_array) -> float:
     n = w.shape[0]
     ncv = min(n - 1, _NCV)
+    spla = _linalg()
     if is_doubly_stochastic(w, atol=1e-9):
         # Deflate the known eigenpair (1, 𝟙): (I - J/n) W has the other eigenvalues of W
         # and 0 in place of 1, so the largest modulus left is the SLEM.

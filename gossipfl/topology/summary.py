@@ -17,7 +17,6 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.csgraph as csgraph
 
 from gossipfl.topology.consensus import measure_consensus_rate
 from gossipfl.topology.topology import GAP_KINDS, Topology
@@ -31,6 +30,8 @@ def diameter(graph: nx.Graph | nx.DiGraph) -> int | None:
     """Longest shortest path (directed if the graph is), or None if some node is
     unreachable. Breadth-first search from every node in C (scipy), in chunks so memory
     stays O(chunk × n)."""
+    import scipy.sparse.csgraph as csgraph  # on first use: it imports scipy.sparse.linalg
+
     n = graph.number_of_nodes()
     if n <= 1:
         return 0

@@ -26,7 +26,6 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from gossipfl.errors import ConfigError
 from gossipfl.topology.mixing import check_mixing_matrix, mixing_matrix_for, normalize_weighting
@@ -385,6 +384,8 @@ class Topology:
                     x = np.asarray(matrix @ x)
                 centred: np.ndarray = x - x.mean()
                 return centred
+
+            import scipy.sparse.linalg as spla  # on first use (see spectral._linalg)
 
             operator = spla.LinearOperator((n, n), matvec=apply, dtype=np.float64)
             values = spla.eigs(operator, k=1, which="LM", tol=1e-10, return_eigenvectors=False)
