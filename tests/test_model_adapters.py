@@ -40,6 +40,27 @@ def test_layout_text_and_fingerprint_are_canonical() -> None:
     assert Layout.from_text("") == Layout(())
 
 
+def test_a_layout_text_is_parsed_once_and_a_bad_one_refused_every_time() -> None:
+    """Every Hello carries its sender's layout text, the same from every neighbour:
+    parsing is remembered (a Layout is immutable), failures are not, and the bound on
+    tensors is part of what is remembered."""
+    text = "w float32 [3,7]\nb float32 [7]\n"
+    first = Layout.from_text(text)
+    assert Layout.from_text(text) is first
+    assert first == Layout.of([("w", "float32", (3, 7)), ("b", "float32", (7,))])
+    with pytest.raises(LayoutError, match="more than 1"):
+        Layout.from_text(text, max_tensors=1)
+    for _ in range(2):
+        with pytest.raises(LayoutError, match="canonical"):
+            Layout.from_text("w float32 [03]\n")
+
+    class Text(str):
+        pass
+
+    assert Layout.from_text(Text(text)) == first  # parsed, not taken from the memory
+    assert Layout.from_text(Text(text)) is not first
+
+
 @pytest.mark.parametrize(
     ("spec", "match"),
     [

@@ -25,6 +25,7 @@ untouched, so they survive any number of round trips bit for bit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -162,6 +163,12 @@ class Layout:
         """
         if not isinstance(text, str):
             raise LayoutError("a layout text must be a string")
+        if type(text) is str and cls is Layout:  # (a str subclass may hash as it likes)
+            return _parsed(text, max_tensors)
+        return cls._parse(text, max_tensors)
+
+    @classmethod
+    def _parse(cls, text: str, max_tensors: int) -> Layout:
         if text and not text.endswith("\n"):
             raise LayoutError("a layout text must end with a newline")
         lines = text.split("\n")[:-1] if text else []
@@ -186,6 +193,17 @@ class Layout:
 
     def __len__(self) -> int:
         return len(self.tensors)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str, max_tensors: int) -> Layout:
+    """:meth:`Layout.from_text` of a ``str``, remembered: a ``Layout`` is immutable and
+    parsing is a pure function of the text and the bound, and every Hello a peer receives
+    carries a layout text, the same one from every neighbour of one network (1,024
+    simulated peers parsed 4,096 alike, ~30 µs each). A text that fails raises each time
+    (``lru_cache`` keeps results, not exceptions); 64 entries bound what a peer sending
+    many different layouts can make it hold."""
+    return Layout._parse(text, max_tensors)
 
 
 def compare_layouts(mine: Layout, theirs: Layout) -> str | None:
