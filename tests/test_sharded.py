@@ -62,6 +62,30 @@ def test_256_peers_sharded_equal_the_unsharded_run_bit_for_bit() -> None:
     assert 0 < sharding["cut_edges"] < 0.25 * sharding["edges"]
     assert sharding["cross_shard_messages"] > 0
     assert split.network.frames_sent >= alone.network.frames_sent
+    # computed beside the shards' start, in a thread of the driver
+    assert alone.spectral_gap is not None
+    assert split.spectral_gap == pytest.approx(alone.spectral_gap, rel=1e-9)
+
+
+def test_work_set_aside_returns_its_result_or_raises_its_error() -> None:
+    started = threading.Event()
+    go_on = threading.Event()
+
+    def slow(x: int, y: int) -> int:
+        started.set()
+        assert go_on.wait(timeout=30)
+        return x * y
+
+    aside = sharded._Aside(slow, 6, 7)
+    assert started.wait(timeout=30)  # running before anyone asks for it
+    go_on.set()
+    assert aside.result() == 42
+
+    def broken() -> None:
+        raise ValueError("no gap here")
+
+    with pytest.raises(ValueError, match="no gap here"):
+        sharded._Aside(broken).result()
 
 
 @pytest.mark.parametrize(
