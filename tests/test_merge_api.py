@@ -557,3 +557,58 @@ def test_the_worked_example_in_the_docs_runs() -> None:
     assert np.abs(out).max() > 0.039  # the clamp is reached, not just respected
     with pytest.raises(ConfigError, match=r"c must be > 0\.0"):
         build_rule(c=0)
+
+
+@pytest.mark.parametrize("name", ALL_RULES)
+def test_a_rule_remembers_its_weights_by_value_not_by_object(name: str) -> None:
+    """A peer merges with the same weights round after round: the rule checks them once
+    (MergeRule._weights, keyed by dtype and bytes) and combine() derives its float32
+    coefficients once (Workspace.coef_memo, for the read-only array the rule keeps). A
+    weights array changed in place between two merges must still count as changed, and
+    the caller's array is left as it was."""
+    rng = np.random.default_rng(7)
+    own = rng.normal(size=40).astype(np.float32)
+    rows = rng.normal(size=(6, 40)).astype(np.float32)
+    rule = make_rule(name)
+    fresh = make_rule(name)
+    weights = np.full(6, 0.125)  # float64: as_weights would hand this very array back
+    first = rule.merge(own, rows, weights)
+    np.testing.assert_array_equal(rule.merge(own, rows, weights), first)
+    assert weights.flags.writeable  # ours to change
+    weights[:3] = 0.05  # in place: the same object, other values
+    changed = rule.merge(own, rows, weights)
+    np.testing.assert_array_equal(changed, fresh.merge(own, rows, weights.copy()))
+    if name == "mean":
+        assert not np.array_equal(changed, first)
+    for dtype in (np.float32, np.float64):  # the same values, another dtype: its own bits
+        w = np.asarray([0.1, 0.2, 0.05, 0.15, 0.1, 0.1], dtype=dtype)
+        np.testing.assert_array_equal(
+            rule.merge(own, rows, w), make_rule(name).merge(own, rows, w.copy())
+        )
+    with pytest.raises(MergeInputError, match="non-negative"):
+        rule.merge(own, rows, np.full(6, -0.1))  # a bad array is checked, not remembered
+    with pytest.raises(MergeInputError, match="non-negative"):
+        rule.merge(own, rows, np.full(6, -0.1))
+
+
+def test_combine_derives_its_coefficients_once_per_read_only_array() -> None:
+    rng = np.random.default_rng(3)
+    center = rng.normal(size=300).astype(np.float32)
+    rows = rng.normal(size=(4, 300)).astype(np.float32)
+    ws = kernels.Workspace()
+    frozen = np.array([0.1, 0.2, 0.3, 0.1])
+    frozen.flags.writeable = False
+    first = kernels.combine(center, rows, frozen, ws, validate=True)
+    assert ws.coef_memo is not None
+    assert ws.coef_memo[0] is frozen
+    np.testing.assert_array_equal(kernels.combine(center, rows, frozen, ws, validate=True), first)
+    writable = np.array([0.1, 0.2, 0.3, 0.1])
+    kernels.combine(center, rows, writable, ws)
+    assert ws.coef_memo[0] is frozen  # a writable array is never remembered
+    writable[0] = 0.0
+    expect = kernels.combine(center, rows, writable, kernels.Workspace())
+    np.testing.assert_array_equal(kernels.combine(center, rows, writable, ws), expect)
+    view = np.array([0.1, 0.2, 0.3, 0.1, 0.0])[:4]
+    view.flags.writeable = False
+    kernels.combine(center, rows, view, ws)
+    assert ws.coef_memo[0] is frozen  # nor a view (its base could change)

@@ -77,6 +77,10 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[str, npt.NDArray[Any]] = {}
+        # combine()'s coefficients as float32, the own coefficient and whether none is
+        # zero, for the last read-only coefficient array it saw (held, so its id is not
+        # reused): a rule's remembered weights (MergeRule._weights), the same each round.
+        self.coef_memo: tuple[F64, F32, np.float32, bool] | None = None
 
     def get(self, key: str, shape: tuple[int, ...], dtype: type[np.generic]) -> npt.NDArray[Any]:
         """A C-contiguous array of ``shape`` and ``dtype``; its contents are garbage."""
@@ -427,8 +431,17 @@ def combine(center: F32, rows: F32, coef: F64, ws: Workspace, *, validate: bool 
     on their own (rare: a zero weight, or an own weight of 0).
     """
     k = rows.shape[0]
-    c32 = coef.astype(np.float32)
-    own_coef = np.float32(1.0 - float(np.add.reduce(coef)))  # coef.sum(), unwrapped
+    memo = ws.coef_memo
+    if memo is not None and memo[0] is coef:
+        _, c32, own_coef, none_zero = memo
+    else:
+        c32 = coef.astype(np.float32)
+        own_coef = np.float32(1.0 - float(np.add.reduce(coef)))  # coef.sum(), unwrapped
+        # (np.logical_and.reduce: whether every coefficient is non-zero, the usual case,
+        # without np.flatnonzero's Python-level work)
+        none_zero = bool(np.logical_and.reduce(c32))
+        if not coef.flags.writeable and coef.base is None:  # nobody can change it
+            ws.coef_memo = (coef, c32, own_coef, none_zero)
     with np.errstate(over="ignore", invalid="ignore"):
         out: F32 = np.multiply(center, own_coef) if own_coef != 0.0 else np.zeros_like(center)
         if k and rows.flags.c_contiguous and center.shape[0] >= SGEMV_MIN_COLUMNS:
@@ -442,9 +455,7 @@ def combine(center: F32, rows: F32, coef: F64, ws: Workspace, *, validate: bool 
     if validate:
         if not finite:
             raise_if_non_finite(center, rows)  # NaN/inf inputs; else a finite overflow
-        # (np.logical_and.reduce: whether every coefficient is non-zero, the usual case,
-        # without np.flatnonzero's Python-level work)
-        unseen = [] if np.logical_and.reduce(c32) else [rows[j] for j in np.flatnonzero(c32 == 0.0)]
+        unseen = [] if none_zero else [rows[j] for j in np.flatnonzero(c32 == 0.0)]
         if own_coef == 0.0:
             unseen.append(center)
         if unseen and not vectors_finite(unseen, ws):
