@@ -216,3 +216,76 @@ def test_model_and_wire_import_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_tensors_that_are_views_of_one_buffer_are_copied_in_one_go_to_the_same_values() -> None:
+    """An adapter over consecutive views of one float32 buffer (as the numpy learner keeps
+    its tensors) reads and writes that buffer whole; the values are those of an adapter
+    over separate arrays, ``out=`` included; pickled, the arrays part ways and the copy
+    falls back to tensor by tensor."""
+    import pickle
+
+    rng = np.random.default_rng(5)
+    flat = rng.normal(size=23).astype(np.float32)
+    views = {"w": flat[:20].reshape(4, 5), "b": flat[20:]}
+    shared = NumpyAdapter(views)
+    apart = NumpyAdapter({k: v.copy() for k, v in views.items()})
+    assert shared._flat is flat
+    assert apart._flat is None
+    np.testing.assert_array_equal(shared.get_flat(), apart.get_flat())
+    assert shared.get_flat() is not flat  # a copy, not the model itself
+    out = np.empty(23, np.float32)
+    assert shared.get_flat(out) is out
+    np.testing.assert_array_equal(out, flat)
+    incoming = rng.normal(size=23)  # float64: cast as the per-tensor path casts
+    shared.set_flat(incoming)
+    apart.set_flat(incoming)
+    np.testing.assert_array_equal(views["w"], apart.arrays["w"])
+    np.testing.assert_array_equal(views["b"], apart.arrays["b"])
+    with pytest.raises(LayoutError):
+        shared.set_flat(np.zeros(22))
+    copy = pickle.loads(pickle.dumps(shared))
+    assert copy._flat is None
+    copy.set_flat(np.ones(23, np.float32))
+    np.testing.assert_array_equal(copy.arrays["b"], np.ones(3, np.float32))
+    np.testing.assert_array_equal(shared.get_flat(), apart.get_flat())  # the original: as was
+    # views in another order, of part of a buffer, or of float64: tensor by tensor
+    assert NumpyAdapter({"b": flat[20:], "w": flat[:20].reshape(4, 5)})._flat is None
+    assert NumpyAdapter({"w": flat[:20].reshape(4, 5), "b": flat[20:22]})._flat is None
+    wide = np.zeros(23)
+    assert NumpyAdapter({"w": wide[:20].reshape(4, 5), "b": wide[20:]})._flat is None
+
+
+@pytest.mark.parametrize(
+    ("momentum", "weight_decay", "steps", "batch"),
+    [(0.9, 0.0, 1, 32), (0.0, 0.0, 2, 4), (0.5, 0.01, 1, 64)],
+)
+def test_the_numpy_learner_steps_on_its_flat_buffer_as_tensor_by_tensor(
+    momentum: float, weight_decay: float, steps: int, batch: int
+) -> None:
+    """The numpy learner keeps its tensors, velocities and gradients as views of flat
+    buffers and steps them whole; a pickled copy (its views parted) steps tensor by
+    tensor. Both must give the same model, bit for bit."""
+    import pickle
+
+    from gossipfl.learning import LearnerConfig
+    from gossipfl.learning.numpy_models import NumpySoftmaxLearner
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=40)
+    cfg = LearnerConfig(
+        lr=0.1, momentum=momentum, weight_decay=weight_decay, batch_size=batch, local_steps=steps
+    )
+    learner = NumpySoftmaxLearner(cfg, x, y, 3, seed=4)
+    assert learner.adapter._flat is not None
+    twin = pickle.loads(pickle.dumps(learner))
+    assert twin.adapter._flat is None
+    assert twin._flat is None
+    for round in range(4):
+        assert learner.train(round) == twin.train(round)
+        np.testing.assert_array_equal(learner.adapter.get_flat(), twin.adapter.get_flat())
+        shift = rng.normal(size=learner.adapter.num_params).astype(np.float32) * 0.01
+        learner.adapter.set_flat(learner.adapter.get_flat() + shift)
+        twin.adapter.set_flat(twin.adapter.get_flat() + shift)
+    assert learner.params["weight"].base is learner._flat  # still views after set_flat

@@ -3,6 +3,7 @@ simulated peers (the whole population can be evaluated in one batched product)."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,6 +27,12 @@ def _log_softmax(logits: FloatArray) -> FloatArray:
     return out
 
 
+def _views(flat: FloatArray, shape: tuple[int, ...]) -> dict[str, FloatArray]:
+    """``weight`` (of ``shape``) and ``bias``, consecutive views of ``flat``."""
+    size = math.prod(shape)
+    return {"weight": flat[:size].reshape(shape), "bias": flat[size:]}
+
+
 class NumpySoftmaxLearner:
     """Multinomial logistic regression trained with mini-batch SGD (optional momentum).
 
@@ -40,12 +47,19 @@ class NumpySoftmaxLearner:
         self._x, self._y = x, y
         init = np.random.default_rng(config.init_seed)
         features = x.shape[1]
-        self.params: dict[str, FloatArray] = {
-            "weight": (init.normal(0.0, 0.01, size=(features, n_classes))).astype(np.float32),
-            "bias": np.zeros(n_classes, np.float32),
-        }
+        weight = (init.normal(0.0, 0.01, size=(features, n_classes))).astype(np.float32)
+        # Both tensors are views of one flat buffer (weight, then bias: the layout's
+        # order), and so are their velocities and gradients: a step updates the model in
+        # one pass instead of one per tensor, and the adapter's flat vector is that buffer
+        # (get_flat/set_flat: one copy). Element for element the same arithmetic.
+        self._flat: FloatArray | None = np.zeros(weight.size + n_classes, np.float32)
+        self.params: dict[str, FloatArray] = _views(self._flat, weight.shape)
+        self.params["weight"][...] = weight
         self._adapter = NumpyAdapter(self.params)
-        self._velocity = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._velocity_flat: FloatArray | None = np.zeros_like(self._flat)
+        self._velocity = _views(self._velocity_flat, weight.shape)
+        self._grad_flat: FloatArray | None = np.empty_like(self._flat)
+        self._grads = _views(self._grad_flat, weight.shape)
         self._rng = np.random.default_rng(seed)
         self._features, self._classes = features, n_classes
         self.dp: DPPlan | None = None
@@ -61,6 +75,10 @@ class NumpySoftmaxLearner:
             samples=len(self._y), batch_size=cfg.batch_size, steps=rounds * cfg.local_steps
         )
         return self.dp
+
+    def __getstate__(self) -> dict[str, object]:
+        # Pickled views come back as arrays of their own: a copy trains tensor by tensor.
+        return {**self.__dict__, "_flat": None, "_velocity_flat": None, "_grad_flat": None}
 
     @property
     def adapter(self) -> NumpyAdapter:
@@ -105,10 +123,18 @@ class NumpySoftmaxLearner:
         grad = np.exp(logp)
         grad[rows, yb] -= 1.0
         grad /= size
-        grad_weight = xb.T @ grad
+        if self._grad_flat is None:
+            grad_weight = xb.T @ grad
+            if self._config.weight_decay:
+                grad_weight = grad_weight + self._config.weight_decay * weight
+            return grad_weight, np.add.reduce(grad, axis=0), loss
+        # into the flat gradient buffer (see __init__): the same products and sums
+        grad_weight, grad_bias = self._grads["weight"], self._grads["bias"]
+        np.matmul(xb.T, grad, out=grad_weight)
         if self._config.weight_decay:
-            grad_weight = grad_weight + self._config.weight_decay * weight
-        return grad_weight, np.add.reduce(grad, axis=0), loss
+            np.add(grad_weight, self._config.weight_decay * weight, out=grad_weight)
+        np.add.reduce(grad, axis=0, out=grad_bias)
+        return grad_weight, grad_bias, loss
 
     def _dp_gradients(self, dp: DPPlan) -> tuple[dict[str, FloatArray], float]:
         """One DP-SGD gradient: each sample of a Poisson batch contributes
@@ -140,7 +166,18 @@ class NumpySoftmaxLearner:
         if dp is not None and not dp.allows(cfg.local_steps):
             return dp_budget_spent(dp, round)
         loss = 0.0
+        flat, velocity, gradient = self._flat, self._velocity_flat, self._grad_flat
         for _ in range(cfg.local_steps):
+            if dp is None and flat is not None and velocity is not None and gradient is not None:
+                # both tensors at once (their flat buffers): what the loop below does
+                _, _, loss = self._sgd_gradients()
+                step = gradient
+                if cfg.momentum:
+                    velocity *= cfg.momentum
+                    velocity += gradient
+                    step = velocity
+                flat -= (cfg.lr * step).astype(np.float32, copy=False)
+                continue
             if dp is not None:
                 grads, loss = self._dp_gradients(dp)
                 grads["weight"] += cfg.weight_decay * weight
