@@ -121,7 +121,7 @@ def as_stack(neighbours: npt.ArrayLike | Sequence[npt.ArrayLike], n: int, what: 
     A ``(d, n)`` float32 C-contiguous array is used as is; a sequence of vectors is stacked
     (one copy). ``d`` may be 0.
     """
-    if isinstance(neighbours, list | tuple) and len(neighbours) == 0:
+    if isinstance(neighbours, (list, tuple)) and len(neighbours) == 0:
         return np.empty((0, n), dtype=np.float32)
     try:
         arr = np.asarray(neighbours, dtype=np.float32)

@@ -69,6 +69,7 @@ from gossipfl.wire.messages import (
 )
 
 _ZEROS = bytes(ALIGN)
+_BUFFERS = (bytes, bytearray, memoryview)  # (a tuple: ``A | B`` is built at every call)
 #: msgpack container bounds. No header needs more: the largest array is a Hello's codec
 #: list (16), the largest map a meta mapping (16 entries). Small bounds matter: msgpack
 #: preallocates a declared container before reading it, so nested declarations of large
@@ -149,7 +150,7 @@ def decode(
     guarantees integrity, or an in-process simulation); every other check stays.
     A decoded Update's vector is float32, finite and read-only.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if not isinstance(data, _BUFFERS):
         raise MalformedError(
             f"decode needs bytes, bytearray or memoryview, got {type(data).__name__}"
         )
