@@ -289,3 +289,25 @@ def test_the_numpy_learner_steps_on_its_flat_buffer_as_tensor_by_tensor(
         learner.adapter.set_flat(learner.adapter.get_flat() + shift)
         twin.adapter.set_flat(twin.adapter.get_flat() + shift)
     assert learner.params["weight"].base is learner._flat  # still views after set_flat
+
+
+def test_the_numpy_learner_finds_each_samples_own_class_in_the_flat_block() -> None:
+    """With the whole set as its batch, the learner picks each sample's own class's
+    log-probability (the loss) and subtracts one there (the gradient) through a flat
+    index: the elements ``logp[arange(n), y]`` would pick, and a step equal to one
+    taken with that two-array index."""
+    from gossipfl.learning import LearnerConfig
+    from gossipfl.learning.numpy_models import NumpySoftmaxLearner
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(7, 5)).astype(np.float32)
+    y = rng.integers(0, 4, size=7)
+    learner = NumpySoftmaxLearner(LearnerConfig(batch_size=32), x, y, 4, seed=1)
+    logp = rng.normal(size=(7, 4)).astype(np.float32)
+    np.testing.assert_array_equal(logp.reshape(-1)[learner._own_classes()], logp[np.arange(7), y])
+    # the step through the flat index against one through the pair of index arrays
+    sampled = NumpySoftmaxLearner(LearnerConfig(batch_size=32), x, y, 4, seed=1)
+    sampled._y = y.copy()  # not the batch's own object: the two-array path
+    sampled._batch = lambda: (x, y)  # type: ignore[method-assign]
+    assert learner.train(0) == sampled.train(0)
+    np.testing.assert_array_equal(learner.adapter.get_flat(), sampled.adapter.get_flat())

@@ -66,6 +66,7 @@ class NumpySoftmaxLearner:
         """The DP-SGD plan once :meth:`enable_dp` was called."""
         self._noise = np.random.default_rng([seed, 0xD9])
         self._row_index: IntArray | None = None
+        self._own_class_index: IntArray | None = None  # see _own_classes
 
     def enable_dp(self, settings: DPSettings, *, rounds: int) -> DPPlan:
         """Train with DP-SGD from now on (see :mod:`gossipfl.privacy.dpsgd`): Poisson
@@ -101,6 +102,17 @@ class NumpySoftmaxLearner:
             rows = self._row_index = np.arange(size)
         return rows
 
+    def _own_classes(self) -> IntArray:
+        """Where each training sample's own class sits in its flattened (samples ×
+        classes) row block: ``logp.reshape(-1)[i]`` is ``logp[rows, y]`` when the batch
+        is the whole set (as a large simulation's peers, with a sample or two, have it).
+        One index array into a flat view takes 0.27 µs and 1.6 µs to read and update,
+        where the pair of index arrays took 0.79 and 2.6 µs; the same elements."""
+        index = self._own_class_index
+        if index is None:
+            index = self._own_class_index = np.arange(len(self._y)) * self._classes + self._y
+        return index
+
     def _sgd_gradients(self) -> tuple[FloatArray, FloatArray, float]:
         """One mini-batch's gradients (weight, bias) and loss.
 
@@ -119,9 +131,18 @@ class NumpySoftmaxLearner:
         logp = shifted - np.log(np.add.reduce(np.exp(shifted), axis=-1, keepdims=True))
         # ndarray.mean of float32: a float32 sum divided by the count as a float64, back
         # to float32 (numpy's _mean); the sign flips before it, exactly, as it did there
-        loss = float(np.float32(float(np.add.reduce(-logp[rows, yb], axis=None)) / size))
+        if yb is self._y:  # the whole set: its own classes' flat positions are known
+            own = self._own_classes()
+            picked = logp.reshape(-1)[own]
+        else:
+            own = None
+            picked = logp[rows, yb]
+        loss = float(np.float32(float(np.add.reduce(-picked, axis=None)) / size))
         grad = np.exp(logp)
-        grad[rows, yb] -= 1.0
+        if own is not None:
+            grad.reshape(-1)[own] -= 1.0
+        else:
+            grad[rows, yb] -= 1.0
         grad /= size
         if self._grad_flat is None:
             grad_weight = xb.T @ grad
