@@ -71,6 +71,7 @@ from gossipfl.transport import (
     TransportError,
     TransportEvent,
 )
+from gossipfl.wire._numeric import all_finite
 
 if TYPE_CHECKING:
     from gossipfl.peer.secure import SecureExchange
@@ -767,7 +768,7 @@ class Peer:
         """Our model after local training, refused if training blew it up: otherwise the
         first sign would be a wire error when we try to send it."""
         vector = self.adapter.get_flat()
-        if not np.logical_and.reduce(np.isfinite(vector), axis=None):  # .all(), unwrapped
+        if not all_finite(vector):  # the check every encode and decode makes
             raise self._diverged(round)
         return vector
 
