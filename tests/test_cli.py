@@ -48,3 +48,34 @@ def test_the_embedding_api_is_at_the_top_level_and_loads_lazily() -> None:
         "assert Peer.__module__ == 'gossipfl.peer.runtime'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_daemon_and_libp2p_packages_load_their_parts_on_first_use() -> None:
+    """`gossipfl init` reads gossipfl.daemon.config and the address parsers alone: the
+    packages around them must not import the daemon loop or the libp2p host (~1 s)."""
+    code = (
+        "import sys; import gossipfl.daemon.config, gossipfl.transport.libp2p.allowlist; "
+        "assert 'gossipfl.daemon.node' not in sys.modules; "
+        "assert 'gossipfl.transport.libp2p.host' not in sys.modules; "
+        "from gossipfl.daemon import DaemonConfig, Node, load_roster; "
+        "from gossipfl.transport.libp2p import Allowlist, Libp2pTransport, GOSSIP_PROTOCOL; "
+        "assert Node.__module__ == 'gossipfl.daemon.node'; "
+        "assert Libp2pTransport.__module__ == 'gossipfl.transport.libp2p.host'; "
+        "import gossipfl.daemon as d, gossipfl.transport.libp2p as t; "
+        "assert all(getattr(d, n) is not None for n in d.__all__); "
+        "assert all(getattr(t, n) is not None for n in t.__all__)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_peer_launchers_fork_server_preloads_the_libp2p_host() -> None:
+    """The fork server imports py-libp2p once for all peers: naming the (lazy) package is
+    not enough, or every forked peer imports ~1,000 modules itself (a restarted peer then
+    came back too late to catch up in tests/test_insiders.py)."""
+    code = (
+        "import importlib, sys; from gossipfl.simulation.processes import PRELOAD; "
+        "[importlib.import_module(m) for m in PRELOAD if m != '__main__']; "
+        "assert 'gossipfl.transport.libp2p.host' in sys.modules; "
+        "assert 'libp2p.host.basic_host' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

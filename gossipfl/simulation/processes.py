@@ -78,7 +78,7 @@ PRELOAD = (
     "gossipfl.daemon.node",
     "gossipfl.daemon.exchange",
     "gossipfl.daemon.workload",
-    "gossipfl.transport.libp2p",
+    "gossipfl.transport.libp2p.host",  # the package alone loads nothing (PEP 562)
     "gossipfl.peer",
     "gossipfl.learning",
     "gossipfl.learning.numpy_models",
