@@ -22,7 +22,15 @@ from pathlib import Path
 import pytest
 
 from gossipfl.cli import main
-from gossipfl.daemon.testing import Daemon, kill_all, metrics, start_daemon, stop_daemon, wait_for
+from gossipfl.daemon.testing import (
+    Daemon,
+    kill_all,
+    metrics,
+    start_daemon,
+    start_daemons,
+    stop_daemon,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(120)]
 
@@ -104,17 +112,20 @@ def test_three_hosts_in_network_namespaces_train_together(
         daemons.append(first)
         # Its join command names the bridge address, not loopback.
         assert first.join.startswith(f"gossipfl start --bootstrap /ip4/{namespaces[0][1]}/tcp/4141")
-        for i in (1, 2):
-            others = [a for j, p in enumerate(ids) if j != i for a in ("--allow", p)]
-            daemons.append(
-                start_daemon(
+        daemons += start_daemons(
+            *[
+                (
                     homes[i],
-                    *first.join.split()[2:],
-                    *common,
-                    *others,
-                    prefix=("ip", "netns", "exec", namespaces[i][0]),
+                    [
+                        *first.join.split()[2:],
+                        *common,
+                        *[a for j, p in enumerate(ids) if j != i for a in ("--allow", p)],
+                    ],
                 )
-            )
+                for i in (1, 2)
+            ],
+            prefixes=[("ip", "netns", "exec", namespaces[i][0]) for i in (1, 2)],
+        )
         for d in daemons:
             assert d is not None
             wait_for(functools.partial(finished, d), timeout=90, what=f"{d.home.name} done")

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from gossipfl import wire
-from gossipfl.daemon.testing import Daemon, kill_all, metrics, start_daemon
+from gossipfl.daemon.testing import Daemon, kill_all, metrics, start_daemon, start_daemons
 from gossipfl.errors import ConfigError
 from gossipfl.identity import generate_identity
 from gossipfl.peer import Peer, PeerConfig, PeerCounters
@@ -305,7 +305,9 @@ def test_three_gossipfl_start_peers_train_with_secure_averaging(tmp_path: Path) 
         first = start_daemon(tmp_path / "a", *common)
         daemons.append(first)
         assert "--set privacy.secure_averaging=true" in first.join
-        daemons += [start_daemon(tmp_path / n, *first.join.split()[2:], *common) for n in "bc"]
+        daemons += start_daemons(
+            *[(tmp_path / n, [*first.join.split()[2:], *common]) for n in "bc"]
+        )
         for daemon in daemons:
             assert daemon is not None
             assert daemon.process.wait(timeout=90) == 0, daemon.stderr()

@@ -23,6 +23,7 @@ from gossipfl.daemon.testing import (
     metrics,
     rounds_done,
     start_daemon,
+    start_daemons,
     stop_daemon,
     wait_for,
 )
@@ -103,15 +104,17 @@ def test_two_peers_join_train_refuse_an_intruder_stop_fast_and_resume(
         assert a.join == f"gossipfl start --bootstrap {a.addresses[0]} {job_flags}"
         # The second peer joins with the printed command (plus its own settings).
         join_args = a.join.split()[2:]
-        b = start_daemon(homes["b"], *join_args, *COMMON, *allow("a", "c"))
-        daemons.append(b)
         # The intruder is not on their allowlists. Its models would be huge (Gaussian
-        # noise of sigma 1e6) and it runs with an open allowlist itself.
-        intruder = start_daemon(
-            homes["intruder"], *join_args, *COMMON,
-            "--attack", "gaussian", "--set", "attack.sigma=1e6",
-        )  # fmt: skip
-        daemons.append(intruder)
+        # noise of sigma 1e6) and it runs with an open allowlist itself. It starts
+        # beside the second peer (a start-up is mostly imports: seconds).
+        b, intruder = start_daemons(
+            (homes["b"], [*join_args, *COMMON, *allow("a", "c")]),
+            (
+                homes["intruder"],
+                [*join_args, *COMMON, "--attack", "gaussian", "--set", "attack.sigma=1e6"],
+            ),
+        )
+        daemons += [b, intruder]
         for d in (a, b):
             wait_for(
                 functools.partial(trained, d.home, 30),
@@ -290,10 +293,12 @@ def test_a_peer_pasting_a_join_command_without_the_jobs_settings_stops_and_says_
         assert "training.rounds: it runs '100000', this peer runs '100'" in last
         # The host saw it too, and did not take it in.
         assert f"peer {bare.peer_id} runs another job" in host.stderr()
-        pasted = start_daemon(
-            homes["pasted"], "--listen", LOOPBACK, *host.join.split()[2:], *timing_args
+        # The peer of another job (for the last check) starts beside the pasted one.
+        pasted, other = start_daemons(
+            (homes["pasted"], ["--listen", LOOPBACK, *host.join.split()[2:], *timing_args]),
+            (homes["other"], ["--listen", LOOPBACK, *timing_args]),
         )
-        daemons.append(pasted)
+        daemons += [pasted, other]
         for d in (host, pasted):
             wait_for(
                 functools.partial(trained_with, d.home, 2),
@@ -303,8 +308,6 @@ def test_a_peer_pasting_a_join_command_without_the_jobs_settings_stops_and_says_
             )
         # One bootstrap peer of another job (an honest mistake, or an insider saying
         # so) does not stop a peer that was given another one of its job.
-        other = start_daemon(homes["other"], "--listen", LOOPBACK, *timing_args)
-        daemons.append(other)
         both = start_daemon(
             homes["both"],
             "--listen",

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from gossipfl.cli import main
-from gossipfl.daemon.testing import Daemon, kill_all, metrics, start_daemon, stop_daemon, wait_for
+from gossipfl.daemon.testing import (
+    Daemon,
+    kill_all,
+    metrics,
+    start_daemon,
+    start_daemons,
+    stop_daemon,
+    wait_for,
+)
 
 TASK = textwrap.dedent(
     '''
@@ -192,9 +200,20 @@ def test_three_start_processes_train_a_users_task_together(
         allow = [a for p in ids[1:] for a in ("--allow", p)]
         first = start_daemon(homes[0], *common, *allow)
         daemons.append(first)
-        for i in (1, 2):
-            others = [a for j, p in enumerate(ids) if j != i for a in ("--allow", p)]
-            daemons.append(start_daemon(homes[i], *first.join.split()[2:], *common, *others))
+        # the two joiners start side by side (each start-up imports torch: seconds)
+        daemons += start_daemons(
+            *[
+                (
+                    homes[i],
+                    [
+                        *first.join.split()[2:],
+                        *common,
+                        *[a for j, p in enumerate(ids) if j != i for a in ("--allow", p)],
+                    ],
+                )
+                for i in (1, 2)
+            ]
+        )
         for d in daemons:
             assert d is not None
             wait_for(

@@ -138,6 +138,41 @@ def start_daemon(
     raise Timeout(f"no banner from gossipfl start in {home}: {err_path.read_text()[-2000:]}")
 
 
+def start_daemons(
+    *starts: tuple[Path, Sequence[str]],
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    prefixes: Sequence[Sequence[str]] | None = None,
+    verbose: int = 0,
+) -> list[Daemon]:
+    """:func:`start_daemon` for each ``(home, args)`` at once (one thread each), in the
+    order given: a process's start-up is mostly imports (seconds with torch), and peers
+    that join the same job need not wait for each other's. ``prefixes``: one per start.
+    If any fails, the others are killed and its error is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if prefixes is not None and len(prefixes) != len(starts):
+        raise ValueError("give one prefix per start")
+    with ThreadPoolExecutor(max(1, len(starts)), thread_name_prefix="start-daemon") as pool:
+        futures = [
+            pool.submit(
+                start_daemon,
+                home,
+                *args,
+                timeout=timeout,
+                env=env,
+                prefix=prefixes[i] if prefixes is not None else (),
+                verbose=verbose,
+            )
+            for i, (home, args) in enumerate(starts)
+        ]
+    errors = [e for f in futures if (e := f.exception()) is not None]
+    if errors:
+        kill_all([f.result() for f in futures if f.exception() is None])
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
 def stop_daemon(daemon: Daemon, sig: int, *, timeout: float = 10.0) -> tuple[int, float]:
     """Send ``sig`` and wait for the exit; return (exit status, seconds it took)."""
     start = time.monotonic()
@@ -163,6 +198,7 @@ __all__ = [
     "metrics",
     "rounds_done",
     "start_daemon",
+    "start_daemons",
     "stop_daemon",
     "wait_for",
 ]
