@@ -301,7 +301,7 @@ async def run(total: int, frame: int, repeats: int, names: tuple[str, ...]) -> d
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return {name: summarize(times, total) for name, times in results.items()}
+    return {name: summarize_timings(times, total) for name, times in results.items()}
 
 
 async def _hold_transport(
@@ -353,13 +353,21 @@ def crypto_ceiling(samples: list[tuple[float, float]]) -> dict[str, Any]:
     }
 
 
-def summarize(timings: list[Timing], total: int) -> dict[str, Any]:
-    rates = [total / t.wall / MiB for t in timings]
+def summarize(times: list[float], total: int) -> dict[str, Any]:
+    """Median and best MiB/s of transfers that took ``times`` seconds (relay.py too)."""
+    rates = [total / t / MiB for t in times]
     return {
-        "seconds": [round(t.wall, 4) for t in timings],
+        "seconds": [round(t, 4) for t in times],
         "mib_per_s_median": round(statistics.median(rates), 1),
         "mib_per_s_best": round(max(rates), 1),
-        "seconds_median": round(statistics.median(t.wall for t in timings), 4),
+        "seconds_median": round(statistics.median(times), 4),
+    }
+
+
+def summarize_timings(timings: list[Timing], total: int) -> dict[str, Any]:
+    """:func:`summarize` of the wall times, and the median CPU of each side."""
+    return {
+        **summarize([t.wall for t in timings], total),
         "sender_cpu_s_median": round(statistics.median(t.sender_cpu for t in timings), 4),
         "receiver_cpu_s_median": round(statistics.median(t.receiver_cpu for t in timings), 4),
     }
