@@ -254,7 +254,6 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         MiB); a worker thread doing the same loop with ``poll`` cost more than this
         (docs/benchmarks.md, Transport, sixth pass). The caller holds Yamux's write
         lock: nothing else writes on the socket or uses the cipher state meanwhile."""
-        state = self._encrypter
         buf = self._buffer_for(parts, header_alone, plain)
         if buf is None:
             return False
@@ -263,19 +262,10 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         fd = sock.fileno()
         if fd == -1:
             raise trio.ClosedResourceError("the socket was closed")
-        cipher = state.cipher
-        seal = cipher.cipher.encrypt_into
-        nonce = cipher.format_nonce
-        pack = _LENGTH.pack_into
         pos = sent = 0
         try:
             with memoryview(buf) as view:
-                for plaintext in _messages(parts, header_alone):
-                    length = len(plaintext) + _TAG
-                    pack(buf, pos, length)
-                    seal(nonce(state.n), plaintext, None, view[pos + 2 : pos + 2 + length])
-                    state.n += 1
-                    pos += 2 + length
+                for pos in self._sealed(buf, parts, header_alone):
                     if pos - sent >= _SEAL_BATCH:
                         with contextlib.suppress(BlockingIOError):  # the rest goes below
                             sent += os.write(fd, view[sent:pos])
@@ -328,18 +318,30 @@ class BatchedNoiseReadWriter(EncryptedMsgReadWriter):
         if buf is None:
             return None
         self._send_buf = None
+        # the whole write into the buffer (ends grow: the last is the largest); the
+        # caller sends it
+        return buf, max(self._sealed(buf, parts, header_alone))
+
+    def _sealed(self, buf: bytearray, parts: Sequence[Buffer], header_alone: bool) -> Iterator[int]:
+        """Seal ``parts`` as Noise transport messages (length + ciphertext) into ``buf``
+        from its start, one nonce each, yielding the end of the sealed bytes after each
+        message: both send paths use it, the direct one to write a batch as it is
+        ready. ``buf`` is large enough and the nonces suffice (:meth:`_buffer_for`)."""
+        state = self._encrypter
+        assert state is not None
         cipher = state.cipher
         seal = cipher.cipher.encrypt_into
         nonce = cipher.format_nonce
+        pack = _LENGTH.pack_into
         pos = 0
         with memoryview(buf) as view:
             for plaintext in _messages(parts, header_alone):
                 length = len(plaintext) + _TAG
-                _LENGTH.pack_into(buf, pos, length)
+                pack(buf, pos, length)
                 seal(nonce(state.n), plaintext, None, view[pos + 2 : pos + 2 + length])
                 state.n += 1
                 pos += 2 + length
-        return buf, pos
+                yield pos
 
     def decrypt_into(self, ciphertext: memoryview, out: memoryview) -> bool:
         """Decrypt straight into ``out`` (exactly the plaintext's size). Returns ``False``,
